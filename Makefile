@@ -1,0 +1,37 @@
+# Two commands: `make demo` runs the whole pipeline in a real local Airflow against localaws;
+# `make test` runs the suite. Both create .venv and install the pinned dependencies first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pin set in requirements.txt is resolved for Python 3.11 (Airflow 3.3 itself supports 3.10-3.14).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+UV_VERSION := 0.13.9
+
+.PHONY: demo test lint install clean-demo
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@if [ -z "$(PYTHON)" ] || ! "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
+		echo "error: Python 3.11 is required (found: $${PYTHON:-none}$$([ -n "$(PYTHON)" ] && "$(PYTHON)" -V 2>&1))."; \
+		echo "       requirements.txt is pinned for 3.11. Install python3.11 or run: make PYTHON=/path/to/python3.11 ..."; \
+		exit 1; \
+	fi
+	@if [ -x "$(PY)" ] && ! "$(PY)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then rm -rf "$(VENV)"; fi
+	@[ -x "$(PY)" ] || "$(PYTHON)" -m venv "$(VENV)"
+	"$(PY)" -m pip install --quiet "uv==$(UV_VERSION)"
+	"$(VENV)/bin/uv" pip install --quiet --python "$(PY)" -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	"$(PY)" -m localaws.demo
+
+test: $(VENV)/.installed
+	"$(VENV)/bin/ruff" check .
+	"$(PY)" -m pytest
+
+lint: $(VENV)/.installed
+	"$(VENV)/bin/ruff" check .
+
+clean-demo:
+	rm -rf .demo

@@ -1,0 +1,126 @@
+"""Stage 1: the initial bulk copy of a consistent snapshot, offline on Snowball or online."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, task, task_group
+from finetune_pipeline import pipeline_tasks
+from finetune_pipeline.assets import snapshot_asset
+from finetune_pipeline.aws.operators.snowball import (
+    SnowballCreateAddressOperator,
+    SnowballCreateJobOperator,
+    SnowballLoadDeviceOperator,
+)
+from finetune_pipeline.aws.sensors.snowball import SnowballJobStateSensor
+from finetune_pipeline.config import load_config
+from finetune_pipeline.dag_defaults import DEFAULT_ARGS
+
+config = load_config()
+SNAPSHOT = snapshot_asset(config)
+BUCKET_ARN = f"arn:aws:s3:::{config.storage.bucket}"
+
+with DAG(
+    dag_id="finetune_bulk_transfer",
+    description="Plan the bulk copy, ship the snapshot on Snowball (or copy it online), verify it landed.",
+    doc_md=__doc__
+    + """
+
+Trigger it once per source. The planner weighs the snapshot's size against the link
+(`transfer` in `include/config/pipeline.yaml`) and picks the **offline** route (an AWS Snowball import job)
+or the **online** route (a direct copy). Either way every exported file is verified in S3 before the
+snapshot Asset is updated, which starts CDC replication exactly at the snapshot's position.
+Waiting for the device (days) is deferred to the triggerer and holds no worker slot.
+""",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["finetune", "bulk-transfer", "snowball"],
+) as dag:
+
+    @task
+    def plan_transfer() -> dict:
+        """Decide offline (Snowball) or online from the snapshot size and the link."""
+        return pipeline_tasks.plan(config)
+
+    @task
+    def read_export() -> dict:
+        """Check the on-premises snapshot export against its manifest."""
+        return pipeline_tasks.read_export(config)
+
+    @task.branch
+    def choose_route(plan: dict) -> str:
+        return "snowball.create_address" if plan["mode"] == "offline" else "copy_online"
+
+    @task_group(group_id="snowball")
+    def snowball_import():
+        address = SnowballCreateAddressOperator(
+            task_id="create_address",
+            address=pipeline_tasks.snowball_address(config),
+            aws_conn_id=config.aws.conn_id,
+        )
+        job = SnowballCreateJobOperator(
+            task_id="create_job",
+            address_id=address.output,
+            bucket_arn=BUCKET_ARN,
+            key_prefix=config.storage.landing_prefix,
+            role_arn=config.snowball.role_arn,
+            kms_key_arn=config.snowball.kms_key_arn,
+            snowball_type=config.snowball.snowball_type,
+            capacity=config.snowball.capacity,
+            shipping_option=config.snowball.shipping_option,
+            description_key=f"{config.project}-bulk-{{{{ run_id }}}}",
+            aws_conn_id=config.aws.conn_id,
+        )
+        device_arrived = SnowballJobStateSensor(
+            task_id="wait_for_device",
+            job_id=job.output,
+            target_state="WithCustomer",
+            poke_interval=config.snowball.poll_seconds,
+            timeout=60 * 60 * 24 * 30,
+            mode="reschedule",
+            deferrable=True,
+            aws_conn_id=config.aws.conn_id,
+        )
+        load = SnowballLoadDeviceOperator(
+            task_id="load_device",
+            job_id=job.output,
+            source_dir=config.snowball.export_dir,
+            bucket=config.storage.bucket,
+            key_prefix=config.storage.landing_prefix,
+            aws_conn_id=config.aws.conn_id,
+        )
+        imported = SnowballJobStateSensor(
+            task_id="wait_for_import",
+            job_id=job.output,
+            target_state="Complete",
+            poke_interval=config.snowball.poll_seconds,
+            timeout=60 * 60 * 24 * 60,
+            mode="reschedule",
+            deferrable=True,
+            aws_conn_id=config.aws.conn_id,
+        )
+        address >> job >> device_arrived >> load >> imported
+
+    @task
+    def copy_online() -> dict:
+        """Copy the export straight to the landing prefix (resumes where a retry left off)."""
+        return pipeline_tasks.copy_online(config)
+
+    @task(trigger_rule="none_failed_min_one_success", outlets=[SNAPSHOT])
+    def publish_snapshot(plan: dict, outlet_events=None) -> str:
+        """Verify every exported file landed, then publish the manifest and the snapshot Asset."""
+        manifest = pipeline_tasks.verify_and_publish_snapshot(config)
+        outlet_events[SNAPSHOT].extra = {"snapshot_position": manifest.snapshot_position, "mode": plan["mode"],
+                                         "files": len(manifest.files), "bytes": manifest.total_bytes}
+        return manifest.snapshot_position
+
+    plan = plan_transfer()
+    export = read_export()
+    route = choose_route(plan)
+    snowball = snowball_import()
+    online = copy_online()
+    export >> route >> [snowball, online]
+    [snowball, online] >> publish_snapshot(plan)

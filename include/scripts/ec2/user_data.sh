@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# EC2 user data for a training instance: train once, upload the model, then shut down. The instance is
+# launched with InstanceInitiatedShutdownBehavior=terminate, so "terminated" means the job ended.
+set -euo pipefail
+python3 -m pip install --quiet boto3 pyarrow
+python3 /opt/finetune/train.py --dataset-uri "{{DATASET_URI}}" --dataset-version "{{DATASET_VERSION}}" \
+  --output-uri "{{OUTPUT_URI}}" && status=0 || status=$?
+echo "training exited with ${status}"
+shutdown -h now

@@ -1,0 +1,270 @@
+"""Typed model of ``include/config/pipeline.yaml``, validated once at DAG parse time.
+
+Loading reads one local file and makes no AWS or database call, so a wrong value fails the DAG parse with
+one message that names the field and the form it expects. Credentials never live here: they come from
+Airflow connections named by ``aws.conn_id`` and ``source.conn_id``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "pipeline.yaml"
+CONFIG_PATH_ENV = "FINETUNE_PIPELINE_CONFIG"
+
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+_BUCKET_RE = re.compile(r"^(?!xn--)(?!sthree-)(?!.*\.\.)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html
+_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:\S+$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso|-isob)?-[a-z]+-\d$")
+_IDENTIFIER_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
+_SQL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline config is invalid; the message names each bad field and the form it expects."""
+
+
+def _matches(pattern: re.Pattern[str], expected: str):
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+BucketName = Annotated[
+    str, _matches(_BUCKET_RE, "an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-'")
+]
+Arn = Annotated[str, _matches(_ARN_RE, "an ARN like arn:aws:iam::123456789012:role/name")]
+Region = Annotated[str, _matches(_REGION_RE, "an AWS region like us-east-1")]
+Identifier = Annotated[
+    str, _matches(_IDENTIFIER_RE, "an identifier: a letter, then up to 62 letters, digits or '-'")
+]
+SqlName = Annotated[str, _matches(_SQL_NAME_RE, "a SQL identifier like public or order_items")]
+Prefix = Annotated[
+    str, _matches(_PREFIX_RE, "an S3 key prefix without leading or trailing '/', like landing/cdc")
+]
+
+
+class _Model(BaseModel):
+    # Unknown keys are typos more often than not: refuse them instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableConfig(_Model):
+    """One source table and the key that identifies a row."""
+
+    schema_name: SqlName = Field(alias="schema")
+    name: SqlName
+    primary_key: list[SqlName]
+
+    @field_validator("primary_key")
+    @classmethod
+    def _has_key(cls, value: list[str]) -> list[str]:
+        # Without a key, CDC events cannot be merged into a current state.
+        if not value:
+            raise ValueError("expected at least one primary-key column, like [order_id]")
+        return value
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema_name}.{self.name}"
+
+
+class SourceConfig(_Model):
+    conn_id: str = Field(min_length=1)
+    engine: Literal["postgres", "mysql"]
+    database: SqlName
+    # The planner's size estimate; a later stage measures it from the source itself.
+    size_bytes: int = Field(gt=0)
+    tables: list[TableConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> SourceConfig:
+        names = [table.qualified_name for table in self.tables]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"each table may appear once, got duplicates {duplicates}")
+        return self
+
+
+class StorageConfig(_Model):
+    bucket: BucketName
+    region: Region
+    landing_prefix: Prefix = "landing"
+    dataset_prefix: Prefix = "datasets"
+    quarantine_prefix: Prefix = "quarantine"
+
+
+class TransferConfig(_Model):
+    """What the planner weighs: the link's speed, how much of it we may use, and how long is too long."""
+
+    link_gbps: float = Field(gt=0)
+    link_utilization: float = Field(gt=0, le=1)
+    max_online_days: float = Field(gt=0)
+
+
+class AddressConfig(_Model):
+    name: str = Field(min_length=1)
+    company: str | None = None
+    street1: str = Field(min_length=1)
+    city: str = Field(min_length=1)
+    state_or_province: str = Field(min_length=1)
+    postal_code: str = Field(min_length=1)
+    country: str = Field(min_length=2)
+    phone_number: str = Field(min_length=1)
+
+
+class SnowballConfig(_Model):
+    role_arn: Arn
+    kms_key_arn: Arn | None = None
+    snowball_type: Literal["EDGE", "EDGE_C", "EDGE_CG", "EDGE_S", "STANDARD", "V3_5C", "V3_5S"] = "EDGE_S"
+    capacity: Literal["T8", "T13", "T14", "T32", "T42", "T50", "T80", "T98", "T100", "T240", "NoPreference"] = "T80"
+    shipping_option: Literal["SECOND_DAY", "NEXT_DAY", "EXPRESS", "STANDARD"] = "SECOND_DAY"
+    address: AddressConfig
+    # Where the on-premises export writes the consistent snapshot before it is copied onto the device.
+    export_dir: str = Field(min_length=1)
+    poll_seconds: float = Field(default=300, gt=0)
+
+
+class DmsConfig(_Model):
+    replication_instance_id: Identifier
+    instance_class: str = Field(default="dms.t3.medium", pattern=r"^dms\.[a-z0-9]+\.[a-z0-9]+$")
+    allocated_storage_gb: int = Field(default=50, ge=5, le=6144)
+    source_endpoint_id: Identifier
+    target_endpoint_id: Identifier
+    task_id: Identifier
+    service_access_role_arn: Arn
+    poll_seconds: float = Field(default=30, gt=0)
+
+
+class SyncConfig(_Model):
+    schedule: str = "@hourly"
+    retention_versions: int = Field(default=10, ge=1)
+    contracts_dir: str = "include/contracts"
+
+
+class HyperPodConfig(_Model):
+    cluster_name: Identifier
+    execution_role_arn: Arn
+    lifecycle_s3_uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    lifecycle_on_create: str = "on_create.sh"
+    controller_group: Identifier = "controller"
+    worker_group: Identifier = "workers"
+    controller_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    worker_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    worker_count: int = Field(default=1, ge=1)
+    poll_seconds: float = Field(default=60, gt=0)
+
+
+class Ec2TrainingConfig(_Model):
+    image_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
+    instance_type: str = Field(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")
+    instance_count: int = Field(default=1, ge=1)
+    instance_profile_arn: Arn | None = None
+    subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+
+
+class TrainingConfig(_Model):
+    backend: Literal["hyperpod", "ec2"]
+    region: Region
+    entrypoint: str = "include/training/train.py"
+    hyperpod: HyperPodConfig | None = None
+    ec2: Ec2TrainingConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_has_settings(self) -> TrainingConfig:
+        if getattr(self, self.backend) is None:
+            raise ValueError(f"backend is {self.backend!r}, so a '{self.backend}' section is required")
+        return self
+
+
+class AwsConfig(_Model):
+    conn_id: str = Field(default="aws_default", min_length=1)
+
+
+class PipelineConfig(_Model):
+    project: Identifier
+    aws: AwsConfig = AwsConfig()
+    source: SourceConfig
+    storage: StorageConfig
+    transfer: TransferConfig
+    snowball: SnowballConfig
+    dms: DmsConfig
+    sync: SyncConfig = SyncConfig()
+    training: TrainingConfig
+
+    @model_validator(mode="after")
+    def _data_next_to_training(self) -> PipelineConfig:
+        # Training reads the dataset in place; a cross-region bucket would mean slow, billed transfer.
+        if self.storage.region != self.training.region:
+            raise ValueError(
+                f"storage.region ({self.storage.region}) must equal training.region "
+                f"({self.training.region}): the data bucket has to be in the region where training runs"
+            )
+        return self
+
+    @property
+    def landing_uri(self) -> str:
+        return f"s3://{self.storage.bucket}/{self.storage.landing_prefix}"
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline config {source}:"]
+    for item in error.errors():
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"])
+        field = field.lstrip(".") or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling against include/config/pipeline.yaml)"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<memory>") -> PipelineConfig:
+    """Validate already-loaded YAML data; raise PipelineConfigError naming every bad field."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise PipelineConfigError(_describe(error, source)) from None
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: Path, mtime_ns: int) -> PipelineConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineConfigError(f"pipeline config not found at {path} (set {CONFIG_PATH_ENV})") from None
+    except yaml.YAMLError as error:
+        raise PipelineConfigError(f"pipeline config {path} is not valid YAML: {error}") from None
+    return parse_config(data, str(path))
+
+
+def load_config(path: Path | str | None = None) -> PipelineConfig:
+    """Load and validate the pipeline config; cached until the file changes."""
+    resolved = Path(path) if path else config_path()
+    mtime_ns = resolved.stat().st_mtime_ns if resolved.exists() else 0
+    return _load(resolved, mtime_ns)

@@ -1,0 +1,85 @@
+"""The pipeline config is validated once, with one clear message naming each bad field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_pipeline.config import DEFAULT_CONFIG_PATH, PipelineConfigError, load_config, parse_config
+
+GOOD = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+
+
+def with_change(path: str, value):
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def test_shipped_config_is_valid():
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert config.storage.bucket == "finetune-demo-data"
+    assert [t.qualified_name for t in config.source.tables] == ["public.customers", "public.tickets"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("storage.bucket", "My_Bucket", "storage.bucket: expected an S3 bucket name"),
+        ("storage.bucket", "ab", "storage.bucket: expected an S3 bucket name"),
+        ("snowball.role_arn", "arn:aws:iam:role/x", "snowball.role_arn: expected an ARN"),
+        ("dms.service_access_role_arn", "not-an-arn", "dms.service_access_role_arn: expected an ARN"),
+        ("source.tables.0.primary_key", [], "source.tables[0].primary_key: expected at least one primary-key"),
+        ("training.region", "eu-west-1", "must equal training.region (eu-west-1)"),
+        ("storage.region", "us-east", "storage.region: expected an AWS region"),
+        ("transfer.link_utilization", 1.5, "transfer.link_utilization"),
+        ("storage.landing_prefix", "/landing/", "storage.landing_prefix: expected an S3 key prefix"),
+        ("training.backend", "ec2", "a 'ec2' section is required"),
+    ],
+)
+def test_bad_value_names_the_field_and_expected_form(path, value, expected):
+    with pytest.raises(PipelineConfigError) as error:
+        parse_config(with_change(path, value), "pipeline.yaml")
+    assert expected in str(error.value)
+    assert str(error.value).startswith("invalid pipeline config pipeline.yaml:")
+
+
+def test_unknown_field_is_refused():
+    data = with_change("storage.bukcet", "x")
+    with pytest.raises(PipelineConfigError, match=r"storage.bukcet: unknown field"):
+        parse_config(data)
+
+
+def test_duplicate_table_is_refused():
+    data = copy.deepcopy(GOOD)
+    data["source"]["tables"].append(copy.deepcopy(data["source"]["tables"][0]))
+    with pytest.raises(PipelineConfigError, match=r"duplicates \['public.customers'\]"):
+        parse_config(data)
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(PipelineConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("project: [unclosed\n")
+    with pytest.raises(PipelineConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_bad_config_fails_the_dag_parse_with_the_message(tmp_path: Path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text(yaml.safe_dump(with_change("storage.bucket", "Bad_Bucket")))
+    monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(bad))
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
+    assert len(bag.import_errors) == 4
+    for message in bag.import_errors.values():
+        assert "storage.bucket: expected an S3 bucket name" in message
