@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, task, task_group
+
 from finetune_pipeline import pipeline_tasks
 from finetune_pipeline.assets import snapshot_asset
 from finetune_pipeline.aws.operators.snowball import (
@@ -19,6 +20,7 @@ from finetune_pipeline.dag_defaults import DEFAULT_ARGS
 config = load_config()
 SNAPSHOT = snapshot_asset(config)
 BUCKET_ARN = f"arn:aws:s3:::{config.storage.bucket}"
+SNAPSHOT_POSITION = "{{ ti.xcom_pull(task_ids='read_export')['snapshot_position'] }}"
 
 with DAG(
     dag_id="finetune_bulk_transfer",
@@ -40,12 +42,12 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
     tags=["finetune", "bulk-transfer", "snowball"],
 ) as dag:
 
-    @task
+    @task(multiple_outputs=False)
     def plan_transfer() -> dict:
         """Decide offline (Snowball) or online from the snapshot size and the link."""
         return pipeline_tasks.plan(config)
 
-    @task
+    @task(multiple_outputs=False)
     def read_export() -> dict:
         """Check the on-premises snapshot export against its manifest."""
         return pipeline_tasks.read_export(config)
@@ -65,13 +67,16 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             task_id="create_job",
             address_id=address.output,
             bucket_arn=BUCKET_ARN,
-            key_prefix=config.storage.landing_prefix,
+            # Every key under "<landing>/" sorts between "<landing>/" and "<landing>0" ("0" follows "/").
+            key_range={"BeginMarker": f"{config.storage.landing_prefix}/",
+                       "EndMarker": f"{config.storage.landing_prefix}0"},
             role_arn=config.snowball.role_arn,
             kms_key_arn=config.snowball.kms_key_arn,
             snowball_type=config.snowball.snowball_type,
             capacity=config.snowball.capacity,
             shipping_option=config.snowball.shipping_option,
-            description_key=f"{config.project}-bulk-{{{{ run_id }}}}",
+            # One job per snapshot: a retry, or a re-run for the same snapshot, reuses it.
+            description_key=f"{config.project}-snapshot-{SNAPSHOT_POSITION}",
             aws_conn_id=config.aws.conn_id,
         )
         device_arrived = SnowballJobStateSensor(
@@ -80,16 +85,17 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             target_state="WithCustomer",
             poke_interval=config.snowball.poll_seconds,
             timeout=60 * 60 * 24 * 30,
-            mode="reschedule",
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
         load = SnowballLoadDeviceOperator(
             task_id="load_device",
             job_id=job.output,
-            source_dir=config.snowball.export_dir,
+            source_dir=str(pipeline_tasks.export_dir(config)),
             bucket=config.storage.bucket,
             key_prefix=config.storage.landing_prefix,
+            device_endpoint_url=config.snowball.device_endpoint_url,
+            device_aws_conn_id=config.snowball.device_conn_id,
             aws_conn_id=config.aws.conn_id,
         )
         imported = SnowballJobStateSensor(
@@ -98,18 +104,17 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             target_state="Complete",
             poke_interval=config.snowball.poll_seconds,
             timeout=60 * 60 * 24 * 60,
-            mode="reschedule",
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
         address >> job >> device_arrived >> load >> imported
 
-    @task
+    @task(multiple_outputs=False)
     def copy_online() -> dict:
         """Copy the export straight to the landing prefix (resumes where a retry left off)."""
         return pipeline_tasks.copy_online(config)
 
-    @task(trigger_rule="none_failed_min_one_success", outlets=[SNAPSHOT])
+    @task(trigger_rule="none_failed_min_one_success", outlets=[SNAPSHOT], multiple_outputs=False)
     def publish_snapshot(plan: dict, outlet_events=None) -> str:
         """Verify every exported file landed, then publish the manifest and the snapshot Asset."""
         manifest = pipeline_tasks.verify_and_publish_snapshot(config)

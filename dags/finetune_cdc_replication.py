@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, task
+
 from finetune_pipeline import pipeline_tasks
 from finetune_pipeline.assets import replication_asset, snapshot_asset
 from finetune_pipeline.aws.operators.dms import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+
 from finetune_pipeline import pipeline_tasks
 from finetune_pipeline.assets import dataset_asset, replication_asset
 from finetune_pipeline.config import load_config
@@ -55,7 +56,7 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
     tags=["finetune", "sync", "validation"],
 ) as dag:
 
-    @task(outlets=[DATASET])
+    @task(outlets=[DATASET], multiple_outputs=False)
     def sync_dataset(params: dict | None = None, outlet_events=None) -> dict:
         """Discover, validate, merge and publish; fail (nothing published) if a blocking check fails."""
         result = pipeline_tasks.sync(config, tables=params["tables"], full_rebuild=params["full_rebuild"])

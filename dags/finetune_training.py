@@ -5,31 +5,43 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, task
+
 from finetune_pipeline import pipeline_tasks
 from finetune_pipeline.assets import dataset_asset
+from finetune_pipeline.aws.operators.ec2 import Ec2LaunchTrainingInstancesOperator
+from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
+    HyperPodEnsureClusterOperator,
+    HyperPodSubmitJobOperator,
+)
 from finetune_pipeline.config import load_config
 from finetune_pipeline.dag_defaults import DEFAULT_ARGS
 
 config = load_config()
+training = config.training
 DATASET = dataset_asset(config)
+DATASET_URI = f"s3://{config.storage.bucket}/{config.storage.dataset_prefix}"
+VERSION = "{{ ti.xcom_pull(task_ids='dataset_version') }}"
+ENTRYPOINT_ARGS = ["--dataset-uri", DATASET_URI, "--dataset-version", VERSION,
+                   "--output-uri", f"s3://{config.storage.bucket}/models/{VERSION}"]
 
 with DAG(
     dag_id="finetune_training",
-    description="Launch fine-tuning on the dataset version the sync just published, and track it to the end.",
+    description="Launch fine-tuning on the dataset version the sync just published.",
     doc_md=__doc__
     + """
 
 Scheduled on the dataset Asset: every published version starts one training run for exactly that
-version (read from the Asset event). The backend is `training.backend` in the pipeline config:
-a SageMaker HyperPod cluster (created if missing, reused otherwise) running the job through Slurm,
-or EC2 instances that run the entrypoint from their user data. Every wait is deferred to the triggerer.
+version (read from the Asset event; a manual run uses the current version). The backend is
+`training.backend` in the pipeline config: a SageMaker HyperPod cluster (created if missing, reused
+otherwise) that runs the job through Slurm, submitted over SSM to its controller; or EC2 instances that
+run the entrypoint from their user data and terminate when it ends. Every wait is deferred.
 """,
     schedule=[DATASET],
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    tags=["finetune", "training", config.training.backend],
+    tags=["finetune", "training", training.backend],
 ) as dag:
 
     @task
@@ -38,11 +50,50 @@ or EC2 instances that run the entrypoint from their user data. Every wait is def
         return pipeline_tasks.triggered_dataset_version(config, triggering_asset_events)
 
     version = dataset_version()
-    if config.training.backend == "hyperpod":
-        from finetune_pipeline.training_hyperpod import hyperpod_training
+    if training.backend == "hyperpod":
+        hyperpod = training.hyperpod
 
-        hyperpod_training(config, version)
+        @task
+        def upload_lifecycle_scripts() -> str:
+            """Put the lifecycle scripts and the entrypoint where the cluster's nodes read them."""
+            return pipeline_tasks.upload_lifecycle_scripts(config)
+
+        cluster = HyperPodEnsureClusterOperator(
+            task_id="ensure_cluster",
+            cluster_name=hyperpod.cluster_name,
+            instance_groups=pipeline_tasks.hyperpod_instance_groups(config),
+            execution_role_arn=hyperpod.execution_role_arn,
+            lifecycle_s3_uri=hyperpod.lifecycle_s3_uri,
+            lifecycle_on_create=hyperpod.lifecycle_on_create,
+            waiter_delay=hyperpod.poll_seconds,
+            aws_conn_id=config.aws.conn_id,
+        )
+        submit = HyperPodSubmitJobOperator(
+            task_id="submit_training_job",
+            cluster_name=hyperpod.cluster_name,
+            job_key=f"{config.project}-{VERSION}",
+            entrypoint="/fsx/finetune/train.py",
+            entrypoint_args=ENTRYPOINT_ARGS,
+            nodes=hyperpod.worker_count,
+            controller_group=hyperpod.controller_group,
+            waiter_delay=hyperpod.poll_seconds,
+            aws_conn_id=config.aws.conn_id,
+        )
+        upload_lifecycle_scripts() >> cluster
+        [version, cluster] >> submit
     else:
-        from finetune_pipeline.training_ec2 import ec2_training
-
-        ec2_training(config, version)
+        ec2 = training.ec2
+        launch = Ec2LaunchTrainingInstancesOperator(
+            task_id="launch_training_instances",
+            image_id=ec2.image_id,
+            instance_type=ec2.instance_type,
+            user_data_path=str(pipeline_tasks.REPO_ROOT / "include" / "scripts" / "ec2" / "user_data.sh"),
+            user_data_variables={"DATASET_URI": DATASET_URI, "DATASET_VERSION": VERSION,
+                                 "OUTPUT_URI": f"s3://{config.storage.bucket}/models/{VERSION}"},
+            instance_profile=ec2.instance_profile_arn,
+            subnet_id=ec2.subnet_id,
+            min_count=ec2.instance_count,
+            max_count=ec2.instance_count,
+            aws_conn_id=config.aws.conn_id,
+        )
+        version >> launch

@@ -84,7 +84,7 @@ class PipelineWatcher:
                 self.seen[key] = run["state"]
                 self.report(f"{dag_id:<28} run {run['dag_run_id']}: {run['state']}")
             for ti in self.stack.task_instances(dag_id, run["dag_run_id"]):
-                state = ti["state"] or "scheduled"
+                state = ti["state"] or "waiting"
                 task_key = (dag_id, ti["task_id"] + f"[{ti.get('map_index', -1)}]")
                 if self.seen.get(task_key) != state:
                     self.seen[task_key] = state

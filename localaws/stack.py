@@ -223,6 +223,11 @@ class AirflowStack:
     def dag_runs(self, dag_id: str) -> list[dict]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=20")["dag_runs"]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        quoted = urllib.request.quote(run_id, safe="")
+        entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/{key}")
+        return entry["value"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         quoted = urllib.request.quote(run_id, safe="")
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=200")["task_instances"]

@@ -143,6 +143,10 @@ class SnowballConfig(_Model):
     address: AddressConfig
     # Where the on-premises export writes the consistent snapshot before it is copied onto the device.
     export_dir: str = Field(min_length=1)
+    # The device's S3 adapter on the local network (templated); the export is copied onto it.
+    device_endpoint_url: str = Field(min_length=1)
+    # Connection with the device's own access key; defaults to aws.conn_id.
+    device_conn_id: str | None = None
     poll_seconds: float = Field(default=300, gt=0)
 
 
@@ -166,7 +170,8 @@ class SyncConfig(_Model):
 class HyperPodConfig(_Model):
     cluster_name: Identifier
     execution_role_arn: Arn
-    lifecycle_s3_uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    # HyperPod only reads lifecycle scripts from buckets named sagemaker-* (its managed instance policy).
+    lifecycle_s3_uri: str = Field(pattern=r"^s3://sagemaker-[a-z0-9.-]{1,53}[a-z0-9](/[^/].*)?$")
     lifecycle_on_create: str = "on_create.sh"
     controller_group: Identifier = "controller"
     worker_group: Identifier = "workers"

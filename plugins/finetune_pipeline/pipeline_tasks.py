@@ -127,3 +127,71 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
     version = json.loads(body)["version"]
     log.info("no Asset event: training on the current dataset version %s", version)
     return version
+
+
+def sync(config: PipelineConfig, tables: list[str] | None, full_rebuild: bool) -> dict:
+    """Run one incremental sync; skip before the first snapshot, fail without retry when blocked."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from finetune_pipeline.datasets.store import S3Store
+    from finetune_pipeline.datasets.sync import SyncSpec, run_sync
+
+    client = _s3_client(config)
+    storage = config.storage
+    try:
+        snapshot = landing.read_snapshot_manifest(client, storage.bucket, storage.landing_prefix)
+    except landing.LandingError as error:
+        raise AirflowSkipException(f"nothing to sync yet: {error}") from None
+    spec = SyncSpec(
+        landing_prefix=storage.landing_prefix,
+        dataset_prefix=storage.dataset_prefix,
+        quarantine_prefix=storage.quarantine_prefix,
+        contracts_dir=REPO_ROOT / config.sync.contracts_dir,
+        snapshot_position=snapshot.snapshot_position,
+        retention=config.sync.retention_versions,
+    )
+    result = run_sync(S3Store(client, storage.bucket), spec, tables=tables, full_rebuild=full_rebuild)
+    for check in result.failed_checks:
+        log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
+    for item in result.quarantined:
+        log.warning("quarantined %s", item.to_dict())
+    summary = result.to_dict()
+    if result.status == "blocked":
+        # Retrying cannot make bad data pass: fail now, with the report to look at.
+        raise AirflowFailException(
+            f"dataset not published: {len(result.failed_checks)} check(s) failed, "
+            f"report at s3://{storage.bucket}/{result.report_keys.get('html', '?')}"
+        )
+    if result.status == "up_to_date":
+        # Skipped, not succeeded: no dataset Asset event, so training is not started again for this version.
+        raise AirflowSkipException(f"nothing new since the last sync: {result.version} stays current")
+    log.info("published dataset %s: %s", result.version, result.row_counts)
+    return summary
+
+
+HYPERPOD_SCRIPTS = REPO_ROOT / "include" / "scripts" / "hyperpod"
+
+
+def upload_lifecycle_scripts(config: PipelineConfig) -> str:
+    """Upload the lifecycle scripts and the training entrypoint (same content, same key: idempotent)."""
+    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.training.region)
+    bucket, _, prefix = config.training.hyperpod.lifecycle_s3_uri.removeprefix("s3://").partition("/")
+    if not hook.check_for_bucket(bucket):
+        hook.create_bucket(bucket_name=bucket, region_name=config.training.region)
+    files = [*sorted(HYPERPOD_SCRIPTS.glob("*.sh")), REPO_ROOT / config.training.entrypoint]
+    for path in files:
+        key = f"{prefix}/{path.name}" if prefix else path.name
+        hook.load_file(str(path), key=key, bucket_name=bucket, replace=True)
+        log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
+    return config.training.hyperpod.lifecycle_s3_uri
+
+
+def hyperpod_instance_groups(config: PipelineConfig) -> list[dict]:
+    """A Slurm controller group of one node and a worker group of ``worker_count`` nodes."""
+    hyperpod = config.training.hyperpod
+    return [
+        {"InstanceGroupName": hyperpod.controller_group, "InstanceType": hyperpod.controller_instance_type,
+         "InstanceCount": 1},
+        {"InstanceGroupName": hyperpod.worker_group, "InstanceType": hyperpod.worker_instance_type,
+         "InstanceCount": hyperpod.worker_count},
+    ]

@@ -50,7 +50,7 @@ def test_dag_files_hold_only_dags():
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
 def test_dag_has_owner_tags_and_docs(dagbag, dag_id):
-    dag = dagbag.get_dag(dag_id)
+    dag = dagbag.dags[dag_id]
     assert dag.tags, f"{dag_id} has no tags"
     assert dag.doc_md and len(dag.doc_md) > 200, f"{dag_id} has no real doc_md"
     for task in dag.tasks:
@@ -60,18 +60,22 @@ def test_dag_has_owner_tags_and_docs(dagbag, dag_id):
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
 def test_tasks_retry_with_exponential_backoff(dagbag, dag_id):
     """Every task may call AWS (directly or through a hook); all are idempotent and retry with backoff."""
-    for task in dagbag.get_dag(dag_id).tasks:
+    for task in dagbag.dags[dag_id].tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
         assert task.retry_exponential_backoff, f"{dag_id}.{task.task_id} has no exponential backoff"
         assert task.max_retry_delay is not None, f"{dag_id}.{task.task_id} has no max_retry_delay"
 
 
+def scheduling_uris(dag) -> set[str]:
+    return {asset.uri for asset in dag.timetable.asset_condition.objects}
+
+
 def test_dags_are_linked_by_assets(dagbag):
-    bulk = dagbag.get_dag("finetune_bulk_transfer")
+    bulk = dagbag.dags["finetune_bulk_transfer"]
     outlets = {outlet.uri for task in bulk.tasks for outlet in task.outlets}
-    replication = dagbag.get_dag("finetune_cdc_replication")
-    assert {asset.uri for asset in replication.timetable.asset_condition.iter_assets().values()} <= outlets
-    sync_outlets = {outlet.uri for task in dagbag.get_dag("finetune_incremental_sync").tasks
+    replication = dagbag.dags["finetune_cdc_replication"]
+    assert scheduling_uris(replication) and scheduling_uris(replication) <= outlets
+    sync_outlets = {outlet.uri for task in dagbag.dags["finetune_incremental_sync"].tasks
                     for outlet in task.outlets}
-    training = dagbag.get_dag("finetune_training")
-    assert {asset.uri for asset in training.timetable.asset_condition.iter_assets().values()} == sync_outlets
+    training = dagbag.dags["finetune_training"]
+    assert scheduling_uris(training) == sync_outlets

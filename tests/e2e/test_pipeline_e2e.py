@@ -42,21 +42,41 @@ def running_stack(tmp_path_factory):
         stop_process(localaws_process)
 
 
+def assert_all_tasks(stack, dag_id: str, run: dict, log: list[str]) -> dict[str, str]:
+    assert run["state"] == "success", f"{dag_id} ended {run['state']}"
+    states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(dag_id, run["dag_run_id"])}
+    for task_id, state in states.items():
+        expected = "skipped" if (dag_id, task_id) in BRANCH_NOT_TAKEN else "success"
+        assert state == expected, f"{dag_id}.{task_id} ended {state}\n" + "\n".join(log[-40:])
+    return states
+
+
 def test_pipeline_runs_green_end_to_end(running_stack):
     stack = running_stack
     for dag_id in PIPELINE_DAGS:
         stack.unpause(dag_id)
     stack.trigger("finetune_bulk_transfer")
-    lines: list[str] = []
-    runs = PipelineWatcher(stack, PIPELINE_DAGS, report=lines.append).wait_for("finetune_training", timeout=600)
+    log: list[str] = []
+    runs = PipelineWatcher(stack, PIPELINE_DAGS, report=log.append).wait_for("finetune_training", timeout=600)
 
     assert set(runs) == set(PIPELINE_DAGS), f"stages that never ran: {set(PIPELINE_DAGS) - set(runs)}"
-    for dag_id, run in runs.items():
-        assert run["state"] == "success", f"{dag_id} ended {run['state']}"
-        states = {ti["task_id"]: ti["state"] for ti in stack.task_instances(dag_id, run["dag_run_id"])}
-        for task_id, state in states.items():
-            expected = "skipped" if (dag_id, task_id) in BRANCH_NOT_TAKEN else "success"
-            assert state == expected, f"{dag_id}.{task_id} ended {state}\n" + "\n".join(lines[-40:])
+    for dag_id in ("finetune_bulk_transfer", "finetune_cdc_replication", "finetune_training"):
+        assert_all_tasks(stack, dag_id, runs[dag_id], log)
+
+    # The sync published a version (a later run with nothing new is skipped, and emits no Asset event),
+    # and training ran on exactly that version.
+    published = []
+    for run in stack.dag_runs("finetune_incremental_sync"):
+        (sync_task,) = stack.task_instances("finetune_incremental_sync", run["dag_run_id"])
+        assert sync_task["state"] in ("success", "skipped"), f"sync {run['dag_run_id']}: {sync_task['state']}"
+        if sync_task["state"] == "success":
+            published.append(stack.xcom("finetune_incremental_sync", run["dag_run_id"], "sync_dataset"))
+    assert published, "no sync run published a dataset version"
+    assert all(result["status"] == "published" for result in published)
+    trained = stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"], "dataset_version")
+    assert trained in {result["version"] for result in published}
+    assert published[0]["row_counts"]["public.tickets"] > 0
+
     # The stages were linked by Assets, not by the test: only the first DAG was triggered by hand.
-    for dag_id in PIPELINE_DAGS[1:]:
+    for dag_id in ("finetune_cdc_replication", "finetune_training"):
         assert runs[dag_id]["run_type"] == "asset_triggered", f"{dag_id} was {runs[dag_id]['run_type']}"

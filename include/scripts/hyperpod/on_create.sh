@@ -6,7 +6,8 @@ NODE_TYPE="$(jq -r '.InstanceGroupName' /opt/ml/config/resource_config.json 2>/d
 echo "[on_create] node group: ${NODE_TYPE}"
 python3 -m pip install --quiet boto3 pyarrow
 mkdir -p /fsx/finetune
-cp "$(dirname "$0")/../../training/train.py" /fsx/finetune/train.py 2>/dev/null || true
+# The pipeline uploads the entrypoint next to this script.
+cp "$(dirname "$0")/train.py" /fsx/finetune/train.py
 if [[ "${NODE_TYPE}" == "controller" ]]; then
   systemctl enable --now slurmctld
 else

@@ -1,0 +1,66 @@
+"""Labelled SEED DATA for the demo: a snapshot export and CDC files in DMS's exact S3 format.
+
+Until the local DMS replicates a real database, the demo has no source to export from or to replicate.
+This writes (1) the on-premises snapshot export, with ``seed_data: true`` in its manifest, and (2) a few
+CDC files straight into the landing prefix, with ``_seed/SEED_DATA.json`` beside them naming each one.
+It is demo scaffolding, never a stand-in for a test of replication.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import boto3
+
+from finetune_pipeline.config import PipelineConfig
+from finetune_pipeline.datasets.dms_format import cdc_file_name, load_file_name, write_dms_file
+from finetune_pipeline.datasets.seed import as_load, seed_changes, seed_tables
+from finetune_pipeline.datasets.store import LocalStore, S3Store, join_key
+from finetune_pipeline.export_manifest import build_manifest
+from finetune_pipeline.pipeline_tasks import export_dir
+
+SEED_MARKER_KEY = "_seed/SEED_DATA.json"
+
+
+def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str], None] = print,
+              now: datetime | None = None) -> dict:
+    """Write the seed export and seed CDC files; returns the snapshot position and the keys written."""
+    now = now or datetime.now(UTC)
+    # Recent enough that the contracts' freshness checks see live data.
+    snapshot_position = (now - timedelta(minutes=30)).replace(microsecond=0)
+    tables = seed_tables(n_customers=50, n_tickets=200, seed=7)
+
+    directory = export_dir(config)
+    shutil.rmtree(directory, ignore_errors=True)
+    export_store = LocalStore(directory)
+    for name, table in tables.items():
+        schema_name, table_name = name.split(".", 1)
+        write_dms_file(export_store, join_key(schema_name, table_name, load_file_name(1)),
+                       as_load(table, snapshot_position))
+    manifest = build_manifest(directory, snapshot_position.isoformat(), sorted(tables), seed_data=True)
+    report(f"SEED DATA: snapshot export of {len(manifest.files)} files at {directory} "
+           f"(position {manifest.snapshot_position})")
+
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=config.storage.region,
+                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
+    bucket, landing = config.storage.bucket, config.storage.landing_prefix
+    if config.storage.region == "us-east-1":
+        s3.create_bucket(Bucket=bucket)
+    else:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": config.storage.region})
+    landing_store = S3Store(s3, bucket)
+    cdc_keys = []
+    for name, files in seed_changes(tables, snapshot_position, n_files=3, changes_per_file=20, seed=7).items():
+        schema_name, table_name = name.split(".", 1)
+        for file_time, events in files:
+            key = join_key(landing, schema_name, table_name, cdc_file_name(file_time))
+            write_dms_file(landing_store, key, events)
+            cdc_keys.append(key)
+    marker = {"seed_data": True, "written_by": "localaws.seed (make demo)", "written_at": now.isoformat(),
+              "snapshot_position": manifest.snapshot_position, "cdc_files": cdc_keys}
+    s3.put_object(Bucket=bucket, Key=join_key(landing, SEED_MARKER_KEY), Body=json.dumps(marker, indent=2).encode())
+    report(f"SEED DATA: {len(cdc_keys)} CDC files in s3://{bucket}/{landing}/ (listed in {SEED_MARKER_KEY})")
+    return {"snapshot_position": manifest.snapshot_position, "cdc_keys": cdc_keys}
