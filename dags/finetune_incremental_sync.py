@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from finetune_pipeline import pipeline_tasks
 from finetune_pipeline.assets import dataset_asset, replication_asset
-from finetune_pipeline.config import load_config
+from finetune_pipeline.config import REPO_ROOT, load_config
 from finetune_pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.sync_operator import DatasetSyncOperator
 
 config = load_config()
 DATASET = dataset_asset(config)
@@ -37,6 +37,8 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    # The Params below render as a real list and bool, not their string forms.
+    render_template_as_native_obj=True,
     params={
         "tables": Param(
             TABLE_NAMES,
@@ -56,11 +58,17 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
     tags=["finetune", "sync", "validation"],
 ) as dag:
 
-    @task(outlets=[DATASET], multiple_outputs=False)
-    def sync_dataset(params: dict | None = None, outlet_events=None) -> dict:
-        """Discover, validate, merge and publish; fail (nothing published) if a blocking check fails."""
-        result = pipeline_tasks.sync(config, tables=params["tables"], full_rebuild=params["full_rebuild"])
-        outlet_events[DATASET].extra = {"version": result["version"], "row_counts": result["row_counts"]}
-        return result
-
-    sync_dataset()
+    DatasetSyncOperator(
+        task_id="sync_dataset",
+        bucket=config.storage.bucket,
+        landing_prefix=config.storage.landing_prefix,
+        dataset_prefix=config.storage.dataset_prefix,
+        quarantine_prefix=config.storage.quarantine_prefix,
+        contracts_dir=str(REPO_ROOT / config.sync.contracts_dir),
+        retention=config.sync.retention_versions,
+        tables="{{ params.tables }}",
+        full_rebuild="{{ params.full_rebuild }}",
+        aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
+        outlets=[DATASET],
+    )

@@ -129,46 +129,6 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
     return version
 
 
-def sync(config: PipelineConfig, tables: list[str] | None, full_rebuild: bool) -> dict:
-    """Run one incremental sync; skip before the first snapshot, fail without retry when blocked."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    from finetune_pipeline.datasets.store import S3Store
-    from finetune_pipeline.datasets.sync import SyncSpec, run_sync
-
-    client = _s3_client(config)
-    storage = config.storage
-    try:
-        snapshot = landing.read_snapshot_manifest(client, storage.bucket, storage.landing_prefix)
-    except landing.LandingError as error:
-        raise AirflowSkipException(f"nothing to sync yet: {error}") from None
-    spec = SyncSpec(
-        landing_prefix=storage.landing_prefix,
-        dataset_prefix=storage.dataset_prefix,
-        quarantine_prefix=storage.quarantine_prefix,
-        contracts_dir=REPO_ROOT / config.sync.contracts_dir,
-        snapshot_position=snapshot.snapshot_position,
-        retention=config.sync.retention_versions,
-    )
-    result = run_sync(S3Store(client, storage.bucket), spec, tables=tables, full_rebuild=full_rebuild)
-    for check in result.failed_checks:
-        log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
-    for item in result.quarantined:
-        log.warning("quarantined %s", item.to_dict())
-    summary = result.to_dict()
-    if result.status == "blocked":
-        # Retrying cannot make bad data pass: fail now, with the report to look at.
-        raise AirflowFailException(
-            f"dataset not published: {len(result.failed_checks)} check(s) failed, "
-            f"report at s3://{storage.bucket}/{result.report_keys.get('html', '?')}"
-        )
-    if result.status == "up_to_date":
-        # Skipped, not succeeded: no dataset Asset event, so training is not started again for this version.
-        raise AirflowSkipException(f"nothing new since the last sync: {result.version} stays current")
-    log.info("published dataset %s: %s", result.version, result.row_counts)
-    return summary
-
-
 HYPERPOD_SCRIPTS = REPO_ROOT / "include" / "scripts" / "hyperpod"
 
 

@@ -1,0 +1,132 @@
+"""The incremental sync as an operator: discover, validate, merge, publish, and link the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.common.compat.sdk import XCom
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from finetune_pipeline import landing
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+REPORT_URL_XCOM_KEY = "report_url"
+
+
+class DatasetReportLink(BaseAwsLink):
+    """The HTML validation report stored next to the dataset version, shown as a button on the task."""
+
+    name = "Validation report"
+    key = REPORT_URL_XCOM_KEY
+    format_str = "{url}"
+
+    def get_link(self, operator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(key=self.key, ti_key=ti_key) or ""
+
+
+def report_url(endpoint_url: str | None, region: str, bucket: str, key: str) -> str:
+    """The report's address: the object itself on a local endpoint, the S3 console on AWS."""
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
+    return f"https://console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
+
+
+class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
+    """
+    Sync the files landed since the last watermark into a new, validated dataset version.
+
+    Reads the snapshot position from the published snapshot manifest, runs
+    :func:`finetune_pipeline.datasets.sync.run_sync` on the bucket, and publishes the version only when
+    every blocking check passes. Skips (no Asset event) when there is no snapshot yet or nothing new;
+    fails without retrying when a blocking check fails, since retrying cannot make bad data pass.
+
+    :param bucket: The data bucket.
+    :param landing_prefix: Where the snapshot and DMS's change files land.
+    :param dataset_prefix: Where versions and the ``current`` manifest are published.
+    :param quarantine_prefix: Where bad change files are moved, with a report beside each.
+    :param contracts_dir: Folder of the per-table YAML contracts.
+    :param retention: How many published versions to keep.
+    :param tables: Tables to sync (``schema.table``); all contracts when None (templated).
+    :param full_rebuild: Rebuild from the snapshot and every change file (templated).
+    """
+
+    aws_hook_class = S3Hook
+    template_fields: Sequence[str] = aws_template_fields("tables", "full_rebuild")
+    operator_extra_links = (DatasetReportLink(),)
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        landing_prefix: str,
+        dataset_prefix: str,
+        quarantine_prefix: str,
+        contracts_dir: str,
+        retention: int,
+        tables: list[str] | str | None = None,
+        full_rebuild: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.bucket = bucket
+        self.landing_prefix = landing_prefix
+        self.dataset_prefix = dataset_prefix
+        self.quarantine_prefix = quarantine_prefix
+        self.contracts_dir = contracts_dir
+        self.retention = retention
+        self.tables = tables
+        self.full_rebuild = full_rebuild
+
+    def execute(self, context: Context) -> dict:
+        # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
+        from finetune_pipeline.datasets.store import S3Store
+        from finetune_pipeline.datasets.sync import SyncSpec, run_sync
+
+        client = self.hook.conn
+        try:
+            snapshot = landing.read_snapshot_manifest(client, self.bucket, self.landing_prefix)
+        except landing.LandingError as error:
+            raise AirflowSkipException(f"nothing to sync yet: {error}") from None
+        spec = SyncSpec(
+            landing_prefix=self.landing_prefix,
+            dataset_prefix=self.dataset_prefix,
+            quarantine_prefix=self.quarantine_prefix,
+            contracts_dir=Path(self.contracts_dir),
+            snapshot_position=snapshot.snapshot_position,
+            retention=self.retention,
+        )
+        full_rebuild = self.full_rebuild in (True, "True", "true")
+        self.log.info("syncing %s (full rebuild: %s) after snapshot %s",
+                      self.tables or "all tables", full_rebuild, snapshot.snapshot_position)
+        result = run_sync(S3Store(client, self.bucket), spec, tables=self.tables or None, full_rebuild=full_rebuild)
+
+        for check in result.failed_checks:
+            self.log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
+        for item in result.quarantined:
+            self.log.warning("quarantined %s", item.to_dict())
+        if html_key := result.report_keys.get("html"):
+            url = report_url(self.hook.conn_config.endpoint_url, self.hook.conn_region_name, self.bucket, html_key)
+            context["ti"].xcom_push(key=REPORT_URL_XCOM_KEY, value=url)
+            self.log.info("validation report: %s", url)
+
+        if result.status == "blocked":
+            raise AirflowFailException(
+                f"dataset not published: {len(result.failed_checks)} check(s) failed; "
+                f"see the report at s3://{self.bucket}/{result.report_keys.get('html', '?')}"
+            )
+        if result.status == "up_to_date":
+            # Skipped, not succeeded: no dataset Asset event, so training does not start again.
+            raise AirflowSkipException(f"nothing new since the last sync: {result.version} stays current")
+        self.log.info("published dataset %s: %s", result.version, result.row_counts)
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = {"version": result.version, "row_counts": result.row_counts}
+        return result.to_dict()
