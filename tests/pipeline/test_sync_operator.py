@@ -68,7 +68,8 @@ def test_sync_publishes_then_skips_when_nothing_is_new(pipeline_config, landed):
     assert result["row_counts"]["public.tickets"] > 0
     assert context["outlet_events"][asset].extra == {"version": result["version"], "row_counts": result["row_counts"]}
     storage = pipeline_config.storage
-    current = json.loads(landed.get_object(Bucket=storage.bucket, Key=f"{storage.dataset_prefix}/current")["Body"].read())
+    current_key = f"{storage.dataset_prefix}/current"
+    current = json.loads(landed.get_object(Bucket=storage.bucket, Key=current_key)["Body"].read())
     assert current["version"] == result["version"]
     url = context["ti"].xcom[REPORT_URL_XCOM_KEY]
     assert url.endswith(result["report_keys"]["html"])
