@@ -4,15 +4,17 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The pin set in requirements.txt is resolved for Python 3.11 (Airflow 3.3 itself supports 3.10-3.14).
-PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+PYTHON ?= $(or $(shell command -v python3.11 2>/dev/null),$(shell command -v python3 2>/dev/null),python3)
 UV_VERSION := 0.13.9
 
 .PHONY: demo test lint install clean-demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	@if [ -z "$(PYTHON)" ] || ! "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-		echo "error: Python 3.11 is required (found: $${PYTHON:-none}$$([ -n "$(PYTHON)" ] && "$(PYTHON)" -V 2>&1))."; \
-		echo "       requirements.txt is pinned for 3.11. Install python3.11 or run: make PYTHON=/path/to/python3.11 ..."; \
+	@version="$$("$(PYTHON)" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"; \
+	if [ "$$version" != "3.11" ]; then \
+		echo "error: this project needs Python 3.11 (requirements.txt is pinned for it; Airflow 3.3 supports it)."; \
+		echo "       '$(PYTHON)' is $${version:-not a working Python interpreter}."; \
+		echo "       Install Python 3.11, or point make at one: make PYTHON=/path/to/python3.11 $(or $(MAKECMDGOALS),install)"; \
 		exit 1; \
 	fi
 	@if [ -x "$(PY)" ] && ! "$(PY)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then rm -rf "$(VENV)"; fi

@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 class VirtualClock:
@@ -26,7 +26,7 @@ class VirtualClock:
         self._monotonic = monotonic
         self._speed = _check_speed(speed)
         # Re-anchored on every speed change so that changing speed never makes time jump.
-        self._anchor_virtual = start or datetime.now(timezone.utc)
+        self._anchor_virtual = start or datetime.now(UTC)
         self._anchor_real = monotonic()
 
     def now(self) -> datetime:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from xml.sax.saxutils import escape
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -35,8 +36,10 @@ class Response:
         return Response(self.status, body, headers)
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
-        headers = [(k, v) for k, v in self.headers if k.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(self.body))))
+        headers = list(self.headers)
+        # A forwarded HEAD keeps moto's Content-Length (the object's size); everything else gets the body's.
+        if self.header("Content-Length") is None:
+            headers.append(("Content-Length", str(len(self.body))))
         start_response(f"{self.status} {HTTPStatus(self.status).phrase}", headers)
         # HEAD responses carry the headers of the GET but never a body.
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [self.body]
@@ -96,3 +99,12 @@ def request_account(environ: dict) -> str:
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
+
+
+def s3_error(status: int, code: str, message: str, **details: str) -> Response:
+    """An error in S3's XML format, which botocore turns into a ``ClientError`` with this ``Code``."""
+    parts = [f"<Code>{escape(code)}</Code>", f"<Message>{escape(message)}</Message>"]
+    parts += [f"<{name}>{escape(value)}</{name}>" for name, value in details.items()]
+    parts.append(f"<RequestId>{new_request_id()}</RequestId>")
+    xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>{"".join(parts)}</Error>'
+    return Response(status, xml.encode(), [("Content-Type", "application/xml")])

@@ -67,14 +67,18 @@ def import_device(job_id: str, account_id: str, region: str, buckets: list[str])
     for bucket in buckets:
         if not bucket_exists(account_id, region, bucket):
             # As on AWS, objects for a bucket deleted since CreateJob fail to import; the rest still land.
-            log.warning("Snowball job %s: target bucket %s no longer exists; its objects were not imported",
-                        job_id, bucket)
+            log.warning(
+                "Snowball job %s: target bucket %s no longer exists; its objects were not imported",
+                job_id,
+                bucket,
+            )
             continue
         for key in device_objects(job_id, region, bucket):
             copied = target.put_object(bucket, key.name, key.value)
             copied.set_metadata(dict(key.metadata))
             total_bytes += key.size
             total_objects += 1
-    log.info("Snowball job %s imported %s objects (%s bytes) into %s", job_id, total_objects, total_bytes,
-             buckets)
+    log.info(
+        "Snowball job %s imported %s objects (%s bytes) into %s", job_id, total_objects, total_bytes, buckets
+    )
     return total_bytes, total_objects
