@@ -1,0 +1,248 @@
+"""Command line: ``python -m finetune_pipeline.datasets merge|validate|report`` on s3:// URIs or local paths.
+
+Exit codes: 0 success (published, up to date, checks passed), 1 checks failed / not published, 2 bad usage or
+configuration (the message says what).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from finetune_pipeline.datasets.contracts import ContractError, load_contract
+from finetune_pipeline.datasets.dms_format import CsvSettings, DmsFileError, classify, read_events
+from finetune_pipeline.datasets.publish import ManifestError, read_current, version_prefix
+from finetune_pipeline.datasets.report import render_html
+from finetune_pipeline.datasets.store import LocalStore, ObjectStore, StoreError, join_key, store_from_uri
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+def _iso(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+
+
+def _pair_store(landing: str, dataset: str, endpoint: str | None) -> tuple[ObjectStore, str, str]:
+    """One store for both locations: the same bucket, or a common local folder."""
+    if landing.startswith("s3://") != dataset.startswith("s3://"):
+        raise UsageError("--landing and --dataset must both be s3:// URIs or both local paths")
+    if landing.startswith("s3://"):
+        store, landing_prefix = store_from_uri(landing, endpoint_url=endpoint)
+        other, dataset_prefix = store_from_uri(dataset, endpoint_url=endpoint)
+        if other.bucket != store.bucket:  # type: ignore[attr-defined]
+            raise UsageError("--landing and --dataset must be in the same bucket (quarantine moves files)")
+        return store, landing_prefix, dataset_prefix
+    a, b = Path(landing).resolve(), Path(dataset).resolve()
+    root = Path(os.path.commonpath([a, b]))
+    if root in (a, b):
+        raise UsageError("--landing and --dataset must be separate folders, neither inside the other")
+    return LocalStore(root), a.relative_to(root).as_posix(), b.relative_to(root).as_posix()
+
+
+def _list_targets(
+    target: str, endpoint: str | None, suffixes: tuple[str, ...]
+) -> tuple[ObjectStore, list[str]]:
+    if target.startswith("s3://"):
+        store, prefix = store_from_uri(target, endpoint_url=endpoint)
+        keys = [i.key for i in store.list_after(prefix) if i.key.endswith(suffixes)]
+        return store, keys
+    path = Path(target).resolve()
+    if path.is_file():
+        return LocalStore(path.parent), [path.name]
+    if not path.is_dir():
+        raise UsageError(f"{target}: no such file or folder")
+    store = LocalStore(path)
+    return store, [i.key for i in store.list_after("") if i.key.endswith(suffixes)]
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from finetune_pipeline.datasets.sync import SyncSpec, run_sync
+
+    store, landing, dataset = _pair_store(args.landing, args.dataset, args.endpoint_url)
+    spec = SyncSpec(
+        landing_prefix=landing,
+        dataset_prefix=dataset,
+        contracts_dir=args.contracts,
+        snapshot_position=args.snapshot_position,
+        snapshot_sequence=args.snapshot_sequence,
+        retention=args.retention,
+        csv_header=args.csv_header,
+        rows_per_bucket=args.rows_per_bucket,
+        merge_memory_bytes=args.merge_memory_mb * 2**20,
+    )
+    result = run_sync(store, spec, tables=args.table or None, full_rebuild=args.full_rebuild, now=args.now)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(f"{result.status}: version {result.version} (previous {result.previous_version})")
+        for table, rows in result.row_counts.items():
+            print(f"  {table}: {rows:,} rows")
+        for check in result.failed_checks:
+            print(f"  FAILED [{check.severity}] {check.table} {check.name}: {check.detail}")
+        for q in result.quarantined:
+            print(f"  quarantined {q.source_key} -> {q.quarantine_key} ({q.reason})")
+        if result.report_keys:
+            print(f"  report: {store.uri(result.report_keys['html'])}")
+    return 0 if result.status in ("published", "up_to_date") else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from finetune_pipeline.datasets.validate import publishable, validate_parquet
+
+    contract = load_contract(args.contract)
+    if args.dms:
+        return _validate_dms(args, contract)
+    store, keys = _list_targets(args.target, args.endpoint_url, (".parquet",))
+    if not keys:
+        raise UsageError(f"{args.target}: no .parquet files")
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        paths = [stack.enter_context(store.local_path(k)) for k in keys]
+        report = validate_parquet(
+            paths,
+            contract,
+            now=args.now,
+            expected_rows=args.expected_rows,
+            use_statistics=not args.no_statistics,
+        )
+    out = {
+        "table": report.table,
+        "rows": report.rows,
+        "files": report.files,
+        "passed": report.passed,
+        "checks": [r.to_dict() for r in report.results],
+    }
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if publishable(report.results) else 1
+
+
+def _validate_dms(args: argparse.Namespace, contract) -> int:
+    store, keys = _list_targets(args.target, args.endpoint_url, (".parquet", ".csv"))
+    csv = CsvSettings(header=args.csv_header)
+    results, bad = [], 0
+    for key in keys:
+        parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        f = classify(key, parent)
+        if f is None:
+            results.append({"key": key, "ok": False, "reason": "not_a_dms_file", "detail": "unexpected name"})
+            bad += 1
+            continue
+        rows = 0
+        try:
+            with store.local_path(key) as path:
+                for batch in read_events(path, f, contract, csv):
+                    rows += batch.num_rows
+            results.append({"key": key, "ok": True, "rows": rows})
+        except DmsFileError as err:
+            results.append({"key": key, "ok": False, "reason": err.reason, "detail": err.detail})
+            bad += 1
+    print(json.dumps({"table": contract.table, "files": results, "bad_files": bad}, indent=2))
+    return 0 if bad == 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store, prefix = store_from_uri(args.dataset, endpoint_url=args.endpoint_url)
+    if args.version:
+        key = join_key(version_prefix(prefix, args.version), "report.json")
+    else:
+        manifest = read_current(store, prefix)
+        if manifest is None:
+            raise UsageError(f"{args.dataset}: nothing published yet (no current manifest)")
+        # Rebuilt from the version id: manifest keys are relative to the root the merge ran with.
+        key = join_key(version_prefix(prefix, manifest.version), "report.json")
+    report = json.loads(store.get_bytes(key))
+    if args.format == "json":
+        text = json.dumps(report, indent=2)
+    elif args.format == "html":
+        text = render_html(report)
+    else:
+        lines = [f"{report['version']} {report['status']} (previous {report.get('previous_version')})"]
+        for name, t in report["tables"].items():
+            lines.append(f"  {name}: {t['rows']:,} rows")
+        lines += [
+            f"  FAILED [{c['severity']}] {c['table']} {c['name']}: {c['detail']}"
+            for c in report["checks"]
+            if not c["passed"]
+        ]
+        text = "\n".join(lines)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m finetune_pipeline.datasets", description=__doc__)
+    parser.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint (default: env AWS_ENDPOINT_URL)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    merge = sub.add_parser("merge", help="incremental sync: new DMS files -> new validated dataset version")
+    merge.add_argument("--landing", required=True, help="DMS S3 target folder (s3://bucket/prefix or path)")
+    merge.add_argument("--dataset", required=True, help="dataset folder (same bucket / a sibling folder)")
+    merge.add_argument("--contracts", required=True, type=Path, help="folder of <schema>.<table>.yaml")
+    merge.add_argument("--table", action="append", help="only this table (repeatable)")
+    merge.add_argument("--snapshot-position", type=_iso, help="full-load snapshot time (ISO 8601, UTC)")
+    merge.add_argument("--snapshot-sequence", help="_dms_seq at the snapshot time (35 digits)")
+    merge.add_argument("--full-rebuild", action="store_true", help="rebuild from all landing files")
+    merge.add_argument("--retention", type=int, default=5, help="published versions to keep")
+    merge.add_argument(
+        "--csv-header", action="store_true", help="CSV files have a header row (AddColumnName)"
+    )
+    merge.add_argument("--rows-per-bucket", type=int, default=1_000_000)
+    merge.add_argument("--merge-memory-mb", type=int, default=128)
+    merge.add_argument("--now", type=_iso, help="evaluate freshness as of this time")
+    merge.add_argument("--json", action="store_true", help="print the result as JSON")
+    merge.set_defaults(func=cmd_merge)
+
+    validate = sub.add_parser("validate", help="check Parquet data (or DMS landing files) against a contract")
+    validate.add_argument("target", help="a file, folder or s3://bucket/prefix")
+    validate.add_argument("--contract", required=True, type=Path)
+    validate.add_argument("--dms", action="store_true", help="target holds DMS landing files: file checks")
+    validate.add_argument("--csv-header", action="store_true")
+    validate.add_argument("--expected-rows", type=int)
+    validate.add_argument("--no-statistics", action="store_true", help="read every value, ignore footers")
+    validate.add_argument("--now", type=_iso)
+    validate.set_defaults(func=cmd_validate)
+
+    report = sub.add_parser("report", help="show a published version's report")
+    report.add_argument("--dataset", required=True)
+    report.add_argument("--version", help="version id (default: current)")
+    report.add_argument("--format", choices=("text", "json", "html"), default="text")
+    report.add_argument("--out", help="write to this file instead of stdout")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (UsageError, ContractError, ManifestError, StoreError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # boto errors etc.: one clear line, not a traceback, and a non-zero exit
+        if args.verbose:
+            raise
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2

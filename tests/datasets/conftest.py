@@ -1,0 +1,48 @@
+"""Fixtures for the dataset tests: a bucket-like local store, small contracts and a sync spec."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from ds_helpers import DEMO_CONTRACTS, ITEMS_YAML, T0
+
+from finetune_pipeline.datasets.contracts import load_contract
+from finetune_pipeline.datasets.store import LocalStore
+from finetune_pipeline.datasets.sync import SyncSpec
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "bucket")
+
+
+@pytest.fixture
+def contracts_dir(tmp_path) -> Path:
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    (folder / "shop.items.yaml").write_text(ITEMS_YAML)
+    return folder
+
+
+@pytest.fixture
+def items_contract(contracts_dir):
+    return load_contract(contracts_dir / "shop.items.yaml")
+
+
+@pytest.fixture
+def demo_contracts_dir(tmp_path) -> Path:
+    folder = tmp_path / "demo-contracts"
+    shutil.copytree(DEMO_CONTRACTS, folder)
+    return folder
+
+
+@pytest.fixture
+def spec(contracts_dir) -> SyncSpec:
+    return SyncSpec(
+        landing_prefix="landing",
+        dataset_prefix="datasets/shop",
+        contracts_dir=contracts_dir,
+        snapshot_position=T0,
+    )

@@ -1,0 +1,182 @@
+"""The CLI: merge, validate and report on local folders and s3:// URIs, with clear errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from ds_helpers import REPO, T0, item_events, item_load, put_cdc, put_load
+
+from finetune_pipeline.datasets.cli import main
+from finetune_pipeline.datasets.store import LocalStore, S3Store
+
+NOW = "2026-11-26T10:00:00+00:00"
+
+
+@pytest.fixture
+def landing(tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new")]))
+    put_cdc(store, item_events([("U", 3, 1, 1, "a2", 5, "done")]), 4)
+    return store
+
+
+def _merge(tmp_path, contracts_dir, *extra):
+    return main(
+        [
+            "merge",
+            "--landing",
+            str(tmp_path / "lake" / "landing"),
+            "--dataset",
+            str(tmp_path / "lake" / "datasets"),
+            "--contracts",
+            str(contracts_dir),
+            "--snapshot-position",
+            T0.isoformat(),
+            "--now",
+            NOW,
+            *extra,
+        ]
+    )
+
+
+def test_merge_then_up_to_date(tmp_path, contracts_dir, landing, capsys):
+    assert _merge(tmp_path, contracts_dir) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("published: version v000001-") and "shop.items: 2 rows" in out
+    assert _merge(tmp_path, contracts_dir, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "up_to_date"
+
+
+def test_merge_blocked_exits_1(tmp_path, contracts_dir, landing, capsys):
+    put_cdc(landing, item_events([("U", 5, 2, 2, "b", 5000, "new")]), 6)
+    assert _merge(tmp_path, contracts_dir) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("blocked:") and "FAILED [blocking] shop.items range:qty" in out
+
+
+def test_validate_published_data_and_report(tmp_path, contracts_dir, landing, capsys):
+    assert _merge(tmp_path, contracts_dir) == 0
+    capsys.readouterr()
+    versions = sorted((tmp_path / "lake" / "datasets" / "versions").iterdir())
+    part_dir = versions[-1] / "shop.items"
+    assert main(["validate", str(part_dir), "--contract", str(contracts_dir / "shop.items.yaml")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["passed"] and result["rows"] == 2
+    html = tmp_path / "report.html"
+    assert (
+        main(
+            [
+                "report",
+                "--dataset",
+                str(tmp_path / "lake" / "datasets"),
+                "--format",
+                "html",
+                "--out",
+                str(html),
+            ]
+        )
+        == 0
+    )
+    assert "<svg" in html.read_text()
+    assert main(["report", "--dataset", str(tmp_path / "lake" / "datasets")]) == 0
+    assert "shop.items: 2 rows" in capsys.readouterr().out
+
+
+def test_validate_dms_landing_files(tmp_path, contracts_dir, landing, capsys):
+    put_cdc(landing, item_events([("Z", 5, 2, 2, "b", 5, "new")]), 6)
+    code = main(
+        [
+            "validate",
+            "--dms",
+            str(tmp_path / "lake" / "landing" / "shop" / "items"),
+            "--contract",
+            str(contracts_dir / "shop.items.yaml"),
+        ]
+    )
+    assert code == 1
+    files = {f["key"].rsplit("/", 1)[-1]: f for f in json.loads(capsys.readouterr().out)["files"]}
+    assert {name: f["ok"] for name, f in files.items()} == {
+        "LOAD00000001.parquet": True,
+        "20261126-090004000.parquet": True,
+        "20261126-090006000.parquet": False,
+    }
+    assert files["20261126-090006000.parquet"]["reason"] == "bad_op"
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path, contracts_dir, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "shop.items.yaml").write_text("table: shop.items\nprimary_key: [id]\ncolumns: []\n")
+    assert main(["validate", str(tmp_path), "--contract", str(bad / "shop.items.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "columns" in err
+    assert (
+        main(["merge", "--landing", "s3://a/x", "--dataset", "s3://b/y", "--contracts", str(contracts_dir)])
+        == 2
+    )
+    assert "same bucket" in capsys.readouterr().err
+    assert main(["report", "--dataset", str(tmp_path / "empty")]) == 2
+    assert "nothing published" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "merge",
+                "--landing",
+                str(tmp_path / "l"),
+                "--dataset",
+                str(tmp_path / "d"),
+                "--contracts",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )
+    assert "contracts folder not found" in capsys.readouterr().err
+
+
+def test_merge_on_s3_with_endpoint_url(boto_client, localaws, tmp_path, contracts_dir, capsys):
+    client = boto_client("s3")
+    bucket = f"cli-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    store = S3Store(client, bucket)
+    put_load(store, item_load([(1, "a", 1, "new")]))
+    code = main(
+        [
+            "--endpoint-url",
+            localaws.endpoint_url,
+            "merge",
+            "--landing",
+            f"s3://{bucket}/landing",
+            "--dataset",
+            f"s3://{bucket}/datasets/shop",
+            "--contracts",
+            str(contracts_dir),
+            "--now",
+            NOW,
+        ]
+    )
+    assert code == 0, capsys.readouterr()
+    assert client.head_object(Bucket=bucket, Key="datasets/shop/current")["ContentLength"] > 0
+
+
+def test_module_entry_point(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune_pipeline.datasets", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO / "plugins",
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "merge" in proc.stdout and "validate" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune_pipeline.datasets", "merge"],
+        capture_output=True,
+        text=True,
+        cwd=REPO / "plugins",
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--landing" in proc.stderr
