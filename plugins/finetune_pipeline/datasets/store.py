@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -255,7 +256,9 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """PutObject; S3 makes the new object visible all at once."""
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        # A content type lets a browser open the HTML report from its link instead of downloading it.
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def put_file(self, key: str, path: str | Path) -> None:
         """Managed upload (multipart above the threshold)."""
