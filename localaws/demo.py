@@ -114,10 +114,42 @@ class PipelineWatcher:
         return "; ".join(lines)
 
 
-def seed(config, localaws_url: str) -> None:
+def seed(config, localaws_url: str) -> dict:
     from localaws.seed import seed_demo
 
-    seed_demo(config, localaws_url, report=print)
+    return seed_demo(config, localaws_url, report=print)
+
+
+def demo_config(home: Path, sync_every_minutes: int) -> Path:
+    """The shipped config, with the sync scheduled every few minutes so the demo shows scheduled syncs."""
+    import yaml
+
+    data = yaml.safe_load((REPO_ROOT / "include" / "config" / "pipeline.yaml").read_text())
+    data["sync"]["schedule"] = f"*/{sync_every_minutes} * * * *"
+    path = home / "pipeline.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by make demo from include/config/pipeline.yaml; edit that file instead.\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def keep_changes_landing(config, localaws_url: str, tables: dict, watcher: PipelineWatcher, minutes: int) -> None:
+    """Until Ctrl-C: land a batch of SEED change files each period and report what the DAGs do with it."""
+    from datetime import UTC, datetime
+
+    from localaws.seed import localaws_s3, write_change_batch
+
+    s3 = localaws_s3(config, localaws_url)
+    batch = 0
+    next_batch = time.monotonic()
+    while True:
+        if time.monotonic() >= next_batch:
+            batch += 1
+            keys = write_change_batch(config, s3, tables, datetime.now(UTC), seed=100 + batch)
+            print(f"SEED DATA: batch {batch}, {len(keys)} change files landed", flush=True)
+            next_batch += minutes * 60
+        watcher.poll()
+        time.sleep(5)  # polling interval of the watcher
 
 
 def _interrupt(signum, frame):
@@ -132,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--localaws-port", type=int, default=4566)
     parser.add_argument("--home", type=Path, default=REPO_ROOT / ".demo")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the pipeline")
+    parser.add_argument("--sync-every-minutes", type=int, default=2, help="the demo's sync schedule")
     parser.add_argument("--exit-when-done", action="store_true", help="stop everything once the run ends")
     args = parser.parse_args(argv)
 
@@ -141,18 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"or pass --{name.lower()}-port", file=sys.stderr)
             return 2
 
-    os.environ["FINETUNE_PIPELINE_CONFIG"] = str(REPO_ROOT / "include" / "config" / "pipeline.yaml")
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
     from finetune_pipeline.config import load_config
 
-    config = load_config()
+    config_path = demo_config(args.home, args.sync_every_minutes)
+    os.environ["FINETUNE_PIPELINE_CONFIG"] = str(config_path)
+    config = load_config(config_path)
     localaws_url = f"http://127.0.0.1:{args.localaws_port}"
     print(f"starting localaws on {localaws_url}", flush=True)
     localaws_process = start_localaws(args.localaws_port, args.home / "localaws.log")
-    stack = AirflowStack(home=args.home / "airflow", localaws_url=localaws_url, port=args.airflow_port)
+    stack = AirflowStack(home=args.home / "airflow", localaws_url=localaws_url, port=args.airflow_port,
+                         config_path=config_path)
     exit_code = 0
     try:
-        seed(config, localaws_url)
+        seeded = seed(config, localaws_url)
         print("preparing Airflow (metadata DB, connections)...", flush=True)
         stack.prepare()
         print(f"starting Airflow on {stack.url} (api-server, scheduler, dag-processor, triggerer)", flush=True)
@@ -172,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nAirflow UI: {stack.url}   login: admin / {stack.admin_password()}")
         print(f"logs: {stack.home / 'process-logs'} and {args.home / 'localaws.log'}")
         if not args.exit_when_done:
-            print("Ctrl-C stops everything this demo started.", flush=True)
-            signal.pause()
+            print(f"Ctrl-C stops everything this demo started. Meanwhile new SEED change files land every "
+                  f"{args.sync_every_minutes} min and the scheduled sync publishes them:", flush=True)
+            keep_changes_landing(config, localaws_url, seeded["tables"], watcher, args.sync_every_minutes)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     except StackError as error:

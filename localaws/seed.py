@@ -44,23 +44,49 @@ def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str],
     report(f"SEED DATA: snapshot export of {len(manifest.files)} files at {directory} "
            f"(position {manifest.snapshot_position})")
 
-    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=config.storage.region,
-                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
+    s3 = localaws_s3(config, endpoint_url)
     bucket, landing = config.storage.bucket, config.storage.landing_prefix
     if config.storage.region == "us-east-1":
         s3.create_bucket(Bucket=bucket)
     else:
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": config.storage.region})
-    landing_store = S3Store(s3, bucket)
-    cdc_keys = []
-    for name, files in seed_changes(tables, snapshot_position, n_files=3, changes_per_file=20, seed=7).items():
+    s3.delete_object(Bucket=bucket, Key=join_key(landing, SEED_MARKER_KEY))
+    cdc_keys = write_change_batch(config, s3, tables, snapshot_position, seed=7)
+    report(f"SEED DATA: {len(cdc_keys)} CDC files in s3://{bucket}/{landing}/ (listed in {SEED_MARKER_KEY})")
+    return {"snapshot_position": manifest.snapshot_position, "cdc_keys": cdc_keys, "tables": tables}
+
+
+def localaws_s3(config: PipelineConfig, endpoint_url: str):
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=config.storage.region,
+                        aws_access_key_id="localaws", aws_secret_access_key="localaws")
+
+
+def write_change_batch(config: PipelineConfig, s3, tables: dict, start: datetime, seed: int) -> list[str]:
+    """Write one batch of seed CDC files with commit times after ``start`` and add them to the seed marker.
+
+    Inserts of keys an earlier batch already inserted read as upserts, and deletes of deleted keys are
+    no-ops, so batches can be generated from the same starting tables.
+    """
+    landing = config.storage.landing_prefix
+    landing_store = S3Store(s3, config.storage.bucket)
+    keys = []
+    for name, files in seed_changes(tables, start, n_files=3, changes_per_file=20, seed=seed).items():
         schema_name, table_name = name.split(".", 1)
         for file_time, events in files:
             key = join_key(landing, schema_name, table_name, cdc_file_name(file_time))
             write_dms_file(landing_store, key, events)
-            cdc_keys.append(key)
-    marker = {"seed_data": True, "written_by": "localaws.seed (make demo)", "written_at": now.isoformat(),
-              "snapshot_position": manifest.snapshot_position, "cdc_files": cdc_keys}
-    s3.put_object(Bucket=bucket, Key=join_key(landing, SEED_MARKER_KEY), Body=json.dumps(marker, indent=2).encode())
-    report(f"SEED DATA: {len(cdc_keys)} CDC files in s3://{bucket}/{landing}/ (listed in {SEED_MARKER_KEY})")
-    return {"snapshot_position": manifest.snapshot_position, "cdc_keys": cdc_keys}
+            keys.append(key)
+    _record_seed_files(config, s3, keys)
+    return keys
+
+
+def _record_seed_files(config: PipelineConfig, s3, keys: list[str]) -> None:
+    """Keep ``_seed/SEED_DATA.json`` listing every seed change file, so nobody mistakes it for replication."""
+    marker_key = join_key(config.storage.landing_prefix, SEED_MARKER_KEY)
+    try:
+        marker = json.loads(s3.get_object(Bucket=config.storage.bucket, Key=marker_key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        marker = {"seed_data": True, "written_by": "localaws.seed (make demo)", "cdc_files": []}
+    marker["cdc_files"].extend(keys)
+    marker["updated_at"] = datetime.now(UTC).isoformat()
+    s3.put_object(Bucket=config.storage.bucket, Key=marker_key, Body=json.dumps(marker, indent=2).encode())
