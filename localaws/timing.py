@@ -2,7 +2,8 @@
 
 ``realistic`` follows what AWS documents or typically shows (a Snowball job stays ``New`` for up to an hour,
 ships for days, sits with the customer for a week). ``demo`` squeezes every state into a few virtual seconds,
-but keeps the device ``WithCustomer`` for a minute so that a pipeline task has time to load it.
+but keeps the device ``WithCustomer`` for a minute so that a pipeline task has time to load it, and each DMS,
+HyperPod and SSM state at least 10 s (see the note in the ``demo`` profile).
 """
 
 from __future__ import annotations
@@ -39,10 +40,28 @@ class DmsTiming:
 
 
 @dataclass(frozen=True)
+class HyperPodTiming:
+    """Seconds a SageMaker HyperPod cluster spends ``Creating`` (nodes ``Pending``) and ``Deleting``."""
+
+    cluster_creating: float
+    cluster_deleting: float
+
+
+@dataclass(frozen=True)
+class SsmTiming:
+    """Seconds an SSM Run Command invocation is ``Pending`` (not yet on the node), then ``InProgress``."""
+
+    command_pending: float
+    command_in_progress: float
+
+
+@dataclass(frozen=True)
 class TimingProfile:
     name: str
     snowball: SnowballTiming
     dms: DmsTiming
+    hyperpod: HyperPodTiming
+    ssm: SsmTiming
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +92,10 @@ PROFILES: dict[str, TimingProfile] = {
             full_load_running=300.0,
             instance_creating=600.0,
         ),
+        # Provisioning the instances and running the lifecycle scripts takes a quarter of an hour or more.
+        hyperpod=HyperPodTiming(cluster_creating=15 * 60.0, cluster_deleting=5 * 60.0),
+        # The SSM agent picks a command up within seconds; the submit script (squeue, sbatch) runs in a few.
+        ssm=SsmTiming(command_pending=2.0, command_in_progress=5.0),
     ),
     "demo": TimingProfile(
         name="demo",
@@ -100,6 +123,8 @@ PROFILES: dict[str, TimingProfile] = {
             full_load_running=20.0,
             instance_creating=10.0,
         ),
+        hyperpod=HyperPodTiming(cluster_creating=15.0, cluster_deleting=10.0),
+        ssm=SsmTiming(command_pending=10.0, command_in_progress=10.0),
     ),
 }
 

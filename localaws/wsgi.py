@@ -79,6 +79,17 @@ def read_body(environ: dict) -> bytes:
     return body
 
 
+def replace_body(environ: dict, body: bytes) -> None:
+    """Hand moto a rewritten request body (e.g. a cluster ARN resolved to the name moto keys it by)."""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+
+
+def json_error(code: str, message: str, content_type: str, status: int = 400) -> Response:
+    """An AWS JSON-protocol error, which botocore turns into a ``ClientError`` with this ``Code``."""
+    return json_response({"__type": code, "Message": message}, status, content_type)
+
+
 def request_region(environ: dict) -> str:
     """The region the client signed for (SigV4 credential scope)."""
     match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))

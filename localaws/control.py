@@ -1,0 +1,62 @@
+"""Client helpers for the localaws control endpoint (``/_localaws/...``), using urllib only."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+
+def get_clock(endpoint_url: str) -> dict:
+    """GET /_localaws/clock -> ``{"now": iso8601, "speed": x}``."""
+    return _call(endpoint_url, "GET", "/_localaws/clock")
+
+
+def advance_clock(endpoint_url: str, seconds: float) -> dict:
+    """Jump the virtual clock forward by ``seconds``; returns the new clock."""
+    return _call(endpoint_url, "POST", "/_localaws/clock", {"advance_seconds": seconds})
+
+
+def set_clock_speed(endpoint_url: str, speed: float) -> dict:
+    """Run the virtual clock at ``speed`` times real time (0 freezes it); returns the new clock."""
+    return _call(endpoint_url, "POST", "/_localaws/clock", {"speed": speed})
+
+
+def get_timing(endpoint_url: str) -> dict:
+    """GET /_localaws/timing -> the server's timing profile (seconds per simulated state)."""
+    return _call(endpoint_url, "GET", "/_localaws/timing")
+
+
+def wait_until_healthy(endpoint_url: str, timeout: float = 30.0) -> None:
+    """Poll GET /_localaws/health until it answers ok; raises TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            if _call(endpoint_url, "GET", "/_localaws/health", timeout=2.0).get("status") == "ok":
+                return
+        except (OSError, ValueError) as error:  # not listening yet, or answering something else
+            last_error = error
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"localaws at {endpoint_url} not healthy after {timeout}s: {last_error}")
+        time.sleep(0.1)  # polling interval between health probes
+
+
+def _call(
+    endpoint_url: str, method: str, path: str, payload: dict | None = None, timeout: float = 10.0
+) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(
+        endpoint_url.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise ValueError(
+            f"{method} {path} failed with {error.code}: {error.read().decode(errors='replace')}"
+        ) from None

@@ -1,0 +1,221 @@
+"""SageMaker HyperPod clusters on moto, with ``ClusterStatus`` moving on the virtual clock.
+
+moto creates a cluster ``InService`` at once, names its nodes ``<group>-<n>``, ends the cluster ARN with the
+cluster's name and deletes a cluster on the spot. Every cluster request (``X-Amz-Target: SageMaker.*``, the
+operations in ``OPERATIONS``) passes through :class:`HyperPodLifecycle`, which makes a new cluster
+``Creating`` (nodes ``Pending``) for ``cluster_creating`` virtual seconds, then ``InService`` (nodes
+``Running``); gives the cluster the 12-character ID that AWS puts in its ARN and the nodes EC2 instance IDs;
+answers ``DeleteCluster`` itself (``Deleting``, nodes ``ShuttingDown``, gone after ``cluster_deleting``);
+and reports an unknown cluster or node as ``ResourceNotFound``, as the service model says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from moto.sagemaker.models import Cluster, SageMakerModelBackend, sagemaker_backends
+
+from localaws.clock import VirtualClock
+from localaws.timing import HyperPodTiming
+from localaws.wsgi import (
+    Response,
+    WsgiApp,
+    call_app,
+    json_error,
+    json_response,
+    read_body,
+    replace_body,
+    request_account,
+    request_region,
+)
+
+log = logging.getLogger(__name__)
+
+TARGET_PREFIX = "SageMaker."
+OPERATIONS = frozenset(
+    {
+        "CreateCluster",
+        "DescribeCluster",
+        "ListClusters",
+        "ListClusterNodes",
+        "DescribeClusterNode",
+        "DeleteCluster",
+    }
+)
+CONTENT_TYPE = "application/x-amz-json-1.1"
+# ClusterInstanceStatus of every node while the cluster has this ClusterStatus.
+NODE_STATUS = {"Creating": "Pending", "InService": "Running", "Deleting": "ShuttingDown"}
+
+
+class HyperPodError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class _ClusterTrack:
+    backend: SageMakerModelBackend
+    name: str
+    since: datetime  # when the current ClusterStatus began
+
+
+class HyperPodLifecycle:
+    """Moves moto's HyperPod clusters through ``Creating``, ``InService`` and ``Deleting`` on the clock."""
+
+    def __init__(self, clock: VirtualClock, timing: HyperPodTiming):
+        self.clock = clock
+        self.timing = timing
+        self._lock = threading.RLock()
+        self._clusters: dict[str, _ClusterTrack] = {}  # by cluster ARN
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clusters.clear()
+
+    @staticmethod
+    def handles(target: str) -> bool:
+        """Whether ``X-Amz-Target`` names a cluster operation (the rest of SageMaker goes to moto as is)."""
+        return target.startswith(TARGET_PREFIX) and target[len(TARGET_PREFIX) :] in OPERATIONS
+
+    def handle(self, environ: dict, moto_app: WsgiApp) -> Response:
+        operation = environ["HTTP_X_AMZ_TARGET"][len(TARGET_PREFIX) :]
+        try:
+            params = json.loads(read_body(environ) or b"{}")
+        except ValueError:
+            params = {}
+        backend = sagemaker_backends[request_account(environ)][request_region(environ)]
+        with self._lock:
+            now = self.clock.now()
+            self._advance(now)
+            try:
+                if operation == "DeleteCluster":
+                    return json_response(
+                        {"ClusterArn": self._delete(backend, params, now)}, content_type=CONTENT_TYPE
+                    )
+                if operation == "CreateCluster":
+                    _fill_in_defaults(params, environ)
+                elif "ClusterName" in params:
+                    self._resolve_name(backend, params, environ, operation)
+                response = call_app(moto_app, environ)
+                if response.status != 200:
+                    return response
+                if operation == "CreateCluster":
+                    arn = self._created(backend, params["ClusterName"], now)
+                    return json_response({"ClusterArn": arn}, content_type=CONTENT_TYPE)
+                return response.with_body(json.dumps(_view(json.loads(response.body))).encode())
+            except HyperPodError as error:
+                log.info("SageMaker %s refused: %s %s", operation, error.code, error.message)
+                return json_error(error.code, error.message, CONTENT_TYPE)
+
+    # Requests
+
+    def _resolve_name(
+        self, backend: SageMakerModelBackend, params: dict, environ: dict, operation: str
+    ) -> None:
+        """Check the cluster (and node) exist; hand moto the cluster's name, which it keys clusters by."""
+        cluster = _find(backend, params["ClusterName"])
+        if operation == "DescribeClusterNode" and params.get("NodeId") not in cluster.nodes:
+            raise HyperPodError(
+                "ResourceNotFound",
+                f"Node {params.get('NodeId')} not found in cluster {cluster.cluster_name}.",
+            )
+        if cluster.cluster_name != params["ClusterName"]:
+            replace_body(environ, json.dumps({**params, "ClusterName": cluster.cluster_name}).encode())
+
+    def _created(self, backend: SageMakerModelBackend, name: str, now: datetime) -> str:
+        """Give moto's new cluster AWS's ID and node IDs, and start it ``Creating``."""
+        cluster = backend.clusters[name]
+        cluster.arn = f"{cluster.arn.rsplit('/', 1)[0]}/{uuid.uuid4().hex[:12]}"
+        cluster.creation_time = _naive(now)
+        nodes = {}
+        for node in cluster.nodes.values():
+            node.instance_id = f"i-{uuid.uuid4().hex[:17]}"
+            node.launch_time = _naive(now)
+            nodes[node.instance_id] = node
+        cluster.nodes = nodes
+        self._clusters[cluster.arn] = _ClusterTrack(backend, name, now)
+        _set_status(cluster, "Creating")
+        log.info("HyperPod cluster %s creating (%d nodes)", name, len(nodes))
+        return cluster.arn
+
+    def _delete(self, backend: SageMakerModelBackend, params: dict, now: datetime) -> str:
+        """DeleteCluster: ``Deleting`` now, gone after ``cluster_deleting`` seconds; twice is harmless."""
+        cluster = _find(backend, params.get("ClusterName", ""))
+        if cluster.status != "Deleting":
+            self._clusters[cluster.arn] = _ClusterTrack(backend, cluster.cluster_name, now)
+            _set_status(cluster, "Deleting")
+            log.info("HyperPod cluster %s deleting", cluster.cluster_name)
+        return cluster.arn
+
+    # The clock
+
+    def _advance(self, now: datetime) -> None:
+        """Apply every status change that is due by ``now``."""
+        for arn, track in list(self._clusters.items()):
+            cluster = track.backend.clusters.get(track.name)
+            if cluster is None or cluster.arn != arn:
+                del self._clusters[arn]
+            elif cluster.status == "Creating" and now >= track.since + _seconds(self.timing.cluster_creating):
+                track.since += _seconds(self.timing.cluster_creating)
+                _set_status(cluster, "InService")
+            elif cluster.status == "Deleting" and now >= track.since + _seconds(self.timing.cluster_deleting):
+                del track.backend.clusters[track.name]
+                del self._clusters[arn]
+
+
+def _fill_in_defaults(params: dict, environ: dict) -> None:
+    """moto fails half-way (leaving the name taken) on a group without the optional ThreadsPerCore."""
+    groups = params.get("InstanceGroups")
+    if isinstance(groups, list) and any(isinstance(g, dict) and "ThreadsPerCore" not in g for g in groups):
+        params["InstanceGroups"] = [{"ThreadsPerCore": 1, **g} if isinstance(g, dict) else g for g in groups]
+        replace_body(environ, json.dumps(params).encode())
+
+
+def _find(backend: SageMakerModelBackend, name_or_arn: str) -> Cluster:
+    if name_or_arn.startswith("arn:"):
+        cluster = next((c for c in backend.clusters.values() if c.arn == name_or_arn), None)
+    else:
+        cluster = backend.clusters.get(name_or_arn)
+    if cluster is None:
+        raise HyperPodError("ResourceNotFound", f"Cluster {name_or_arn} not found.")
+    return cluster
+
+
+def _set_status(cluster: Cluster, status: str) -> None:
+    """Set ``ClusterStatus`` and what follows from it: node statuses and each group's status and count."""
+    cluster.status = status
+    for node in cluster.nodes.values():
+        node.status = NODE_STATUS[status]
+    for group in cluster.instance_groups:
+        group["Status"] = status
+        group["CurrentCount"] = sum(
+            1
+            for node in cluster.nodes.values()
+            if node.instance_group_name == group["InstanceGroupName"] and node.status == "Running"
+        )
+
+
+def _view(payload: dict) -> dict:
+    """moto's answer as AWS gives it: no empty ``FailureMessage``, no placeholder node status message."""
+    if payload.get("FailureMessage") == "":
+        del payload["FailureMessage"]
+    for node in [payload.get("NodeDetails"), *payload.get("ClusterNodeSummaries", [])]:
+        if node and "InstanceStatus" in node:
+            node["InstanceStatus"] = {"Status": node["InstanceStatus"]["Status"]}
+    return payload
+
+
+def _naive(moment: datetime) -> datetime:
+    """moto keeps naive UTC datetimes; mixing in aware ones would break its sorting and filters."""
+    return moment.replace(tzinfo=None)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)

@@ -1,0 +1,666 @@
+"""Operators that make sure the DMS pieces of CDC into S3 exist (reusing earlier tries' work) and start it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.utils import validate_execute_complete_event
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
+from airflow.sdk import BaseHook, Connection, Context, conf
+from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.log import mask_secret
+
+from finetune_pipeline.aws.hooks.dms import DmsResourceHook
+from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
+
+# Column DMS adds to every change row: $AR_H_CHANGE_SEQ, the source's commit order, 35 characters.
+SEQUENCE_COLUMN = "_dms_seq"
+# Defaults for an S3 target: Parquet with the operation column on every row and each change's commit time.
+DEFAULT_S3_TARGET_SETTINGS: dict[str, Any] = {
+    "DataFormat": "parquet",
+    "ParquetVersion": "parquet-2-0",
+    "IncludeOpForFullLoad": True,
+    "TimestampColumnName": "_dms_ts",
+}
+# Source engines whose credentials come from an Airflow connection, with their settings key and port.
+DB_SOURCE_ENGINES: dict[str, tuple[str, int]] = {
+    "postgres": ("PostgreSQLSettings", 5432),
+    "aurora-postgresql": ("PostgreSQLSettings", 5432),
+    "mysql": ("MySQLSettings", 3306),
+    "aurora": ("MySQLSettings", 3306),
+    "mariadb": ("MySQLSettings", 3306),
+}
+
+
+def build_cdc_table_mappings(tables: Sequence[Sequence[str]], sequence_column: str = SEQUENCE_COLUMN) -> dict:
+    """
+    DMS table mappings that include exactly ``tables`` and add ``sequence_column`` from ``$AR_H_CHANGE_SEQ``.
+
+    :param tables: ``(schema, table)`` pairs, no wildcards, no duplicates.
+    :raises ValueError: on an empty list, a malformed pair, a wildcard or a duplicate.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in tables:
+        if isinstance(item, str) or len(item) != 2 or not all(isinstance(p, str) and p.strip() for p in item):
+            raise ValueError(f"Each table must be a (schema, table) pair of non-empty names, got {item!r}.")
+        schema, table = item[0].strip(), item[1].strip()
+        if "%" in schema or "%" in table:
+            raise ValueError(f"Table {schema}.{table}: wildcards are not allowed, list each table.")
+        if (schema, table) in pairs:
+            raise ValueError(f"Table {schema}.{table} is listed twice.")
+        pairs.append((schema, table))
+    if not pairs:
+        raise ValueError("At least one (schema, table) pair is needed to replicate.")
+    rules: list[dict[str, Any]] = []
+    for schema, table in pairs:
+        rules.append(
+            {
+                "rule-type": "selection",
+                "rule-id": str(len(rules) + 1),
+                "rule-name": f"include-{schema}-{table}",
+                "object-locator": {"schema-name": schema, "table-name": table},
+                "rule-action": "include",
+            }
+        )
+    for schema, table in pairs:
+        rules.append(
+            {
+                "rule-type": "transformation",
+                "rule-id": str(len(rules) + 1),
+                "rule-name": f"add-{sequence_column}-{schema}-{table}",
+                "rule-target": "column",
+                "object-locator": {"schema-name": schema, "table-name": table},
+                "rule-action": "add-column",
+                "value": sequence_column,
+                "expression": "$AR_H_CHANGE_SEQ",
+                "data-type": {"type": "string", "length": 50},
+            }
+        )
+    return {"rules": rules}
+
+
+def _rules_signature(mappings: dict[str, Any]) -> list[tuple]:
+    """What a mapping's rules do, ignoring IDs, names and defaults AWS may add when it stores them."""
+    return sorted(
+        (
+            str(rule.get("rule-type")),
+            str(rule.get("rule-action")),
+            str(rule.get("object-locator", {}).get("schema-name")),
+            str(rule.get("object-locator", {}).get("table-name")),
+            str(rule.get("value")),
+            str(rule.get("expression")),
+        )
+        for rule in mappings.get("rules", [])
+    )
+
+
+def _check_event(event: dict[str, Any] | None, return_key: str, what: str) -> str:
+    event = validate_execute_complete_event(event)
+    if event.get("status") != "success":
+        raise AirflowException(f"{what} failed: {event.get('message', event)}")
+    return event[return_key]
+
+
+def _tags(tags: dict[str, str] | None) -> list[dict[str, str]]:
+    return [{"Key": key, "Value": value} for key, value in (tags or {}).items()]
+
+
+def _wait_for_task_status(
+    operator: DmsEnsureTaskOperator | DmsStartTaskAtPositionOperator, arn: str, status: str
+) -> None:
+    """
+    Defer to ``DmsTaskStatusTrigger``, or block on botocore's ``replication_task_<status>`` waiter.
+
+    Both operators that wait on a task wait the same way; only the status differs.
+    """
+    if operator.deferrable:
+        operator.defer(
+            trigger=DmsTaskStatusTrigger(
+                replication_task_arn=arn,
+                target_status=status,
+                waiter_delay=operator.waiter_delay,
+                waiter_max_attempts=operator.waiter_max_attempts,
+                aws_conn_id=operator.aws_conn_id,
+                region_name=operator.region_name,
+                verify=operator.verify,
+                botocore_config=operator.botocore_config,
+            ),
+            method_name="execute_complete",
+        )
+    wait(
+        waiter=operator.hook.get_waiter(f"replication_task_{status}"),
+        waiter_delay=operator.waiter_delay,
+        waiter_max_attempts=operator.waiter_max_attempts,
+        args={"Filters": [{"Name": "replication-task-arn", "Values": [arn]}], "WithoutSettings": True},
+        failure_message=f"DMS replication task {arn} did not become {status}",
+        status_message=f"DMS replication task {arn} (waiting for {status}) is",
+        status_args=["ReplicationTasks[0].Status", "ReplicationTasks[0].StopReason"],
+    )
+
+
+class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
+    """
+    Return a replication instance's ARN, creating it only if none has this identifier; wait until available.
+
+    :param replication_instance_identifier: The instance identifier (the idempotency key).
+    :param replication_instance_class: e.g. ``dms.t3.medium``.
+    :param allocated_storage: Storage in GB; the service default if ``None``.
+    :param engine_version: DMS engine version; the service default if ``None``.
+    :param multi_az: Create a Multi-AZ instance.
+    :param publicly_accessible: Give the instance a public IP.
+    :param vpc_security_group_ids: Security groups of the instance.
+    :param replication_subnet_group_identifier: Subnet group (VPC) of the instance.
+    :param kms_key_id: KMS key for the instance's storage.
+    :param tags: Tags of a new instance.
+    :param create_instance_kwargs: Further ``CreateReplicationInstance`` arguments.
+    :param wait_for_completion: Wait until the instance is ``available``.
+    :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
+    :param waiter_delay: Seconds between status checks.
+    :param waiter_max_attempts: Status checks before giving up.
+    """
+
+    aws_hook_class = DmsResourceHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "replication_instance_identifier", "replication_instance_class", "allocated_storage", "tags"
+    )
+
+    def __init__(
+        self,
+        *,
+        replication_instance_identifier: str,
+        replication_instance_class: str = "dms.t3.medium",
+        allocated_storage: int | None = None,
+        engine_version: str | None = None,
+        multi_az: bool = False,
+        publicly_accessible: bool = False,
+        vpc_security_group_ids: list[str] | None = None,
+        replication_subnet_group_identifier: str | None = None,
+        kms_key_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        create_instance_kwargs: dict[str, Any] | None = None,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        waiter_delay: float = 60,
+        waiter_max_attempts: int = 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.replication_instance_identifier = replication_instance_identifier
+        self.replication_instance_class = replication_instance_class
+        self.allocated_storage = allocated_storage
+        self.engine_version = engine_version
+        self.multi_az = multi_az
+        self.publicly_accessible = publicly_accessible
+        self.vpc_security_group_ids = vpc_security_group_ids
+        self.replication_subnet_group_identifier = replication_subnet_group_identifier
+        self.kms_key_id = kms_key_id
+        self.tags = tags
+        self.create_instance_kwargs = create_instance_kwargs or {}
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.waiter_delay = waiter_delay
+        self.waiter_max_attempts = waiter_max_attempts
+
+    def _create_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "ReplicationInstanceIdentifier": self.replication_instance_identifier,
+            "ReplicationInstanceClass": self.replication_instance_class,
+            "MultiAZ": self.multi_az,
+            "PubliclyAccessible": self.publicly_accessible,
+        }
+        optional = {
+            "AllocatedStorage": int(self.allocated_storage) if self.allocated_storage else None,
+            "EngineVersion": self.engine_version,
+            "VpcSecurityGroupIds": self.vpc_security_group_ids,
+            "ReplicationSubnetGroupIdentifier": self.replication_subnet_group_identifier,
+            "KmsKeyId": self.kms_key_id,
+            "Tags": _tags(self.tags) or None,
+        }
+        arguments.update({key: value for key, value in optional.items() if value is not None})
+        return {**arguments, **self.create_instance_kwargs}
+
+    def execute(self, context: Context) -> str:
+        instance = self.hook.find_replication_instance(self.replication_instance_identifier)
+        if instance is None:
+            instance = self.hook.create_replication_instance(**self._create_arguments())
+            self.log.info("Created DMS replication instance %s.", instance["ReplicationInstanceArn"])
+        arn, status = instance["ReplicationInstanceArn"], instance["ReplicationInstanceStatus"]
+        self.log.info("DMS replication instance %s is %s.", arn, status)
+        if status in DmsResourceHook.INSTANCE_FAILED_STATES:
+            raise RuntimeError(
+                f"DMS replication instance {self.replication_instance_identifier} ({arn}) is {status} and "
+                "will not become available by itself. Fix or delete it, then retry."
+            )
+        if status == "available" or not self.wait_for_completion:
+            return arn
+        if self.deferrable:
+            self.defer(
+                trigger=DmsReplicationInstanceAvailableTrigger(
+                    replication_instance_arn=arn,
+                    waiter_delay=self.waiter_delay,
+                    waiter_max_attempts=self.waiter_max_attempts,
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    verify=self.verify,
+                    botocore_config=self.botocore_config,
+                ),
+                method_name="execute_complete",
+            )
+        wait(
+            waiter=self.hook.get_waiter("replication_instance_available"),
+            waiter_delay=self.waiter_delay,
+            waiter_max_attempts=self.waiter_max_attempts,
+            args={"Filters": [{"Name": "replication-instance-arn", "Values": [arn]}]},
+            failure_message=f"DMS replication instance {arn} did not become available",
+            status_message=f"DMS replication instance {arn} is",
+            status_args=["ReplicationInstances[0].ReplicationInstanceStatus"],
+        )
+        return arn
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        return _check_event(
+            event,
+            "replication_instance_arn",
+            f"Waiting for DMS replication instance {self.replication_instance_identifier}",
+        )
+
+
+class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
+    """
+    Return the ARN of a DMS endpoint, creating it only if none has this identifier.
+
+    Two kinds are supported: an S3 target (``engine_name="s3"``, ``s3_settings`` merged over Parquet
+    defaults) and a PostgreSQL/MySQL source whose host, port, user and password come from the Airflow
+    connection ``source_conn_id``. The password is masked and only ever sent to ``CreateEndpoint``: it is
+    never logged, stored on the operator or returned. An existing endpoint is reused as it is, after
+    checking it points at the same bucket/folder or server/database; to change it, delete it first.
+
+    :param endpoint_identifier: The endpoint identifier (the idempotency key).
+    :param endpoint_type: ``source`` or ``target``.
+    :param engine_name: ``s3`` (target), or ``postgres``, ``aurora-postgresql``, ``mysql``, ``aurora``,
+        ``mariadb`` (source).
+    :param s3_settings: ``S3Settings`` of an S3 target; ``BucketName`` and ``ServiceAccessRoleArn`` required.
+    :param source_conn_id: Airflow connection with the source database's host, port, login and password.
+    :param database_name: Database to replicate; defaults to the connection's schema.
+    :param engine_settings: Extra ``PostgreSQLSettings`` / ``MySQLSettings`` (e.g. ``SlotName``).
+    :param ssl_mode: ``none`` | ``require`` | ``verify-ca`` | ``verify-full``.
+    :param kms_key_id: KMS key that encrypts the endpoint's connection parameters.
+    :param tags: Tags of a new endpoint.
+    :param create_endpoint_kwargs: Further ``CreateEndpoint`` arguments.
+    """
+
+    aws_hook_class = DmsResourceHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "endpoint_identifier", "s3_settings", "source_conn_id", "database_name", "engine_settings"
+    )
+    template_fields_renderers = {"s3_settings": "json", "engine_settings": "json"}
+
+    def __init__(
+        self,
+        *,
+        endpoint_identifier: str,
+        endpoint_type: str,
+        engine_name: str,
+        s3_settings: dict[str, Any] | None = None,
+        source_conn_id: str | None = None,
+        database_name: str | None = None,
+        engine_settings: dict[str, Any] | None = None,
+        ssl_mode: str | None = None,
+        kms_key_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        create_endpoint_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.endpoint_identifier = endpoint_identifier
+        self.endpoint_type = endpoint_type
+        self.engine_name = engine_name
+        self.s3_settings = s3_settings
+        self.source_conn_id = source_conn_id
+        self.database_name = database_name
+        self.engine_settings = engine_settings
+        self.ssl_mode = ssl_mode
+        self.kms_key_id = kms_key_id
+        self.tags = tags
+        self.create_endpoint_kwargs = create_endpoint_kwargs or {}
+
+    def _s3_settings(self) -> dict[str, Any]:
+        if self.endpoint_type != "target":
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: only S3 *target* endpoints are supported."
+            )
+        settings = {**DEFAULT_S3_TARGET_SETTINGS, **(self.s3_settings or {})}
+        missing = [key for key in ("BucketName", "ServiceAccessRoleArn") if not settings.get(key)]
+        if missing:
+            raise ValueError(f"Endpoint {self.endpoint_identifier}: s3_settings needs {', '.join(missing)}.")
+        return settings
+
+    def _source_connection(self) -> Connection:
+        """The source database's Airflow connection; its password is masked in logs from here on."""
+        if self.endpoint_type != "source":
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: a {self.engine_name} endpoint can only be a source."
+            )
+        if not self.source_conn_id:
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: a {self.engine_name} source needs source_conn_id."
+            )
+        conn = BaseHook.get_connection(self.source_conn_id)
+        if conn.password:
+            mask_secret(conn.password)
+        return conn
+
+    def _source_arguments(self) -> dict[str, Any]:
+        """Connection details of a database source; the only place the password is read."""
+        conn = self._source_connection()
+        database = self.database_name or conn.schema
+        required = {"host": conn.host, "login": conn.login, "password": conn.password, "database": database}
+        missing = [name for name, value in required.items() if not value]
+        if missing:
+            raise ValueError(
+                f"Airflow connection {self.source_conn_id!r} lacks {', '.join(missing)} for DMS endpoint "
+                f"{self.endpoint_identifier}."
+            )
+        settings_key, default_port = DB_SOURCE_ENGINES[self.engine_name]
+        arguments: dict[str, Any] = {
+            "ServerName": conn.host,
+            "Port": int(conn.port or default_port),
+            "Username": conn.login,
+            "Password": conn.password,
+            "DatabaseName": database,
+        }
+        if self.engine_settings:
+            arguments[settings_key] = self.engine_settings
+        return arguments
+
+    def _create_arguments(self) -> dict[str, Any]:
+        if self.endpoint_type not in ("source", "target"):
+            raise ValueError(f"endpoint_type must be 'source' or 'target', got {self.endpoint_type!r}.")
+        arguments: dict[str, Any] = {
+            "EndpointIdentifier": self.endpoint_identifier,
+            "EndpointType": self.endpoint_type,
+            "EngineName": self.engine_name,
+        }
+        if self.engine_name == "s3":
+            settings = self._s3_settings()
+            arguments["S3Settings"] = settings
+            arguments["ServiceAccessRoleArn"] = settings["ServiceAccessRoleArn"]
+        elif self.engine_name in DB_SOURCE_ENGINES:
+            arguments.update(self._source_arguments())
+        else:
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: engine {self.engine_name!r} is not supported; "
+                f"use 's3' or one of {sorted(DB_SOURCE_ENGINES)}."
+            )
+        optional = {"SslMode": self.ssl_mode, "KmsKeyId": self.kms_key_id, "Tags": _tags(self.tags) or None}
+        arguments.update({key: value for key, value in optional.items() if value is not None})
+        return {**arguments, **self.create_endpoint_kwargs}
+
+    def _check_existing(self, endpoint: dict[str, Any]) -> None:
+        """Refuse to reuse an endpoint with the same identifier that points somewhere else."""
+        actual = {
+            "EndpointType": str(endpoint.get("EndpointType", "")).lower(),
+            "EngineName": endpoint.get("EngineName"),
+        }
+        expected: dict[str, Any] = {"EndpointType": self.endpoint_type, "EngineName": self.engine_name}
+        if self.engine_name == "s3":
+            s3 = endpoint.get("S3Settings") or {}
+            actual["BucketName"] = s3.get("BucketName")
+            actual["BucketFolder"] = (s3.get("BucketFolder") or "").strip("/")
+            expected["BucketName"] = (self.s3_settings or {}).get("BucketName")
+            expected["BucketFolder"] = ((self.s3_settings or {}).get("BucketFolder") or "").strip("/")
+        elif self.engine_name in DB_SOURCE_ENGINES:
+            conn = self._source_connection()
+            actual["ServerName"], actual["DatabaseName"] = (
+                endpoint.get("ServerName"),
+                endpoint.get("DatabaseName"),
+            )
+            expected["ServerName"], expected["DatabaseName"] = conn.host, self.database_name or conn.schema
+        differences = [
+            f"{key}={actual[key]!r} (wanted {value!r})"
+            for key, value in expected.items()
+            if actual[key] != value
+        ]
+        if differences:
+            raise ValueError(
+                f"DMS endpoint {self.endpoint_identifier} already exists but differs: "
+                f"{'; '.join(differences)}. "
+                "Delete it (or choose another identifier), then retry."
+            )
+
+    def execute(self, context: Context) -> str:
+        endpoint = self.hook.find_endpoint(self.endpoint_identifier)
+        if endpoint is not None:
+            self._check_existing(endpoint)
+            self.log.info("Reusing DMS %s endpoint %s.", self.endpoint_type, endpoint["EndpointArn"])
+            return endpoint["EndpointArn"]
+        endpoint = self.hook.create_endpoint(**self._create_arguments())
+        self.log.info(
+            "Created DMS %s endpoint %s (%s).", self.endpoint_type, endpoint["EndpointArn"], self.engine_name
+        )
+        return endpoint["EndpointArn"]
+
+
+class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
+    """
+    Return the ARN of a CDC replication task, creating it only if none has this identifier; wait until ready.
+
+    The table mappings select exactly ``tables`` and add ``sequence_column`` (``$AR_H_CHANGE_SEQ``) to every
+    row. An existing task must have the same endpoints, instance, migration type and mappings; otherwise
+    this fails (change it with the provider's ``DmsModifyTaskOperator``, or delete it).
+
+    :param replication_task_identifier: The task identifier (the idempotency key).
+    :param replication_instance_arn: Replication instance ARN.
+    :param source_endpoint_arn: Source endpoint ARN.
+    :param target_endpoint_arn: Target endpoint ARN.
+    :param tables: ``(schema, table)`` pairs to replicate.
+    :param migration_type: ``cdc`` (default), ``full-load`` or ``full-load-and-cdc``.
+    :param sequence_column: Name of the added change-sequence column.
+    :param replication_task_settings: ``ReplicationTaskSettings`` as a dict.
+    :param tags: Tags of a new task.
+    :param wait_for_completion: Wait until the task is ``ready``.
+    :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
+    :param waiter_delay: Seconds between status checks.
+    :param waiter_max_attempts: Status checks before giving up.
+    """
+
+    aws_hook_class = DmsResourceHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "replication_task_identifier",
+        "replication_instance_arn",
+        "source_endpoint_arn",
+        "target_endpoint_arn",
+        "tables",
+        "replication_task_settings",
+    )
+    template_fields_renderers = {"replication_task_settings": "json"}
+
+    def __init__(
+        self,
+        *,
+        replication_task_identifier: str,
+        replication_instance_arn: str,
+        source_endpoint_arn: str,
+        target_endpoint_arn: str,
+        tables: Sequence[Sequence[str]],
+        migration_type: str = "cdc",
+        sequence_column: str = SEQUENCE_COLUMN,
+        replication_task_settings: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        waiter_delay: float = 30,
+        waiter_max_attempts: int = 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.replication_task_identifier = replication_task_identifier
+        self.replication_instance_arn = replication_instance_arn
+        self.source_endpoint_arn = source_endpoint_arn
+        self.target_endpoint_arn = target_endpoint_arn
+        self.tables = tables
+        self.migration_type = migration_type
+        self.sequence_column = sequence_column
+        self.replication_task_settings = replication_task_settings
+        self.tags = tags
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.waiter_delay = waiter_delay
+        self.waiter_max_attempts = waiter_max_attempts
+
+    def _check_existing(self, task: dict[str, Any], mappings: dict[str, Any]) -> None:
+        expected = {
+            "ReplicationInstanceArn": self.replication_instance_arn,
+            "SourceEndpointArn": self.source_endpoint_arn,
+            "TargetEndpointArn": self.target_endpoint_arn,
+            "MigrationType": self.migration_type,
+        }
+        differences = [key for key, value in expected.items() if task.get(key) != value]
+        stored = json.loads(task["TableMappings"]) if task.get("TableMappings") else None
+        if stored is not None and _rules_signature(stored) != _rules_signature(mappings):
+            differences.append("TableMappings")
+        if differences:
+            raise ValueError(
+                f"DMS replication task {self.replication_task_identifier} already exists with a different "
+                f"{', '.join(differences)}. Modify it (DmsModifyTaskOperator) or delete it, then retry."
+            )
+
+    def execute(self, context: Context) -> str:
+        mappings = build_cdc_table_mappings(self.tables, self.sequence_column)
+        task = self.hook.find_replication_task(self.replication_task_identifier, without_settings=False)
+        if task is None:
+            extra: dict[str, Any] = {}
+            if self.replication_task_settings:
+                extra["ReplicationTaskSettings"] = json.dumps(self.replication_task_settings)
+            if self.tags:
+                extra["Tags"] = _tags(self.tags)
+            arn = self.hook.create_replication_task_nowait(
+                replication_task_id=self.replication_task_identifier,
+                source_endpoint_arn=self.source_endpoint_arn,
+                target_endpoint_arn=self.target_endpoint_arn,
+                replication_instance_arn=self.replication_instance_arn,
+                migration_type=self.migration_type,
+                table_mappings=mappings,
+                **extra,
+            )
+            status = "creating"
+            self.log.info("Created DMS replication task %s for %d tables.", arn, len(self.tables))
+        else:
+            self._check_existing(task, mappings)
+            arn, status = task["ReplicationTaskArn"], task["Status"]
+            self.log.info("Reusing DMS replication task %s, now %s.", arn, status)
+        if status in DmsResourceHook.TASK_GONE_STATES:
+            raise RuntimeError(f"DMS replication task {arn} is {status}; wait until it is gone, then retry.")
+        if status != "creating" or not self.wait_for_completion:
+            return arn
+        _wait_for_task_status(self, arn, "ready")
+        return arn
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        return _check_event(
+            event,
+            "replication_task_arn",
+            f"Waiting for DMS replication task {self.replication_task_identifier}",
+        )
+
+
+class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
+    """
+    Start a replication task's CDC at ``cdc_start_position`` and wait until it runs; a running task is reused.
+
+    Idempotent: if a previous try already started the task (``starting``/``running``), it is not started
+    again. A task that is ``ready``, ``stopped`` or ``failed`` is started with
+    ``StartReplicationTaskType=start-replication``; any other status is an error.
+
+    :param replication_task_arn: Replication task ARN (templated).
+    :param cdc_start_position: Where CDC starts (templated): a date (``2026-01-31T12:00:00``), a checkpoint
+        or an LSN.
+    :param cdc_stop_position: Optional stop position (templated).
+    :param start_replication_task_type: ``start-replication`` (default), ``resume-processing`` or
+        ``reload-target``.
+    :param wait_for_completion: Wait until the task is ``running``.
+    :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
+    :param waiter_delay: Seconds between status checks.
+    :param waiter_max_attempts: Status checks before giving up.
+    """
+
+    aws_hook_class = DmsResourceHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "replication_task_arn", "cdc_start_position", "cdc_stop_position"
+    )
+
+    def __init__(
+        self,
+        *,
+        replication_task_arn: str,
+        cdc_start_position: str,
+        cdc_stop_position: str | None = None,
+        start_replication_task_type: str = "start-replication",
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        waiter_delay: float = 30,
+        waiter_max_attempts: int = 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.replication_task_arn = replication_task_arn
+        self.cdc_start_position = cdc_start_position
+        self.cdc_stop_position = cdc_stop_position
+        self.start_replication_task_type = start_replication_task_type
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.waiter_delay = waiter_delay
+        self.waiter_max_attempts = waiter_max_attempts
+
+    def execute(self, context: Context) -> str:
+        if not self.cdc_start_position:
+            raise ValueError(
+                f"cdc_start_position is empty: cannot start {self.replication_task_arn} without one."
+            )
+        task = self.hook.describe_replication_task(self.replication_task_arn)
+        if task is None:
+            raise RuntimeError(f"DMS replication task {self.replication_task_arn} does not exist.")
+        status = task["Status"]
+        self.log.info("DMS replication task %s is %s.", self.replication_task_arn, status)
+        if status == "running":
+            self.log.info(
+                "DMS replication task %s is already running; not starting it again.",
+                self.replication_task_arn,
+            )
+            return self.replication_task_arn
+        if status in DmsResourceHook.TASK_STARTABLE_STATES:
+            extra = {"CdcStartPosition": self.cdc_start_position}
+            if self.cdc_stop_position:
+                extra["CdcStopPosition"] = self.cdc_stop_position
+            self.hook.start_replication_task(
+                replication_task_arn=self.replication_task_arn,
+                start_replication_task_type=self.start_replication_task_type,
+                **extra,
+            )
+            self.log.info(
+                "Started DMS replication task %s (%s) at CDC position %s.",
+                self.replication_task_arn,
+                self.start_replication_task_type,
+                self.cdc_start_position,
+            )
+        elif status == "starting":
+            self.log.info("DMS replication task %s is already starting.", self.replication_task_arn)
+        else:
+            raise RuntimeError(
+                f"DMS replication task {self.replication_task_arn} is {status}; it can be started only when "
+                f"{', '.join(sorted(DmsResourceHook.TASK_STARTABLE_STATES))}. "
+                "Wait for it to settle, then retry."
+            )
+        if not self.wait_for_completion:
+            return self.replication_task_arn
+        _wait_for_task_status(self, self.replication_task_arn, "running")
+        return self.replication_task_arn
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        return _check_event(
+            event, "replication_task_arn", f"Starting DMS replication task {self.replication_task_arn}"
+        )

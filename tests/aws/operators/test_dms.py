@@ -1,0 +1,387 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+from finetune_pipeline.aws.hooks.dms import DmsResourceHook
+from finetune_pipeline.aws.operators.dms import (
+    DmsEnsureEndpointOperator,
+    DmsEnsureReplicationInstanceOperator,
+    DmsEnsureTaskOperator,
+    DmsStartTaskAtPositionOperator,
+    build_cdc_table_mappings,
+)
+from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
+
+ROLE_ARN = "arn:aws:iam::123456789012:role/finetune-dms-s3"
+TABLES = [("public", "customers"), ("public", "tickets")]
+FAST = {"waiter_delay": 0.01, "waiter_max_attempts": 2000}
+
+
+@pytest.fixture
+def hook(aws_conn) -> DmsResourceHook:
+    return DmsResourceHook(aws_conn_id=aws_conn)
+
+
+# build_cdc_table_mappings
+
+
+def test_table_mappings_select_each_table_and_add_the_sequence_column():
+    rules = build_cdc_table_mappings(TABLES)["rules"]
+    selections = [r for r in rules if r["rule-type"] == "selection"]
+    additions = [r for r in rules if r["rule-type"] == "transformation"]
+    assert [r["object-locator"] for r in selections] == [
+        {"schema-name": "public", "table-name": "customers"},
+        {"schema-name": "public", "table-name": "tickets"},
+    ]
+    assert all(r["rule-action"] == "include" for r in selections)
+    assert [(r["rule-action"], r["value"], r["expression"]) for r in additions] == [
+        ("add-column", "_dms_seq", "$AR_H_CHANGE_SEQ")
+    ] * 2
+    assert [r["rule-id"] for r in rules] == ["1", "2", "3", "4"]
+    assert len({r["rule-name"] for r in rules}) == 4
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ([], "At least one"),
+        ([("public", "t"), ("public", "t")], "listed twice"),
+        ([("public", "%")], "wildcards"),
+        (["public.t"], "pair of non-empty names"),
+        ([("public", "")], "pair of non-empty names"),
+    ],
+)
+def test_table_mappings_reject_bad_tables(tables, message):
+    with pytest.raises(ValueError, match=message):
+        build_cdc_table_mappings(tables)
+
+
+# DmsEnsureReplicationInstanceOperator
+
+
+def test_ensure_instance_creates_once_and_waits(hook, context, unique, fast_clock):
+    identifier = unique("ri")
+    operator = DmsEnsureReplicationInstanceOperator(
+        task_id="ri",
+        replication_instance_identifier=identifier,
+        allocated_storage=50,
+        deferrable=False,
+        tags={"project": "ftp"},
+        **FAST,
+    )
+    fast_clock(3000)  # creating takes 600 virtual seconds: 0.2 s while the worker blocks on the waiter
+    arn = operator.execute(context)
+    assert operator.execute(context) == arn  # a retry finds it, now available, and returns at once
+    instances = hook.describe_replication_instances(
+        [{"Name": "replication-instance-id", "Values": [identifier]}]
+    )
+    assert [(i["ReplicationInstanceArn"], i["ReplicationInstanceStatus"]) for i in instances] == [
+        (arn, "available")
+    ]
+    assert instances[0]["AllocatedStorage"] == 50
+
+
+def test_ensure_instance_defers_until_available(hook, context, unique, advance_clock, run_trigger):
+    operator = DmsEnsureReplicationInstanceOperator(
+        task_id="ri", replication_instance_identifier=unique("ri"), deferrable=True, **FAST
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DmsReplicationInstanceAvailableTrigger)
+    event = run_trigger(trigger, during=lambda: advance_clock(900))
+    arn = operator.execute_complete(context, event)
+    assert arn == trigger.serialize()[1]["replication_instance_arn"]
+    with pytest.raises(AirflowException, match="Waiting for DMS replication instance .* failed: boom"):
+        operator.execute_complete(context, {"status": "error", "message": "boom"})
+
+
+# DmsEnsureEndpointOperator
+
+
+def s3_target(identifier: str, **overrides) -> DmsEnsureEndpointOperator:
+    settings = {
+        "BucketName": "landing-bucket",
+        "BucketFolder": "landing",
+        "ServiceAccessRoleArn": ROLE_ARN,
+        "CdcPath": "cdc",
+        **overrides,
+    }
+    return DmsEnsureEndpointOperator(
+        task_id="target",
+        endpoint_identifier=identifier,
+        endpoint_type="target",
+        engine_name="s3",
+        s3_settings=settings,
+    )
+
+
+def test_ensure_s3_target_creates_once_with_parquet_defaults(hook, context, unique):
+    identifier = unique("s3")
+    arn = s3_target(identifier).execute(context)
+    assert s3_target(identifier).execute(context) == arn
+    endpoints = hook.describe_endpoints([{"Name": "endpoint-id", "Values": [identifier]}])
+    assert [e["EndpointArn"] for e in endpoints] == [arn]
+    settings = endpoints[0]["S3Settings"]
+    assert settings["BucketName"] == "landing-bucket" and settings["CdcPath"] == "cdc"
+    assert (settings["DataFormat"], settings["IncludeOpForFullLoad"], settings["TimestampColumnName"]) == (
+        "parquet",
+        True,
+        "_dms_ts",
+    )
+
+
+def test_ensure_s3_target_refuses_an_endpoint_with_another_bucket(context, unique):
+    identifier = unique("s3")
+    s3_target(identifier).execute(context)
+    with pytest.raises(
+        ValueError, match=r"already exists but differs: BucketName='landing-bucket' \(wanted 'other'\)"
+    ):
+        s3_target(identifier, BucketName="other").execute(context)
+
+
+def test_ensure_s3_target_needs_bucket_and_role(context, unique):
+    operator = DmsEnsureEndpointOperator(
+        task_id="t",
+        endpoint_identifier=unique("s3"),
+        endpoint_type="target",
+        engine_name="s3",
+        s3_settings={"BucketName": "b"},
+    )
+    with pytest.raises(ValueError, match="s3_settings needs ServiceAccessRoleArn"):
+        operator.execute(context)
+
+
+@pytest.fixture
+def source_conn(monkeypatch) -> str:
+    conn = {
+        "conn_type": "postgres",
+        "host": "db.internal",
+        "port": 6543,
+        "login": "replicator",
+        "password": "s3cr3t-Pa55",
+        "schema": "appdb",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SOURCE_DB", json.dumps(conn))
+    return "source_db"
+
+
+def test_ensure_postgres_source_reads_the_connection_and_never_logs_the_password(
+    hook, source_conn, context, unique, capsys, caplog
+):
+    identifier = unique("src")
+    operator = DmsEnsureEndpointOperator(
+        task_id="source",
+        endpoint_identifier=identifier,
+        endpoint_type="source",
+        engine_name="postgres",
+        source_conn_id=source_conn,
+        engine_settings={"SlotName": "ftp_slot"},
+    )
+    arn = operator.execute(context)
+    assert operator.execute(context) == arn
+    endpoint = hook.find_endpoint(identifier)
+    assert (endpoint["ServerName"], endpoint["Port"], endpoint["Username"], endpoint["DatabaseName"]) == (
+        "db.internal",
+        6543,
+        "replicator",
+        "appdb",
+    )
+    assert endpoint["PostgreSQLSettings"] == {"SlotName": "ftp_slot"}
+    assert "s3cr3t-Pa55" not in arn
+    assert "s3cr3t-Pa55" not in capsys.readouterr().out + caplog.text
+    assert not any("s3cr3t" in str(value) for value in vars(operator).values())
+
+
+def test_ensure_source_refuses_an_endpoint_on_another_server(source_conn, monkeypatch, context, unique):
+    identifier = unique("src")
+    arguments = {
+        "task_id": "s",
+        "endpoint_identifier": identifier,
+        "endpoint_type": "source",
+        "engine_name": "postgres",
+        "source_conn_id": source_conn,
+    }
+    DmsEnsureEndpointOperator(**arguments).execute(context)
+    moved = {
+        "conn_type": "postgres",
+        "host": "db2.internal",
+        "login": "replicator",
+        "password": "p",
+        "schema": "appdb",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_SOURCE_DB", json.dumps(moved))
+    with pytest.raises(ValueError, match=r"ServerName='db.internal' \(wanted 'db2.internal'\)"):
+        DmsEnsureEndpointOperator(**arguments).execute(context)
+
+
+def test_ensure_source_reports_what_the_connection_lacks(monkeypatch, context, unique):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BROKEN_DB", json.dumps({"conn_type": "postgres", "host": "db", "login": "u"})
+    )
+    operator = DmsEnsureEndpointOperator(
+        task_id="s",
+        endpoint_identifier=unique("src"),
+        endpoint_type="source",
+        engine_name="postgres",
+        source_conn_id="broken_db",
+    )
+    with pytest.raises(ValueError, match="'broken_db' lacks password, database"):
+        operator.execute(context)
+
+
+@pytest.mark.parametrize(
+    ("endpoint_type", "engine", "message"),
+    [
+        ("target", "postgres", "can only be a source"),
+        ("source", "oracle", "engine 'oracle' is not supported"),
+        ("both", "s3", "endpoint_type must be"),
+    ],
+)
+def test_ensure_endpoint_rejects_unsupported_kinds(context, unique, endpoint_type, engine, message):
+    operator = DmsEnsureEndpointOperator(
+        task_id="e",
+        endpoint_identifier=unique("e"),
+        endpoint_type=endpoint_type,
+        engine_name=engine,
+        source_conn_id="unused",
+    )
+    with pytest.raises(ValueError, match=message):
+        operator.execute(context)
+
+
+# DmsEnsureTaskOperator and DmsStartTaskAtPositionOperator
+
+
+@pytest.fixture
+def pieces(aws_conn, boto_client, unique) -> dict:
+    """A replication instance and both endpoints, made straight through boto3."""
+    dms = boto_client("dms")
+    instance = dms.create_replication_instance(
+        ReplicationInstanceIdentifier=unique("ri"), ReplicationInstanceClass="dms.t3.medium"
+    )["ReplicationInstance"]["ReplicationInstanceArn"]
+    source = dms.create_endpoint(EndpointIdentifier=unique("s"), EndpointType="source", EngineName="postgres")
+    target = dms.create_endpoint(EndpointIdentifier=unique("t"), EndpointType="target", EngineName="s3")
+    return {
+        "replication_instance_arn": instance,
+        "source_endpoint_arn": source["Endpoint"]["EndpointArn"],
+        "target_endpoint_arn": target["Endpoint"]["EndpointArn"],
+    }
+
+
+def ensure_task(identifier: str, pieces: dict, **overrides) -> DmsEnsureTaskOperator:
+    arguments = {
+        "task_id": "task",
+        "replication_task_identifier": identifier,
+        "tables": TABLES,
+        **pieces,
+        **FAST,
+    }
+    return DmsEnsureTaskOperator(**{**arguments, **overrides})
+
+
+def test_ensure_task_creates_once_and_waits_until_ready(hook, pieces, context, unique, fast_clock):
+    identifier = unique("cdc")
+    fast_clock(600)  # creating takes 60 virtual seconds
+    arn = ensure_task(identifier, pieces, deferrable=False).execute(context)
+    assert ensure_task(identifier, pieces, deferrable=False).execute(context) == arn
+    _, tasks = hook.describe_replication_tasks(
+        Filters=[{"Name": "replication-task-id", "Values": [identifier]}], WithoutSettings=False
+    )
+    assert [(t["ReplicationTaskArn"], t["Status"], t["MigrationType"]) for t in tasks] == [
+        (arn, "ready", "cdc")
+    ]
+    assert json.loads(tasks[0]["TableMappings"]) == build_cdc_table_mappings(TABLES)
+
+
+def test_ensure_task_defers_and_a_retry_reuses_the_task(
+    hook, pieces, context, unique, advance_clock, run_trigger
+):
+    identifier = unique("cdc")
+    operator = ensure_task(identifier, pieces, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, DmsTaskStatusTrigger) and trigger.waiter_name == "replication_task_ready"
+    # The worker dies here; the retry finds the task still creating and defers on it again.
+    with pytest.raises(TaskDeferred) as retried:
+        ensure_task(identifier, pieces, deferrable=True).execute(context)
+    assert retried.value.trigger.serialize() == trigger.serialize()
+    event = run_trigger(trigger, during=lambda: advance_clock(120))
+    arn = operator.execute_complete(context, event)
+    _, tasks = hook.describe_replication_tasks(
+        Filters=[{"Name": "replication-task-id", "Values": [identifier]}]
+    )
+    assert [t["ReplicationTaskArn"] for t in tasks] == [arn]
+
+
+def test_ensure_task_refuses_a_task_with_other_tables(pieces, context, unique):
+    identifier = unique("cdc")
+    ensure_task(identifier, pieces, wait_for_completion=False).execute(context)
+    with pytest.raises(ValueError, match=f"{identifier} already exists with a different TableMappings"):
+        ensure_task(identifier, pieces, tables=[("public", "customers")], wait_for_completion=False).execute(
+            context
+        )
+
+
+def test_ensure_task_execute_complete_raises_on_failure(pieces, context):
+    with pytest.raises(AirflowException, match="Waiting for DMS replication task cdc-x failed: it failed"):
+        ensure_task("cdc-x", pieces).execute_complete(context, {"status": "error", "message": "it failed"})
+
+
+@pytest.fixture
+def ready_task(pieces, context, unique, advance_clock) -> str:
+    arn = ensure_task(unique("cdc"), pieces, wait_for_completion=False).execute(context)
+    advance_clock(120)
+    return arn
+
+
+def start_task(arn: str, **overrides) -> DmsStartTaskAtPositionOperator:
+    arguments = {"task_id": "start", "replication_task_arn": arn, "cdc_start_position": "2026-01-31T12:00:00"}
+    return DmsStartTaskAtPositionOperator(**{**arguments, **FAST, **overrides})
+
+
+def test_start_at_position_defers_then_a_retry_reuses_the_running_task(
+    hook, ready_task, context, advance_clock, run_trigger, capsys
+):
+    operator = start_task(ready_task, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    assert deferred.value.trigger.waiter_name == "replication_task_running"
+    task = hook.get_task_description(ready_task)
+    assert (task["Status"], task["CdcStartPosition"]) == ("starting", "2026-01-31T12:00:00")
+    event = run_trigger(deferred.value.trigger, during=lambda: advance_clock(120))
+    assert operator.execute_complete(context, event) == ready_task
+    # A retry (e.g. the worker died after the trigger fired) finds it running and does not start it again.
+    assert start_task(ready_task, deferrable=True).execute(context) == ready_task
+    assert "is already running; not starting it again" in capsys.readouterr().out
+    assert hook.get_task_description(ready_task)["Status"] == "running"
+
+
+def test_start_at_position_waits_in_the_worker(hook, ready_task, context, fast_clock):
+    fast_clock(600)  # starting takes 60 virtual seconds
+    assert start_task(ready_task, deferrable=False).execute(context) == ready_task
+    assert hook.get_task_status(ready_task) == "running"
+
+
+def test_start_at_position_refuses_a_task_being_created(pieces, context, unique):
+    arn = ensure_task(unique("cdc"), pieces, wait_for_completion=False).execute(context)
+    with pytest.raises(
+        RuntimeError, match=f"{arn} is creating; it can be started only when failed, ready, stopped"
+    ):
+        start_task(arn).execute(context)
+
+
+def test_start_at_position_needs_a_position_and_a_task(aws_conn, context):
+    with pytest.raises(ValueError, match="cdc_start_position is empty"):
+        start_task("arn:aws:dms:us-east-1:123456789012:task:X", cdc_start_position="").execute(context)
+    with pytest.raises(RuntimeError, match="task:NOPE does not exist"):
+        start_task("arn:aws:dms:us-east-1:123456789012:task:NOPE").execute(context)
+
+
+def test_start_at_position_execute_complete_raises_on_failure(context):
+    with pytest.raises(AirflowException, match="Starting DMS replication task arn:t failed: stopped"):
+        start_task("arn:t").execute_complete(context, {"status": "error", "message": "stopped"})
