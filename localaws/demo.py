@@ -145,7 +145,7 @@ def keep_changes_landing(config, localaws_url: str, tables: dict, watcher: Pipel
     while True:
         if time.monotonic() >= next_batch:
             batch += 1
-            keys = write_change_batch(config, s3, tables, datetime.now(UTC), seed=100 + batch)
+            keys, tables = write_change_batch(config, s3, tables, datetime.now(UTC), seed=100 + batch)
             print(f"SEED DATA: batch {batch}, {len(keys)} change files landed", flush=True)
             next_batch += minutes * 60
         watcher.poll()
@@ -157,8 +157,10 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM stops the demo the same way Ctrl-C does: everything it started, and nothing else.
+    # SIGTERM stops the demo the same way Ctrl-C does: everything it started, and nothing else. SIGINT is
+    # set explicitly too: a shell that starts the demo in the background hands it SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--airflow-port", type=int, default=8080)
     parser.add_argument("--localaws-port", type=int, default=4566)

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import boto3
+import pyarrow as pa
 
 from finetune_pipeline.config import PipelineConfig
-from finetune_pipeline.datasets.dms_format import cdc_file_name, load_file_name, write_dms_file
+from finetune_pipeline.datasets.dms_format import OP, cdc_file_name, load_file_name, write_dms_file
 from finetune_pipeline.datasets.seed import as_load, seed_changes, seed_tables
 from finetune_pipeline.datasets.store import LocalStore, S3Store, join_key
 from finetune_pipeline.export_manifest import build_manifest
@@ -51,7 +52,7 @@ def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str],
     else:
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": config.storage.region})
     s3.delete_object(Bucket=bucket, Key=join_key(landing, SEED_MARKER_KEY))
-    cdc_keys = write_change_batch(config, s3, tables, snapshot_position, seed=7)
+    cdc_keys, tables = write_change_batch(config, s3, tables, snapshot_position, seed=7)
     report(f"SEED DATA: {len(cdc_keys)} CDC files in s3://{bucket}/{landing}/ (listed in {SEED_MARKER_KEY})")
     return {"snapshot_position": manifest.snapshot_position, "cdc_keys": cdc_keys, "tables": tables}
 
@@ -61,23 +62,40 @@ def localaws_s3(config: PipelineConfig, endpoint_url: str):
                         aws_access_key_id="localaws", aws_secret_access_key="localaws")
 
 
-def write_change_batch(config: PipelineConfig, s3, tables: dict, start: datetime, seed: int) -> list[str]:
-    """Write one batch of seed CDC files with commit times after ``start`` and add them to the seed marker.
+def write_change_batch(
+    config: PipelineConfig, s3, tables: dict[str, pa.Table], start: datetime, seed: int
+) -> tuple[list[str], dict[str, pa.Table]]:
+    """Write one batch of seed CDC files after ``start``; return their keys and the tables as they now are.
 
-    Inserts of keys an earlier batch already inserted read as upserts, and deletes of deleted keys are
-    no-ops, so batches can be generated from the same starting tables.
+    The next batch starts from the returned tables, so its inserts are new keys and its updates and
+    deletes touch rows that exist: the stream stays consistent, as a real source's would.
     """
     landing = config.storage.landing_prefix
     landing_store = S3Store(s3, config.storage.bucket)
     keys = []
-    for name, files in seed_changes(tables, start, n_files=3, changes_per_file=20, seed=seed).items():
+    changes = seed_changes(tables, start, n_files=3, changes_per_file=20, seed=seed)
+    for name, files in changes.items():
         schema_name, table_name = name.split(".", 1)
         for file_time, events in files:
             key = join_key(landing, schema_name, table_name, cdc_file_name(file_time))
             write_dms_file(landing_store, key, events)
             keys.append(key)
     _record_seed_files(config, s3, keys)
-    return keys
+    keys_by_table = {table.qualified_name: table.primary_key for table in config.source.tables}
+    return keys, {name: _apply(table, changes.get(name, []), keys_by_table[name]) for name, table in tables.items()}
+
+
+def _apply(table: pa.Table, files: list, primary_key: list[str]) -> pa.Table:
+    """Replay change events onto a table: the state a source would have after them."""
+    rows = {tuple(row[k] for k in primary_key): row for row in table.to_pylist()}
+    for _, events in files:
+        for event in events.to_pylist():
+            key = tuple(event[k] for k in primary_key)
+            if event[OP] == "D":
+                rows.pop(key, None)
+            else:
+                rows[key] = {name: event[name] for name in table.column_names}
+    return pa.Table.from_pylist(list(rows.values()), schema=table.schema)
 
 
 def _record_seed_files(config: PipelineConfig, s3, keys: list[str]) -> None:
