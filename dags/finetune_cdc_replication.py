@@ -52,6 +52,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         allocated_storage=dms.allocated_storage_gb,
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        deferrable=True,
     )
     source = DmsEnsureEndpointOperator(
         task_id="ensure_source_endpoint",
@@ -79,6 +80,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         tables=[(table.schema_name, table.name) for table in config.source.tables],
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        deferrable=True,
     )
     start = DmsStartTaskAtPositionOperator(
         task_id="start_cdc_at_snapshot",
@@ -86,6 +88,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         cdc_start_position=snapshot_position(),
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        deferrable=True,
         outlets=[replication_asset(config)],
     )
     [source, target] >> replication_task >> start

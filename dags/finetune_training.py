@@ -67,6 +67,7 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             lifecycle_on_create=hyperpod.lifecycle_on_create,
             waiter_delay=hyperpod.poll_seconds,
             aws_conn_id=config.aws.conn_id,
+        deferrable=True,
         )
         submit = HyperPodSubmitJobOperator(
             task_id="submit_training_job",
@@ -78,6 +79,7 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             controller_group=hyperpod.controller_group,
             waiter_delay=hyperpod.poll_seconds,
             aws_conn_id=config.aws.conn_id,
+        deferrable=True,
         )
         upload_lifecycle_scripts() >> cluster
         [version, cluster] >> submit
@@ -95,5 +97,6 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             min_count=ec2.instance_count,
             max_count=ec2.instance_count,
             aws_conn_id=config.aws.conn_id,
+        deferrable=True,
         )
         version >> launch

@@ -125,7 +125,7 @@ def demo_config(home: Path, sync_every_minutes: int) -> Path:
     import yaml
 
     data = yaml.safe_load((REPO_ROOT / "include" / "config" / "pipeline.yaml").read_text())
-    data["sync"]["schedule"] = f"*/{sync_every_minutes} * * * *"
+    data.setdefault("sync", {})["schedule"] = f"*/{sync_every_minutes} * * * *"
     path = home / "pipeline.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Written by make demo from include/config/pipeline.yaml; edit that file instead.\n"
@@ -177,14 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
-    from finetune_pipeline.config import load_config
+    from finetune_pipeline.config import PipelineConfigError, load_config
 
-    config_path = demo_config(args.home, args.sync_every_minutes)
-    os.environ["FINETUNE_PIPELINE_CONFIG"] = str(config_path)
-    config = load_config(config_path)
-    localaws_url = f"http://127.0.0.1:{args.localaws_port}"
-    print(f"starting localaws on {localaws_url}", flush=True)
-    localaws_process = start_localaws(args.localaws_port, args.home / "localaws.log")
+    try:
+        config_path = demo_config(args.home, args.sync_every_minutes)
+        os.environ["FINETUNE_PIPELINE_CONFIG"] = str(config_path)
+        config = load_config(config_path)
+        localaws_url = f"http://127.0.0.1:{args.localaws_port}"
+        print(f"starting localaws on {localaws_url}", flush=True)
+        localaws_process = start_localaws(args.localaws_port, args.home / "localaws.log")
+    except (PipelineConfigError, StackError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     stack = AirflowStack(home=args.home / "airflow", localaws_url=localaws_url, port=args.airflow_port,
                          config_path=config_path)
     exit_code = 0

@@ -34,6 +34,9 @@ _BUCKET_RE = re.compile(r"^(?!xn--)(?!sthree-)(?!.*\.\.)(?!\d+\.\d+\.\d+\.\d+$)[
 _ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:\S+$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso|-isob)?-[a-z]+-\d$")
 _IDENTIFIER_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
+# DMS identifiers: a letter first, no "--", no trailing "-"; lowercase, since DMS stores them lowercased
+# and a mixed-case name would not match on the lookup a retry makes.
+_DMS_IDENTIFIER_RE = re.compile(r"^[a-z](?!.*--)[a-z0-9-]{0,62}(?<!-)$")
 _SQL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
 
@@ -58,6 +61,11 @@ Arn = Annotated[str, _matches(_ARN_RE, "an ARN like arn:aws:iam::123456789012:ro
 Region = Annotated[str, _matches(_REGION_RE, "an AWS region like us-east-1")]
 Identifier = Annotated[
     str, _matches(_IDENTIFIER_RE, "an identifier: a letter, then up to 62 letters, digits or '-'")
+]
+DmsIdentifier = Annotated[
+    str,
+    _matches(_DMS_IDENTIFIER_RE, "a DMS identifier: a lowercase letter, then lowercase letters, digits and "
+             "single '-', not ending in '-'"),
 ]
 SqlName = Annotated[str, _matches(_SQL_NAME_RE, "a SQL identifier like public or order_items")]
 Prefix = Annotated[
@@ -143,20 +151,21 @@ class SnowballConfig(_Model):
     address: AddressConfig
     # Where the on-premises export writes the consistent snapshot before it is copied onto the device.
     export_dir: str = Field(min_length=1)
-    # The device's S3 adapter on the local network (templated); the export is copied onto it.
-    device_endpoint_url: str = Field(min_length=1)
+    # The device's S3 adapter on the local network, e.g. https://192.168.1.20:8443 (templated). Unset
+    # against localaws, whose per-job device endpoint the operator derives from the AWS connection.
+    device_endpoint_url: str | None = None
     # Connection with the device's own access key; defaults to aws.conn_id.
     device_conn_id: str | None = None
     poll_seconds: float = Field(default=300, gt=0)
 
 
 class DmsConfig(_Model):
-    replication_instance_id: Identifier
+    replication_instance_id: DmsIdentifier
     instance_class: str = Field(default="dms.t3.medium", pattern=r"^dms\.[a-z0-9]+\.[a-z0-9]+$")
     allocated_storage_gb: int = Field(default=50, ge=5, le=6144)
-    source_endpoint_id: Identifier
-    target_endpoint_id: Identifier
-    task_id: Identifier
+    source_endpoint_id: DmsIdentifier
+    target_endpoint_id: DmsIdentifier
+    task_id: DmsIdentifier
     service_access_role_arn: Arn
     poll_seconds: float = Field(default=30, gt=0)
 

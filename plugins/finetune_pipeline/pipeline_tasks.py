@@ -6,8 +6,8 @@ XCom); nothing here ever returns or logs a credential.
 
 from __future__ import annotations
 
-import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -90,8 +90,17 @@ def snapshot_position(config: PipelineConfig) -> str:
     manifest = landing.read_snapshot_manifest(
         _s3_client(config), config.storage.bucket, config.storage.landing_prefix
     )
-    log.info("CDC will start at the snapshot position %s", manifest.snapshot_position)
-    return manifest.snapshot_position
+    position = dms_cdc_position(manifest.snapshot_position)
+    log.info("CDC will start at the snapshot position %s", position)
+    return position
+
+
+def dms_cdc_position(snapshot_position: str) -> str:
+    """A snapshot time as DMS's CdcStartPosition date form (UTC, ``2018-03-08T12:12:12``)."""
+    moment = datetime.fromisoformat(snapshot_position.replace("Z", "+00:00"))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def dms_s3_settings(config: PipelineConfig) -> dict:
@@ -100,11 +109,7 @@ def dms_s3_settings(config: PipelineConfig) -> dict:
         "BucketName": config.storage.bucket,
         "BucketFolder": config.storage.landing_prefix,
         "ServiceAccessRoleArn": config.dms.service_access_role_arn,
-        "DataFormat": "parquet",
-        "ParquetVersion": "parquet-2-0",
-        # Op on full-load rows too, and the commit time of each change: the merge orders by it.
-        "IncludeOpForFullLoad": True,
-        "TimestampColumnName": "_dms_ts",
+        # Parquet, Op on full-load rows and the _dms_ts commit time come from the operator's defaults.
         "ParquetTimestampInMillisecond": False,
         "DatePartitionEnabled": False,
         "PreserveTransactions": False,
@@ -122,11 +127,19 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
         if version:
             log.info("training on dataset version %s (from the Asset event)", version)
             return version
-    key = f"{config.storage.dataset_prefix}/current"
-    body = _s3_client(config).get_object(Bucket=config.storage.bucket, Key=key)["Body"].read()
-    version = json.loads(body)["version"]
-    log.info("no Asset event: training on the current dataset version %s", version)
-    return version
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from finetune_pipeline.datasets.publish import read_current
+    from finetune_pipeline.datasets.store import S3Store
+
+    current = read_current(S3Store(_s3_client(config), config.storage.bucket), config.storage.dataset_prefix)
+    if current is None:
+        raise AirflowFailException(
+            f"no dataset version is published under s3://{config.storage.bucket}/{config.storage.dataset_prefix} "
+            "yet: run finetune_incremental_sync first"
+        )
+    log.info("no Asset event: training on the current dataset version %s", current.version)
+    return current.version
 
 
 HYPERPOD_SCRIPTS = REPO_ROOT / "include" / "scripts" / "hyperpod"

@@ -42,6 +42,9 @@ def test_shipped_config_is_valid():
         ("transfer.link_utilization", 1.5, "transfer.link_utilization"),
         ("storage.landing_prefix", "/landing/", "storage.landing_prefix: expected an S3 key prefix"),
         ("training.backend", "ec2", "a 'ec2' section is required"),
+        ("dms.task_id", "Finetune-CDC", "dms.task_id: expected a DMS identifier"),
+        ("dms.replication_instance_id", "ri--one", "dms.replication_instance_id: expected a DMS identifier"),
+        ("dms.source_endpoint_id", "source-", "dms.source_endpoint_id: expected a DMS identifier"),
     ],
 )
 def test_bad_value_names_the_field_and_expected_form(path, value, expected):
