@@ -6,6 +6,9 @@ command given only ``InstanceIds`` to every EC2 instance of the account as well 
 through :class:`SsmCommandLifecycle`: every invocation is ``Pending`` (not yet on the node) for
 ``command_pending`` virtual seconds, ``InProgress`` for ``command_in_progress``, then ``Success``, and the
 command's status, counts and dates follow its invocations. Nothing runs: the script always exits 0, silently.
+``CancelCommand`` (moto has none) ends a command that has not finished yet as ``Cancelled``.
+
+Known gap: ``CancelCommand`` cancels the whole command; naming only some of its instances is refused.
 
 Known gap: like moto, this accepts any string in ``InstanceIds``, including the ``sagemaker-cluster:...``
 targets that Session Manager uses for HyperPod nodes; the real SendCommand only takes ``i-``/``mi-`` IDs.
@@ -35,7 +38,9 @@ from localaws.wsgi import (
 log = logging.getLogger(__name__)
 
 TARGET_PREFIX = "AmazonSSM."
-OPERATIONS = frozenset({"SendCommand", "ListCommands", "GetCommandInvocation", "ListCommandInvocations"})
+OPERATIONS = frozenset(
+    {"SendCommand", "ListCommands", "GetCommandInvocation", "ListCommandInvocations", "CancelCommand"}
+)
 CONTENT_TYPE = "application/x-amz-json-1.1"
 PAGE_SIZE = 50  # ListCommandInvocations' default and largest MaxResults
 # What SSM answers for a command sent without notifications or CloudWatch output (empty, not absent).
@@ -56,6 +61,7 @@ class _CommandTrack:
 
     sent_at: datetime
     has_notification: bool  # moto invents a NotificationConfig when the request had none
+    cancelled_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class SsmCommandLifecycle:
                     return json_response(
                         self._list_invocations(backend, params, now), content_type=CONTENT_TYPE
                     )
+                if operation == "CancelCommand":
+                    return json_response(self._cancel(backend, params, now), content_type=CONTENT_TYPE)
                 response = call_app(moto_app, environ)
                 if response.status != 200:
                     return response
@@ -131,11 +139,28 @@ class SsmCommandLifecycle:
         model.target_count = model.completed_count = len(model.instance_ids)
         return {**command, "InstanceIds": model.instance_ids, "TargetCount": model.target_count}
 
+    def _cancel(self, backend, params: dict, now: datetime) -> dict:
+        """CancelCommand: a command that has not finished ends ``Cancelled`` now; a finished one stays."""
+        wanted = params.get("CommandId")
+        command = next((c for c in backend.list_commands(None, None) if c.command_id == wanted), None)
+        if command is None or command.command_id not in self._commands:
+            raise SsmError("InvalidCommandId", "Invalid command id.")
+        if set(params.get("InstanceIds") or command.instance_ids) != set(command.instance_ids):
+            raise SsmError("InvalidInstanceId", "localaws cancels a command on all of its instances only.")
+        track = self._commands[command.command_id]
+        if track.cancelled_at is None and self._progress(track, now).finished is None:
+            track.cancelled_at = now
+            log.info("SSM command %s cancelled", command.command_id)
+        return {}
+
     # The clock
 
     def _progress(self, track: _CommandTrack, now: datetime) -> _Progress:
         started = track.sent_at + timedelta(seconds=self.timing.command_pending)
         finished = started + timedelta(seconds=self.timing.command_in_progress)
+        if track.cancelled_at is not None:
+            ran = track.cancelled_at >= started
+            return _Progress("Cancelled", started if ran else None, track.cancelled_at)
         if now < started:
             return _Progress("Pending", None, None)
         if now < finished:
@@ -183,7 +208,7 @@ class SsmCommandLifecycle:
             view["ExecutionElapsedTime"] = f"PT{elapsed.total_seconds():.3f}S"
         if progress.finished:
             view["ExecutionEndDateTime"] = _iso(progress.finished)
-            view["ResponseCode"] = 0
+            view["ResponseCode"] = 0 if progress.status == "Success" else -1
         return view
 
     def _list_invocations(self, backend, params: dict, now: datetime) -> dict:
@@ -237,7 +262,7 @@ class SsmCommandLifecycle:
                 "Name": "aws:runShellScript",
                 "Status": progress.status,
                 "StatusDetails": progress.status,
-                "ResponseCode": 0 if progress.finished else -1,
+                "ResponseCode": 0 if progress.status == "Success" else -1,
                 "Output": "",
                 "StandardOutputUrl": "",
                 "StandardErrorUrl": "",

@@ -7,6 +7,7 @@ from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
 from finetune_pipeline.aws.operators.ec2 import (
+    ABORTED_TAG,
     LAUNCH_TOKEN_TAG,
     Ec2LaunchTrainingInstancesOperator,
     launch_token_base,
@@ -86,14 +87,69 @@ def test_another_run_launches_its_own_instances(image_id, context, unique):
     assert set(launch(image_id, deferrable=False).execute(other_context)).isdisjoint(first)
 
 
-def test_relaunches_only_after_everything_was_terminated(ec2, image_id, context):
-    first = launch(image_id, deferrable=False).execute(context)
-    ec2.terminate_instances(InstanceIds=first)
+def tags_of(instance: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def test_retry_after_the_job_finished_launches_nothing(ec2, image_id, context):
+    first = launch(image_id, deferrable=False, min_count=2, max_count=2).execute(context)
+    ec2.terminate_instances(InstanceIds=first)  # what the user data's shutdown does when training ends
+    retry = launch(image_id, deferrable=False, min_count=2, max_count=2)
+    assert retry.execute(context) == first
+    instances = tagged(ec2, token_of(context))
+    assert sorted(i["InstanceId"] for i in instances) == first  # no second generation
+    assert all(ABORTED_TAG not in tags_of(i) for i in instances)
+
+
+def test_retry_after_our_abort_launches_a_new_generation(ec2, image_id, context):
+    operator = launch(image_id, wait_for_completion=False)
+    first = operator.execute(context)
+    operator.on_kill()
+    (aborted,) = ec2.describe_instances(InstanceIds=first)["Reservations"][0]["Instances"]
+    assert tags_of(aborted)[ABORTED_TAG] == "true"
     second = launch(image_id, deferrable=False).execute(context)
     assert second != first
+    (relaunched,) = ec2.describe_instances(InstanceIds=second)["Reservations"][0]["Instances"]
+    assert tags_of(relaunched)[LAUNCH_TOKEN_TAG] == f"{token_of(context)}-1"
+    assert relaunched["State"]["Name"] == "running" and ABORTED_TAG not in tags_of(relaunched)
     assert launch(image_id, deferrable=False).execute(context) == second
     live = [i["InstanceId"] for i in tagged(ec2, token_of(context)) if i["State"]["Name"] != "terminated"]
     assert live == second
+
+
+def test_blocking_wait_that_sees_the_job_end_succeeds(ec2, image_id, context, monkeypatch):
+    operator = launch(image_id, deferrable=False)
+    client = operator.hook.conn
+    run_instances = client.run_instances
+
+    def run_and_finish(**kwargs):
+        # A job so short its instance is gone before the first status check.
+        response = run_instances(**kwargs)
+        client.terminate_instances(InstanceIds=[i["InstanceId"] for i in response["Instances"]])
+        return response
+
+    monkeypatch.setattr(client, "run_instances", run_and_finish)
+    (instance_id,) = operator.execute(context)
+    (instance,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "terminated" and ABORTED_TAG not in tags_of(instance)
+
+
+def test_deferred_wait_that_sees_the_job_end_succeeds(ec2, image_id, context, run_trigger):
+    operator = launch(image_id, deferrable=True, min_count=2, max_count=2)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    ids = deferred.value.trigger.serialize()[1]["instance_ids"]
+    ec2.get_waiter("instance_running").wait(InstanceIds=ids[1:], WaiterConfig={"Delay": 0.01})
+    ec2.terminate_instances(InstanceIds=ids[:1])  # one node finished its part and shut down
+    event = run_trigger(deferred.value.trigger)
+    assert event["status"] == "error"  # botocore's running waiter fails on a terminated instance
+    assert launch(image_id, deferrable=True).execute_complete(context, event) == ids
+    instances = ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
+    assert {i["InstanceId"]: i["State"]["Name"] for i in instances} == {
+        ids[0]: "terminated",
+        ids[1]: "running",
+    }
+    assert all(ABORTED_TAG not in tags_of(i) for i in instances)
 
 
 def test_instance_profile_by_name_or_arn(boto_client, image_id, context, unique):
@@ -122,21 +178,22 @@ def test_defers_until_running(image_id, context, run_trigger):
     assert operator.execute_complete(context, event) == trigger.serialize()[1]["instance_ids"]
 
 
-def test_failed_wait_terminates_what_it_launched_and_raises(ec2, image_id, context, run_trigger):
-    operator = launch(image_id, deferrable=True, min_count=2, max_count=2)
+def test_failed_wait_aborts_what_it_launched_and_raises(ec2, image_id, context, run_trigger):
+    operator = launch(image_id, deferrable=True, min_count=2, max_count=2, waiter_max_attempts=5)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
     ids = deferred.value.trigger.serialize()[1]["instance_ids"]
-    ec2.terminate_instances(InstanceIds=ids[:1])  # one instance dies: a failure state of the running waiter
+    ec2.stop_instances(InstanceIds=ids[:1])  # a stopped instance never runs: the wait runs out of attempts
     event = run_trigger(deferred.value.trigger)
     assert event["status"] == "error" and event["instance_ids"] == ids
     resumed = launch(image_id, deferrable=True)  # the deferred half runs on a fresh operator
-    with pytest.raises(
-        AirflowException, match="Waiting for EC2 training instances failed: .*did not all start"
-    ):
+    with pytest.raises(AirflowException, match="Waiting for EC2 training instances failed: .*max attempts"):
         resumed.execute_complete(context, event)
     states = ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
     assert {i["State"]["Name"] for i in states} <= {"shutting-down", "terminated"}
+    assert all(tags_of(i)[ABORTED_TAG] == "true" for i in states)
+    retry = launch(image_id, wait_for_completion=False, min_count=2, max_count=2).execute(context)
+    assert set(retry).isdisjoint(ids)  # the aborted set is not taken for a finished job
 
 
 def test_on_kill_terminates_launched_instances(ec2, image_id, context):

@@ -6,7 +6,6 @@ import subprocess
 from datetime import timedelta
 
 import pytest
-from airflow.providers.amazon.aws.triggers.ssm import SsmRunCommandTrigger
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
@@ -18,6 +17,7 @@ from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
     build_submit_script,
 )
 from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
+from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/finetune-hyperpod-exec"
 LIFECYCLE_URI = "s3://sagemaker-ftp-lifecycle/scripts"
@@ -264,22 +264,38 @@ def test_submit_waits_in_the_worker(aws_conn, cluster, context, unique, fast_clo
 
 
 def test_submit_defers_until_the_command_has_run(
-    aws_conn, cluster, context, unique, frozen_clock, advance_clock, timing, run_trigger
+    aws_conn, hook, cluster, context, unique, frozen_clock, advance_clock, timing, run_trigger
 ):
     operator = submit(cluster, unique("ftp-train"), wait_for_completion=True, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, SsmRunCommandTrigger)
+    assert isinstance(trigger, SsmCommandInvocationSucceededTrigger)
     classpath, kwargs = trigger.serialize()
     assert kwargs["aws_conn_id"] == "aws_default"
-    rebuilt = SsmRunCommandTrigger(**kwargs)
+    assert kwargs["instance_id"] == controller_target(hook, cluster)
+    rebuilt = SsmCommandInvocationSucceededTrigger(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
     ssm = timing["ssm"]
     event = run_trigger(
         rebuilt, during=lambda: advance_clock(ssm["command_pending"] + ssm["command_in_progress"])
     )
     assert operator.execute_complete(context, event) == kwargs["command_id"]
+
+
+def test_submit_fails_when_the_command_is_cancelled(
+    aws_conn, cluster, context, unique, frozen_clock, run_trigger
+):
+    job_key = unique("ftp-train")
+    operator = submit(cluster, job_key, wait_for_completion=True, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    command_id = deferred.value.trigger.serialize()[1]["command_id"]
+    ssm = SsmCommandHook(aws_conn_id=aws_conn).conn
+    event = run_trigger(deferred.value.trigger, during=lambda: ssm.cancel_command(CommandId=command_id))
+    assert event["status"] == "error" and event["command_id"] == command_id
+    with pytest.raises(AirflowException, match=f"Submitting HyperPod job {job_key} failed: .*not succeed"):
+        operator.execute_complete(context, event)
 
 
 def test_submit_needs_a_running_controller(context, unique):
@@ -311,11 +327,11 @@ def test_submit_execute_complete(context):
     operator = submit("hp", "ftp-x")
     assert operator.execute_complete(context, {"status": "success", "command_id": "c-1"}) == "c-1"
     failed = {
-        "status": "failed",
+        "status": "error",
         "command_id": "c-1",
-        "message": "Command failed with status Failed (exit code: 1)",
+        "message": "SSM command c-1 on i-1 did not succeed: Waiter encountered a terminal failure state",
     }
-    with pytest.raises(AirflowException, match="Submitting HyperPod job ftp-x failed: .*exit code: 1"):
+    with pytest.raises(AirflowException, match="Submitting HyperPod job ftp-x failed: .*terminal failure"):
         operator.execute_complete(context, failed)
 
 

@@ -20,6 +20,9 @@ from finetune_pipeline.aws.triggers.ec2 import Ec2InstancesRunningTrigger
 
 # Tag carrying the launch token, so a retry finds what the first try launched (DescribeInstances by tag).
 LAUNCH_TOKEN_TAG = "finetune-pipeline:launch-token"
+# Set on instances before this operator terminates them (on_kill, failed wait). Our user data terminates an
+# instance when training ends, so a terminated instance without this tag means the job finished.
+ABORTED_TAG = "finetune-pipeline:aborted"
 GONE_STATES = frozenset({"shutting-down", "terminated"})
 PLACEHOLDER = re.compile(r"\{\{([A-Z][A-Z0-9_]*)\}\}")
 # A task run may relaunch after everything it launched was terminated; each relaunch takes the next token.
@@ -47,8 +50,11 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
 
     A retry never launches twice: the instances carry a launch token derived from the task run (as the
     ``ClientToken`` and as a tag), and a retry first looks them up by that tag and reuses any that are not
-    terminated. Only when all of them are gone does it launch again, with the next token. ``on_kill`` and a
-    failed wait terminate what this operator launched (best-effort; the original error is kept).
+    terminated. ``on_kill`` and a failed wait tag what this operator launched as aborted, then terminate it
+    (best-effort; the original error is kept). Only a set that is all gone and was aborted makes a retry
+    launch again, with the next token. The user data terminates an instance when training ends, so a set
+    that is gone without the aborted tag has finished: it is returned and nothing is launched, and a wait
+    that sees such instances terminated succeeds.
 
     :param image_id: AMI ID.
     :param instance_type: e.g. ``g5.2xlarge``.
@@ -157,43 +163,89 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
             arguments["KeyName"] = self.key_name
         return {**arguments, **self.run_instances_kwargs}
 
-    def _find_or_launch(self, base: str) -> list[str]:
+    def _find_or_launch(self, base: str) -> tuple[list[str], bool]:
+        """Return the instance IDs of this task run and whether its training already finished."""
         for generation in range(MAX_GENERATIONS):
             token = f"{base}-{generation}"
             found = self.hook.get_instances(filters=[{"Name": f"tag:{LAUNCH_TOKEN_TAG}", "Values": [token]}])
             live = sorted(i["InstanceId"] for i in found if i["State"]["Name"] not in GONE_STATES)
             if live:
                 self.log.info("Reusing EC2 instances %s launched by an earlier try (token %s).", live, token)
-                return live
-            if found:
+                return live, False
+            if any(_aborted(i) for i in found):
                 self.log.info(
-                    "Instances of token %s are all terminated; launching with the next token.", token
+                    "Instances of token %s were terminated by this operator; launching with the next token.",
+                    token,
                 )
                 continue
+            if found:
+                ended = sorted(i["InstanceId"] for i in found)
+                self.log.info(
+                    "EC2 instances %s (token %s) ended on their own: their training job already finished. "
+                    "Launching nothing.",
+                    ended,
+                    token,
+                )
+                return ended, True
             instances = self.hook.conn.run_instances(**self._run_instances_arguments(token))["Instances"]
             launched = sorted(instance["InstanceId"] for instance in instances)
             self.log.info("Launched EC2 instances %s (%s, token %s).", launched, self.instance_type, token)
-            return launched
+            return launched, False
         raise RuntimeError(
-            f"This task run already launched and lost {MAX_GENERATIONS} sets of instances; giving up."
+            f"This task run already launched and aborted {MAX_GENERATIONS} sets of instances; giving up."
         )
 
+    def _finished_after_failed_wait(self, instance_ids: list[str]) -> bool:
+        """
+        Whether a failed ``instance_running`` wait only saw the job end (``DescribeInstances``).
+
+        The waiter fails on any terminated instance, but one our user data terminated got past ``running``
+        and trained; every instance must be ``running`` or gone without the aborted tag.
+        """
+        if not instance_ids:  # DescribeInstances without IDs would describe every instance
+            return False
+        instances = self.hook.get_instances(instance_ids=instance_ids)
+        states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
+        seen = set(states.values())
+        if any(_aborted(i) for i in instances) or seen - GONE_STATES - {"running"} or not seen & GONE_STATES:
+            return False
+        self.log.info(
+            "EC2 instances ended on their own while waiting for them to run (%s): training finished.", states
+        )
+        return True
+
     def _terminate_launched(self, reason: str) -> None:
-        """Best-effort cleanup: log and swallow any error, so the caller's original error is raised."""
+        """
+        Tag the instances as aborted (``CreateTags``), then terminate them (``TerminateInstances``).
+
+        Best-effort: log and swallow any error, so the caller's original error is raised. Without the tag a
+        retry would take the terminated set for a finished job, so untagged instances are left running.
+        """
         if not self._launched_instance_ids:
             return
-        self.log.info("%s: terminating EC2 instances %s.", reason, self._launched_instance_ids)
+        ids = self._launched_instance_ids
+        self.log.info("%s: terminating EC2 instances %s.", reason, ids)
         try:
-            self.hook.terminate_instances(instance_ids=self._launched_instance_ids)
+            self.hook.conn.create_tags(Resources=ids, Tags=[{"Key": ABORTED_TAG, "Value": "true"}])
         except Exception:
             self.log.exception(
-                "Could not terminate EC2 instances %s; terminate them by hand.", self._launched_instance_ids
+                "Could not tag EC2 instances %s as aborted, so they are not terminated (a retry would "
+                "take them for a finished job); terminate them by hand.",
+                ids,
             )
+            return
+        try:
+            self.hook.terminate_instances(instance_ids=ids)
+        except Exception:
+            self.log.exception("Could not terminate EC2 instances %s; terminate them by hand.", ids)
 
     def execute(self, context: Context) -> list[str]:
         ti = context["ti"]
         base = launch_token_base(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
-        instance_ids = self._launched_instance_ids = self._find_or_launch(base)
+        instance_ids, finished = self._find_or_launch(base)
+        if finished:
+            return instance_ids
+        self._launched_instance_ids = instance_ids
         if not self.wait_for_completion:
             return instance_ids
         if self.deferrable:
@@ -220,6 +272,8 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
                 status_args=["Reservations[].Instances[].[InstanceId, State.Name]"],
             )
         except AirflowException:
+            if self._finished_after_failed_wait(instance_ids):
+                return instance_ids
             if self.terminate_on_failure:
                 self._terminate_launched("Instances did not reach running")
             raise
@@ -230,6 +284,8 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
         if event.get("status") != "success":
             # The deferred half is a new operator instance: take the IDs from the event.
             self._launched_instance_ids = list(event.get("instance_ids") or [])
+            if self._finished_after_failed_wait(self._launched_instance_ids):
+                return self._launched_instance_ids
             if self.terminate_on_failure:
                 self._terminate_launched("Instances did not reach running")
             raise AirflowException(f"Waiting for EC2 training instances failed: {event.get('message')}")
@@ -238,3 +294,7 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
     def on_kill(self) -> None:
         self._terminate_launched("Task killed")
         super().on_kill()
+
+
+def _aborted(instance: dict[str, Any]) -> bool:
+    return any(tag["Key"] == ABORTED_TAG for tag in instance.get("Tags", []))

@@ -9,7 +9,6 @@ from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
-from airflow.providers.amazon.aws.triggers.ssm import SsmRunCommandTrigger
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
@@ -19,6 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
 from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
+from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
 
 # The execution role's managed policy (AmazonSageMakerClusterInstanceRolePolicy) only reads buckets
 # named sagemaker-*, and the CreateCluster docs require lifecycle scripts to live there.
@@ -363,10 +363,10 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
         if command["Status"] == SsmCommandHook.SUCCESS_STATE or not self.wait_for_completion:
             return command_id
         if self.deferrable:
-            # The provider's trigger waits on every invocation of the command: here, the controller's one.
             self.defer(
-                trigger=SsmRunCommandTrigger(
+                trigger=SsmCommandInvocationSucceededTrigger(
                     command_id=command_id,
+                    instance_id=target,
                     waiter_delay=self.waiter_delay,
                     waiter_max_attempts=self.waiter_max_attempts,
                     aws_conn_id=self.aws_conn_id,
@@ -390,6 +390,6 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         event = validate_execute_complete_event(event)
         if event.get("status") != "success":
-            # SsmRunCommandTrigger reports a finished but failed command as status "failed".
+            # An "error" event: the invocation ended Failed, Cancelled or TimedOut, or the attempts ran out.
             raise AirflowException(f"Submitting HyperPod job {self.job_key} failed: {event.get('message')}")
         return event["command_id"]
