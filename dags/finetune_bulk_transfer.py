@@ -83,6 +83,9 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             task_id="wait_for_device",
             job_id=job.output,
             target_state="WithCustomer",
+            # A re-run for a snapshot whose device already shipped skips loading; the import is still
+            # awaited, and publish_snapshot verifies every file landed.
+            skip_when_past=True,
             poke_interval=config.snowball.poll_seconds,
             timeout=60 * 60 * 24 * 30,
             deferrable=True,
@@ -102,12 +105,16 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             task_id="wait_for_import",
             job_id=job.output,
             target_state="Complete",
+            # Runs after a loaded device, or when the device steps were skipped on a re-run; never on
+            # the online route, where create_job itself was skipped.
+            trigger_rule="none_failed_min_one_success",
             poke_interval=config.snowball.poll_seconds,
             timeout=60 * 60 * 24 * 60,
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
         address >> job >> device_arrived >> load >> imported
+        job >> imported
 
     @task(multiple_outputs=False)
     def copy_online() -> dict:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, TaskDeferred
 
 from finetune_pipeline.aws.sensors.snowball import SnowballJobStateSensor
 from finetune_pipeline.aws.triggers.snowball import SnowballJobStateTrigger
@@ -36,6 +36,13 @@ def test_poke_fails_when_the_device_already_left(aws_conn, snowball_job, advance
     advance_job_to(job_id, "InTransitToAWS")
     with pytest.raises(AirflowFailException, match=rf"{job_id} is already InTransitToAWS, past WithCustomer"):
         sensor(job_id).poke(context)
+
+
+def test_rerun_after_the_device_left_skips_when_asked(aws_conn, snowball_job, advance_job_to, context):
+    job_id = snowball_job()
+    advance_job_to(job_id, "InTransitToAWS")
+    with pytest.raises(AirflowSkipException, match=rf"{job_id} is already InTransitToAWS.*nothing to wait for"):
+        sensor(job_id, skip_when_past=True, deferrable=True).execute(context)
 
 
 def test_non_deferrable_execute_returns_at_the_target(aws_conn, snowball_job, advance_job_to, context):

@@ -11,7 +11,7 @@ from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from finetune_pipeline.aws.hooks.snowball import SnowballHook
 from finetune_pipeline.aws.triggers.snowball import SnowballJobStateTrigger
@@ -32,6 +32,8 @@ class SnowballJobStateSensor(AwsBaseSensor[SnowballHook]):
     :param poke_interval: Seconds between checks; 300 by default (jobs take days).
     :param timeout: Seconds before giving up; 60 days by default. With ``deferrable=True`` it also caps
         the trigger's polls (``timeout / poke_interval``).
+    :param skip_when_past: Skip instead of failing when the job is already past ``target_state``, e.g. a
+        re-run for a snapshot whose device an earlier run loaded and shipped.
     """
 
     aws_hook_class = SnowballHook
@@ -46,9 +48,11 @@ class SnowballJobStateSensor(AwsBaseSensor[SnowballHook]):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = 300,
         timeout: float = 60 * 24 * 60 * 60,
+        skip_when_past: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.skip_when_past = skip_when_past
         if target_state not in SnowballHook.WAITABLE_STATES:
             raise ValueError(
                 f"SnowballJobStateSensor cannot wait for state {target_state!r}: "
@@ -83,6 +87,11 @@ class SnowballJobStateSensor(AwsBaseSensor[SnowballHook]):
                 "Create a new job (a new description key) to ship another device."
             )
         if state in SnowballHook.states_after(self.target_state):
+            if self.skip_when_past:
+                raise AirflowSkipException(
+                    f"Snowball job {self.job_id} is already {state}, past {self.target_state}: an earlier "
+                    "run got it there, so there is nothing to wait for."
+                )
             raise AirflowFailException(
                 f"Snowball job {self.job_id} is already {state}, past {self.target_state}: "
                 "waiting for it is pointless. Check the job in the AWS Snow Family console."
