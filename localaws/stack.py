@@ -117,9 +117,12 @@ class AirflowStack:
         # The demo has no source database yet: the connection names one, so DMS gets a real endpoint.
         source_conn = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "replicator",
                        "password": secrets.token_urlsafe(12), "schema": "appdb"}
-        for conn_id, spec in (("aws_default", aws_conn), ("source_db", source_conn)):
-            self._airflow("connections", "delete", conn_id, check=False)
-            self._airflow("connections", "add", conn_id, "--conn-json", json.dumps(spec))
+        # Imported from a private file, so no password shows on a command line.
+        connections_file = self.home / "connections.json"
+        connections_file.touch(mode=0o600)
+        aws_conn["extra"] = json.dumps(aws_conn["extra"])
+        connections_file.write_text(json.dumps({"aws_default": aws_conn, "source_db": source_conn}))
+        self._airflow("connections", "import", "--overwrite", str(connections_file))
 
     def start(self) -> None:
         logs = self.home / "process-logs"
