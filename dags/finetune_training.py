@@ -67,36 +67,44 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             lifecycle_on_create=hyperpod.lifecycle_on_create,
             waiter_delay=hyperpod.poll_seconds,
             aws_conn_id=config.aws.conn_id,
-        deferrable=True,
+            deferrable=True,
         )
         submit = HyperPodSubmitJobOperator(
             task_id="submit_training_job",
             cluster_name=hyperpod.cluster_name,
             job_key=f"{config.project}-{VERSION}",
-            entrypoint="/fsx/finetune/train.py",
+            # on_create.sh copies the uploaded entrypoint onto the cluster's shared file system.
+            entrypoint=f"/fsx/finetune/{pipeline_tasks.TRAINING_ENTRYPOINT.name}",
             entrypoint_args=ENTRYPOINT_ARGS,
             nodes=hyperpod.worker_count,
             controller_group=hyperpod.controller_group,
             waiter_delay=hyperpod.poll_seconds,
             aws_conn_id=config.aws.conn_id,
-        deferrable=True,
+            deferrable=True,
         )
         upload_lifecycle_scripts() >> cluster
         [version, cluster] >> submit
     else:
         ec2 = training.ec2
+
+        @task
+        def upload_training_code() -> str:
+            """Put the entrypoint where the instances' user data downloads it from."""
+            return pipeline_tasks.upload_training_code(config)
+
+        code = upload_training_code()
         launch = Ec2LaunchTrainingInstancesOperator(
             task_id="launch_training_instances",
             image_id=ec2.image_id,
             instance_type=ec2.instance_type,
             user_data_path=str(pipeline_tasks.REPO_ROOT / "include" / "scripts" / "ec2" / "user_data.sh"),
-            user_data_variables={"DATASET_URI": DATASET_URI, "DATASET_VERSION": VERSION,
+            user_data_variables={"ENTRYPOINT_URI": code, "DATASET_URI": DATASET_URI, "DATASET_VERSION": VERSION,
                                  "OUTPUT_URI": f"s3://{config.storage.bucket}/models/{VERSION}"},
             instance_profile=ec2.instance_profile_arn,
             subnet_id=ec2.subnet_id,
             min_count=ec2.instance_count,
             max_count=ec2.instance_count,
             aws_conn_id=config.aws.conn_id,
-        deferrable=True,
+            deferrable=True,
         )
-        version >> launch
+        [version, code] >> launch

@@ -201,7 +201,6 @@ class Ec2TrainingConfig(_Model):
 class TrainingConfig(_Model):
     backend: Literal["hyperpod", "ec2"]
     region: Region
-    entrypoint: str = "include/training/train.py"
     hyperpod: HyperPodConfig | None = None
     ec2: Ec2TrainingConfig | None = None
 

@@ -143,6 +143,7 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
 
 
 HYPERPOD_SCRIPTS = REPO_ROOT / "include" / "scripts" / "hyperpod"
+TRAINING_ENTRYPOINT = REPO_ROOT / "include" / "training" / "train.py"
 
 
 def upload_lifecycle_scripts(config: PipelineConfig) -> str:
@@ -151,12 +152,22 @@ def upload_lifecycle_scripts(config: PipelineConfig) -> str:
     bucket, _, prefix = config.training.hyperpod.lifecycle_s3_uri.removeprefix("s3://").partition("/")
     if not hook.check_for_bucket(bucket):
         hook.create_bucket(bucket_name=bucket, region_name=config.training.region)
-    files = [*sorted(HYPERPOD_SCRIPTS.glob("*.sh")), REPO_ROOT / config.training.entrypoint]
+    files = [*sorted(HYPERPOD_SCRIPTS.glob("*.sh")), TRAINING_ENTRYPOINT]
     for path in files:
         key = f"{prefix}/{path.name}" if prefix else path.name
         hook.load_file(str(path), key=key, bucket_name=bucket, replace=True)
         log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
     return config.training.hyperpod.lifecycle_s3_uri
+
+
+def upload_training_code(config: PipelineConfig) -> str:
+    """Put the entrypoint where EC2 training instances download it from (same key: idempotent)."""
+    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.storage.region)
+    key = f"code/{TRAINING_ENTRYPOINT.name}"
+    hook.load_file(str(TRAINING_ENTRYPOINT), key=key, bucket_name=config.storage.bucket, replace=True)
+    uri = f"s3://{config.storage.bucket}/{key}"
+    log.info("uploaded the training entrypoint to %s", uri)
+    return uri
 
 
 def hyperpod_instance_groups(config: PipelineConfig) -> list[dict]:

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import XCom
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from finetune_pipeline import landing
@@ -22,15 +21,13 @@ if TYPE_CHECKING:
 REPORT_URL_XCOM_KEY = "report_url"
 
 
-class DatasetReportLink(BaseAwsLink):
+class DatasetReportLink(BaseOperatorLink):
     """The HTML validation report stored next to the dataset version, shown as a button on the task."""
 
     name = "Validation report"
-    key = REPORT_URL_XCOM_KEY
-    format_str = "{url}"
 
     def get_link(self, operator, *, ti_key: TaskInstanceKey) -> str:
-        return XCom.get_value(key=self.key, ti_key=ti_key) or ""
+        return XCom.get_value(key=REPORT_URL_XCOM_KEY, ti_key=ti_key) or ""
 
 
 def report_url(endpoint_url: str | None, region: str, bucket: str, key: str) -> str:

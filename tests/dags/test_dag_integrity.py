@@ -79,3 +79,20 @@ def test_dags_are_linked_by_assets(dagbag):
                     for outlet in task.outlets}
     training = dagbag.dags["finetune_training"]
     assert scheduling_uris(training) == sync_outlets
+
+
+def test_ec2_training_backend_parses_and_uploads_code_before_launching(tmp_path, monkeypatch):
+    import yaml
+
+    from finetune_pipeline.config import DEFAULT_CONFIG_PATH
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["training"]["backend"] = "ec2"
+    data["training"]["ec2"] = {"image_id": "ami-0123456789abcdef0", "instance_type": "g5.2xlarge"}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(path))
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert bag.import_errors == {}
+    launch = bag.dags["finetune_training"].get_task("launch_training_instances")
+    assert {"upload_training_code", "dataset_version"} <= launch.upstream_task_ids

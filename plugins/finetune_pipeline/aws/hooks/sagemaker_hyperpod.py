@@ -24,7 +24,6 @@ class HyperPodHook(AwsBaseHook):
     IN_SERVICE_STATE = "InService"
     FAILED_STATES = frozenset({"Failed"})
     GONE_STATES = frozenset({"Deleting"})
-    NON_TERMINAL_STATES = frozenset({"Creating", "Updating", "RollingBack", "SystemUpdating"})
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["client_type"] = "sagemaker"

@@ -36,7 +36,6 @@ class SnowballHook(AwsBaseHook):
         "InProgress",
         "Complete",
     )
-    TERMINAL_STATES = frozenset({"Complete", "Cancelled"})
     FAILED_STATES = frozenset({"Cancelled"})
     # The states a job can be waited for; each has a waiter in waiters/snowball.json.
     WAITABLE_STATES: dict[str, str] = {"WithCustomer": "job_with_customer", "Complete": "job_complete"}
