@@ -2,15 +2,18 @@
 
 moto's DMS leaves a replication task ``creating`` forever (so botocore's ``replication_task_ready`` waiter,
 which the Amazon provider uses, never returns), starts and stops tasks instantly, reports endpoints as
-``creating`` and ignores CDC start positions. Rather than patching site-packages, every DMS request
-(``X-Amz-Target: AmazonDMSv20160101.*``) passes through :class:`DmsLifecycle`, which first moves moto's
-objects along (``creating -> ready``, ``starting -> running``, ``stopping -> stopped``, a ``full-load``
-task stopping by itself, instances ``creating -> available``, endpoints ``active``), answers
-Start/Stop/ModifyReplicationTask itself, and adds the CDC fields to the task descriptions moto returns.
+``creating``, ignores CDC start positions and has no DescribeTableStatistics. Rather than patching
+site-packages, every DMS request (``X-Amz-Target: AmazonDMSv20160101.*``) passes through :class:`DmsLifecycle`,
+which first moves moto's objects along (``creating -> ready``, ``starting -> running``, ``stopping ->
+stopped``, a ``full-load`` task stopping by itself, instances ``creating -> available``, endpoints
+``active``), answers Start/Stop/ModifyReplicationTask itself, adds the CDC fields to the task descriptions moto
+returns, and answers DescribeTableStatistics from what the task's S3 target holds
+(:mod:`localaws.dms_statistics`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
@@ -22,6 +25,7 @@ from moto.dms.models import DatabaseMigrationServiceBackend, FakeReplicationTask
 from moto.moto_api import state_manager
 
 from localaws.clock import VirtualClock
+from localaws.dms_statistics import DmsTableStatistics, S3Target, SelectionRules, StatisticsTask
 from localaws.timing import DmsTiming
 from localaws.wsgi import (
     Response,
@@ -40,12 +44,17 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 STARTABLE = ("ready", "stopped", "failed")
 MODIFIABLE = ("ready", "stopped", "failed")  # AWS: "The task must be stopped before you can modify it."
 UNDELETABLE = ("starting", "running", "stopping", "modifying")
+FULL_LOAD_FINISHED = "Stop Reason FULL_LOAD_ONLY_FINISHED"
 # Describe calls whose filters matching nothing is an error on AWS (botocore's "deleted" waiters rely on it).
 DESCRIBE_LISTS = {
     "DescribeReplicationTasks": "ReplicationTasks",
     "DescribeEndpoints": "Endpoints",
     "DescribeReplicationInstances": "ReplicationInstances",
 }
+# DescribeTableStatistics: its filter names, each with the TableStatistics member it matches, and MaxRecords.
+STATISTICS_FILTERS = {"schema-name": "SchemaName", "table-name": "TableName", "table-state": "TableState"}
+STATISTICS_MAX_RECORDS = (20, 500)
+STATISTICS_DEFAULT_MAX_RECORDS = 100
 
 
 class DmsError(Exception):
@@ -79,6 +88,7 @@ class DmsLifecycle:
         self._lock = threading.RLock()
         self._tasks: dict[str, _TaskTrack] = {}
         self._instances: dict[str, datetime] = {}
+        self._statistics = DmsTableStatistics()
         # moto makes a replication instance "available" the moment it is read; let the clock decide instead.
         state_manager.set_transition(
             "dms::replicationinstance", {"progression": "manual", "times": sys.maxsize}
@@ -88,6 +98,7 @@ class DmsLifecycle:
         with self._lock:
             self._tasks.clear()
             self._instances.clear()
+            self._statistics.reset()
 
     def handle(self, environ: dict, moto_app: WsgiApp) -> Response:
         operation = environ.get("HTTP_X_AMZ_TARGET", "")[len(TARGET_PREFIX) :]
@@ -100,15 +111,14 @@ class DmsLifecycle:
             "StartReplicationTask": self._start_task,
             "StopReplicationTask": self._stop_task,
             "ModifyReplicationTask": self._modify_task,
+            "DescribeTableStatistics": self._describe_table_statistics,
         }.get(operation)
         with self._lock:
             now = self.clock.now()
             self._advance(now)
             try:
                 if own is not None:
-                    return json_response(
-                        {"ReplicationTask": own(backend, params, now)}, content_type=CONTENT_TYPE
-                    )
+                    return json_response(own(backend, params, now), content_type=CONTENT_TYPE)
                 if operation == "DeleteReplicationTask":
                     self._check_deletable(backend, params)
                 response = call_app(moto_app, environ)
@@ -140,7 +150,7 @@ class DmsLifecycle:
         self._set_status(task, track, "starting", now)
         track.start_date, track.stop_date, track.stop_reason = now, None, None
         log.info("DMS task %s starting (%s)", task.id, params.get("StartReplicationTaskType"))
-        return self._task_view(task.to_dict(), track, now)
+        return {"ReplicationTask": self._task_view(task.to_dict(), track, now)}
 
     def _stop_task(self, backend: DatabaseMigrationServiceBackend, params: dict, now: datetime) -> dict:
         """StopReplicationTask: ``stopping``, then ``stopped`` after ``task_stopping`` seconds."""
@@ -151,7 +161,7 @@ class DmsLifecycle:
                 f"Replication task {task.id} is {task.status}; only a running task can be stopped.",
             )
         self._set_status(task, track, "stopping", now)
-        return self._task_view(task.to_dict(), track, now)
+        return {"ReplicationTask": self._task_view(task.to_dict(), track, now)}
 
     def _modify_task(self, backend: DatabaseMigrationServiceBackend, params: dict, now: datetime) -> dict:
         """ModifyReplicationTask (moto lacks it): ``modifying``, then back to the status it had."""
@@ -176,7 +186,28 @@ class DmsLifecycle:
         self._record_cdc(track, params)
         track.previous_status = task.status
         self._set_status(task, track, "modifying", now)
-        return self._task_view(task.to_dict(), track, now)
+        return {"ReplicationTask": self._task_view(task.to_dict(), track, now)}
+
+    def _describe_table_statistics(
+        self, backend: DatabaseMigrationServiceBackend, params: dict, now: datetime
+    ) -> dict:
+        """DescribeTableStatistics (moto lacks it): each selected table's counts in the task's S3 target."""
+        task, track = self._task(backend, params.get("ReplicationTaskArn"))
+        limit = _statistics_max_records(params.get("MaxRecords"))
+        wanted = _statistics_filters(params.get("Filters") or [])
+        after = _statistics_marker_table(params.get("Marker"))
+        source = self._statistics_task(backend, task, track)
+        tables = [
+            table
+            for table in (self._statistics.describe(source, now) if source else [])
+            if all(table[member] in values for member, values in wanted)
+            and (after is None or (table["SchemaName"], table["TableName"]) > after)
+        ]
+        payload = {"ReplicationTaskArn": task.arn, "TableStatistics": tables[:limit]}
+        if len(tables) > limit:
+            last = tables[limit - 1]
+            payload["Marker"] = _statistics_marker(last["SchemaName"], last["TableName"])
+        return payload
 
     def _check_deletable(self, backend: DatabaseMigrationServiceBackend, params: dict) -> None:
         task = backend.replication_tasks.get(params.get("ReplicationTaskArn", ""))
@@ -270,7 +301,7 @@ class DmsLifecycle:
         if task.status == "starting":
             return _seconds(timing.task_starting), "running", None
         if task.status == "running" and task.migration_type == "full-load":
-            return _seconds(timing.full_load_running), "stopped", "Stop Reason FULL_LOAD_ONLY_FINISHED"
+            return _seconds(timing.full_load_running), "stopped", FULL_LOAD_FINISHED
         if task.status == "stopping":
             return _seconds(timing.task_stopping), "stopped", "Stop Reason NORMAL"
         if task.status == "modifying":
@@ -286,6 +317,27 @@ class DmsLifecycle:
         if task is None:
             raise DmsError("ResourceNotFoundFault", "Replication task could not be found.")
         return task, self._tasks[task.arn]
+
+    @staticmethod
+    def _statistics_task(
+        backend: DatabaseMigrationServiceBackend, task: FakeReplicationTask, track: _TaskTrack
+    ) -> StatisticsTask | None:
+        """What the statistics count for a task: nothing before its first start, or without an S3 target."""
+        # moto keys endpoints by their identifier, not their ARN.
+        endpoint = next((e for e in backend.endpoints.values() if e.endpoint_arn == task.target_endpoint_arn), None)
+        target = S3Target.from_settings(endpoint.s3_settings) if endpoint is not None else None
+        if track.start_date is None or target is None:
+            return None
+        return StatisticsTask(
+            arn=task.arn,
+            account_id=backend.account_id,
+            region=backend.region_name,
+            target=target,
+            selection=SelectionRules.parse(task.table_mappings),
+            full_load=task.migration_type in ("full-load", "full-load-and-cdc"),
+            full_load_start=track.start_date,
+            full_load_end=track.stop_date if track.stop_reason == FULL_LOAD_FINISHED else None,
+        )
 
     @staticmethod
     def _set_status(task: FakeReplicationTask, track: _TaskTrack, status: str, at: datetime) -> None:
@@ -318,6 +370,43 @@ def _without_nulls(value):
     if isinstance(value, list):
         return [_without_nulls(item) for item in value]
     return value
+
+
+def _statistics_max_records(value: int | None) -> int:
+    if value is None:
+        return STATISTICS_DEFAULT_MAX_RECORDS
+    low, high = STATISTICS_MAX_RECORDS
+    if not low <= value <= high:
+        raise DmsError(
+            "InvalidParameterValueException", f"MaxRecords must be between {low} and {high}, got {value}."
+        )
+    return value
+
+
+def _statistics_filters(filters: list[dict]) -> list[tuple[str, list[str]]]:
+    """(TableStatistics member, accepted values) for each filter; the filters combine as AND."""
+    unknown = sorted({f.get("Name") for f in filters} - set(STATISTICS_FILTERS), key=str)
+    if unknown:
+        raise DmsError(
+            "InvalidParameterValueException",
+            f"Invalid filter name(s) {unknown}; valid names: {', '.join(STATISTICS_FILTERS)}.",
+        )
+    return [(STATISTICS_FILTERS[f["Name"]], list(f.get("Values") or [])) for f in filters]
+
+
+def _statistics_marker(schema: str, table: str) -> str:
+    """An opaque Marker naming the last table of a page; the next page starts after it."""
+    return base64.urlsafe_b64encode(json.dumps([schema, table]).encode()).decode()
+
+
+def _statistics_marker_table(marker: str | None) -> tuple[str, str] | None:
+    if not marker:
+        return None
+    try:
+        schema, table = json.loads(base64.urlsafe_b64decode(marker.encode()))
+    except (ValueError, TypeError):  # bad base64 or JSON, or not a pair
+        raise DmsError("InvalidParameterValueException", "Invalid Marker.") from None
+    return str(schema), str(table)
 
 
 def _seconds(value: float) -> timedelta:

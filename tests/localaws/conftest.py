@@ -1,4 +1,5 @@
-"""Fixtures for the localaws tests: shape-checked boto3 clients, Snowball jobs, and clock moves over HTTP.
+"""Fixtures for the localaws tests: shape-checked boto3 clients, DMS tasks, Snowball jobs, and clock moves
+over HTTP.
 
 The ``localaws`` server is shared by the whole session, so nothing here assumes a fresh clock or an empty
 account: each test makes its own resources (unique names) and moves the clock relative to them.
@@ -123,6 +124,79 @@ def checked_client(boto_client):
             f"before-parse.{client.meta.service_model.service_id.hyphenize()}.*", check
         )
         return client
+
+    return make
+
+
+@pytest.fixture
+def dms(checked_client):
+    return checked_client("dms", check_errors=False)
+
+
+@pytest.fixture
+def dms_timing(localaws) -> dict:
+    return control.get_timing(localaws.endpoint_url)["dms"]
+
+
+@pytest.fixture
+def make_task(dms):
+    """CreateReplicationTask between fresh endpoints on a fresh instance; returns the task ARN.
+
+    ``s3_settings`` are added to the target endpoint's (bucket ``landing``); ``table_mappings`` is the
+    TableMappings document (no rules by default).
+    """
+
+    def make(
+        migration_type: str = "cdc", s3_settings: dict | None = None, table_mappings: dict | None = None, **extra
+    ) -> str:
+        suffix = uuid.uuid4().hex[:10]
+        instance = dms.create_replication_instance(
+            ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
+        )["ReplicationInstance"]
+        source = dms.create_endpoint(
+            EndpointIdentifier=f"src-{suffix}",
+            EndpointType="source",
+            EngineName="postgres",
+            ServerName="db.internal",
+            Port=5432,
+            DatabaseName="appdb",
+            Username="replicator",
+            Password="secret",
+        )["Endpoint"]
+        target = dms.create_endpoint(
+            EndpointIdentifier=f"tgt-{suffix}",
+            EndpointType="target",
+            EngineName="s3",
+            S3Settings={
+                "BucketName": "landing",
+                "ServiceAccessRoleArn": "arn:aws:iam::123456789012:role/dms",
+                **(s3_settings or {}),
+            },
+        )["Endpoint"]
+        return dms.create_replication_task(
+            ReplicationTaskIdentifier=f"task-{suffix}",
+            SourceEndpointArn=source["EndpointArn"],
+            TargetEndpointArn=target["EndpointArn"],
+            ReplicationInstanceArn=instance["ReplicationInstanceArn"],
+            MigrationType=migration_type,
+            TableMappings=json.dumps(table_mappings or {"rules": []}),
+            **extra,
+        )["ReplicationTask"]["ReplicationTaskArn"]
+
+    return make
+
+
+@pytest.fixture
+def ready_task(dms, make_task, advance, dms_timing):
+    """make_task, then the clock moved until the task is ``ready``; returns the task ARN."""
+
+    def make(migration_type: str = "cdc", **kwargs) -> str:
+        arn = make_task(migration_type, **kwargs)
+        advance(dms_timing["task_creating"])
+        dms.get_waiter("replication_task_ready").wait(
+            Filters=[{"Name": "replication-task-arn", "Values": [arn]}], WaiterConfig={"Delay": 0.01, "MaxAttempts": 3}
+        )
+        return arn
 
     return make
 

@@ -3,66 +3,12 @@ botocore's own waiters (tiny delays, so they poll in milliseconds)."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from localaws import control
-
 FAST = {"Delay": 0.01, "MaxAttempts": 3}
-
-
-@pytest.fixture
-def dms(checked_client):
-    return checked_client("dms", check_errors=False)
-
-
-@pytest.fixture
-def dms_timing(localaws) -> dict:
-    return control.get_timing(localaws.endpoint_url)["dms"]
-
-
-@pytest.fixture
-def make_task(dms):
-    """CreateReplicationTask between fresh endpoints on a fresh instance; returns the task ARN."""
-
-    def make(migration_type: str = "cdc", **extra) -> str:
-        suffix = uuid.uuid4().hex[:10]
-        instance = dms.create_replication_instance(
-            ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
-        )["ReplicationInstance"]
-        source = dms.create_endpoint(
-            EndpointIdentifier=f"src-{suffix}",
-            EndpointType="source",
-            EngineName="postgres",
-            ServerName="db.internal",
-            Port=5432,
-            DatabaseName="appdb",
-            Username="replicator",
-            Password="secret",
-        )["Endpoint"]
-        target = dms.create_endpoint(
-            EndpointIdentifier=f"tgt-{suffix}",
-            EndpointType="target",
-            EngineName="s3",
-            S3Settings={
-                "BucketName": "landing",
-                "ServiceAccessRoleArn": "arn:aws:iam::123456789012:role/dms",
-            },
-        )["Endpoint"]
-        return dms.create_replication_task(
-            ReplicationTaskIdentifier=f"task-{suffix}",
-            SourceEndpointArn=source["EndpointArn"],
-            TargetEndpointArn=target["EndpointArn"],
-            ReplicationInstanceArn=instance["ReplicationInstanceArn"],
-            MigrationType=migration_type,
-            TableMappings='{"rules": []}',
-            **extra,
-        )["ReplicationTask"]["ReplicationTaskArn"]
-
-    return make
 
 
 def _by_arn(arn: str) -> list[dict]:
@@ -71,13 +17,6 @@ def _by_arn(arn: str) -> list[dict]:
 
 def _task(dms, arn: str) -> dict:
     return dms.describe_replication_tasks(Filters=_by_arn(arn))["ReplicationTasks"][0]
-
-
-def _ready_task(dms, make_task, advance, dms_timing, migration_type: str = "cdc") -> str:
-    arn = make_task(migration_type)
-    advance(dms_timing["task_creating"])
-    dms.get_waiter("replication_task_ready").wait(Filters=_by_arn(arn), WaiterConfig=FAST)
-    return arn
 
 
 def test_endpoints_are_active(dms, make_task):
@@ -108,8 +47,8 @@ def test_task_is_creating_then_ready(dms, make_task, advance, dms_timing):
     waiter.wait(Filters=_by_arn(arn), WaiterConfig=FAST)
 
 
-def test_cdc_task_starts_runs_and_stops(dms, make_task, advance, dms_timing):
-    arn = _ready_task(dms, make_task, advance, dms_timing)
+def test_cdc_task_starts_runs_and_stops(dms, ready_task, advance, dms_timing):
+    arn = ready_task()
     started = dms.start_replication_task(
         ReplicationTaskArn=arn,
         StartReplicationTaskType="start-replication",
@@ -136,8 +75,8 @@ def test_cdc_task_starts_runs_and_stops(dms, make_task, advance, dms_timing):
     assert _task(dms, arn)["StopReason"] == "Stop Reason NORMAL"
 
 
-def test_restart_from_a_cdc_start_time(dms, make_task, advance, dms_timing):
-    arn = _ready_task(dms, make_task, advance, dms_timing)
+def test_restart_from_a_cdc_start_time(dms, ready_task):
+    arn = ready_task()
     start_time = datetime(2024, 3, 8, 12, 12, 12, tzinfo=UTC)
     started = dms.start_replication_task(
         ReplicationTaskArn=arn, StartReplicationTaskType="start-replication", CdcStartTime=start_time
@@ -152,8 +91,8 @@ def test_restart_from_a_cdc_start_time(dms, make_task, advance, dms_timing):
         )
 
 
-def test_full_load_task_stops_by_itself(dms, make_task, advance, dms_timing):
-    arn = _ready_task(dms, make_task, advance, dms_timing, migration_type="full-load")
+def test_full_load_task_stops_by_itself(dms, ready_task, advance, dms_timing):
+    arn = ready_task("full-load")
     dms.start_replication_task(ReplicationTaskArn=arn, StartReplicationTaskType="start-replication")
     advance(dms_timing["task_starting"] + dms_timing["full_load_running"])
     dms.get_waiter("replication_task_stopped").wait(Filters=_by_arn(arn), WaiterConfig=FAST)
@@ -179,8 +118,8 @@ def test_state_rules_are_enforced(dms, make_task, advance, dms_timing):
         )
 
 
-def test_modify_a_stopped_task(dms, make_task, advance, dms_timing):
-    arn = _ready_task(dms, make_task, advance, dms_timing)
+def test_modify_a_stopped_task(dms, ready_task, advance, dms_timing):
+    arn = ready_task()
     modified = dms.modify_replication_task(
         ReplicationTaskArn=arn, CdcStartPosition="checkpoint:V1#1#resume", TableMappings='{"rules": [1]}'
     )["ReplicationTask"]
@@ -192,8 +131,8 @@ def test_modify_a_stopped_task(dms, make_task, advance, dms_timing):
     assert task["TableMappings"] == '{"rules": [1]}'
 
 
-def test_deleted_task_satisfies_the_deleted_waiter(dms, make_task, advance, dms_timing):
-    arn = _ready_task(dms, make_task, advance, dms_timing)
+def test_deleted_task_satisfies_the_deleted_waiter(dms, ready_task):
+    arn = ready_task()
     dms.delete_replication_task(ReplicationTaskArn=arn)
     dms.get_waiter("replication_task_deleted").wait(Filters=_by_arn(arn), WaiterConfig=FAST)
     with pytest.raises(dms.exceptions.ResourceNotFoundFault):
