@@ -174,6 +174,11 @@ class SyncConfig(_Model):
     schedule: str = "@hourly"
     retention_versions: int = Field(default=10, ge=1)
     contracts_dir: str = "include/contracts"
+    # Reconcile each table's rows with what the CDC task's DMS table statistics say it captured.
+    reconcile_with_dms: bool = True
+    # Airflow connection (any SQL provider) to count each table's rows in the source or a read replica;
+    # unset, there is no source count. It may differ from source.conn_id, the DMS source endpoint's.
+    source_count_conn_id: str | None = Field(default=None, min_length=1)
 
 
 class HyperPodConfig(_Model):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +15,13 @@ from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from finetune_pipeline import landing
+from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
+
+    from finetune_pipeline.datasets.reconcile import OutsideCounts
 
 REPORT_URL_XCOM_KEY = "report_url"
 
@@ -54,6 +59,10 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
     :param retention: How many published versions to keep.
     :param tables: Tables to sync (``schema.table``); all contracts when None (templated).
     :param full_rebuild: Rebuild from the snapshot and every change file (templated).
+    :param replication_task_id: The DMS CDC task whose table statistics each table's rows are reconciled
+        with; None skips that check.
+    :param source_count_conn_id: Airflow connection (any SQL provider) to count each table's rows in the
+        source, or a replica of it; None skips that check.
     """
 
     aws_hook_class = S3Hook
@@ -71,6 +80,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         retention: int,
         tables: list[str] | str | None = None,
         full_rebuild: bool | str = False,
+        replication_task_id: str | None = None,
+        source_count_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -82,6 +93,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         self.retention = retention
         self.tables = tables
         self.full_rebuild = full_rebuild
+        self.replication_task_id = replication_task_id
+        self.source_count_conn_id = source_count_conn_id
 
     def execute(self, context: Context) -> dict:
         # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
@@ -104,7 +117,13 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         full_rebuild = self.full_rebuild in (True, "True", "true")
         self.log.info("syncing %s (full rebuild: %s) after snapshot %s",
                       self.tables or "all tables", full_rebuild, snapshot.snapshot_position)
-        result = run_sync(S3Store(client, self.bucket), spec, tables=self.tables or None, full_rebuild=full_rebuild)
+        result = run_sync(
+            S3Store(client, self.bucket),
+            spec,
+            tables=self.tables or None,
+            full_rebuild=full_rebuild,
+            outside_counts=self._outside_counts(),
+        )
 
         for check in result.failed_checks:
             self.log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
@@ -127,3 +146,51 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {"version": result.version, "row_counts": result.row_counts}
         return result.to_dict()
+
+    def _outside_counts(self) -> OutsideCounts | None:
+        """DMS's table statistics and source row counts, taken just before discovery lists the new files."""
+        from finetune_pipeline.datasets.reconcile import OutsideCounts
+
+        if not self.replication_task_id and not self.source_count_conn_id:
+            return None
+        counts = OutsideCounts(taken_at=datetime.now(UTC))
+        if self.replication_task_id:
+            counts = replace(counts, **self._dms_counts(self.replication_task_id))
+        if self.source_count_conn_id:
+            counts = replace(counts, **self._source_counts(self.source_count_conn_id))
+        return counts
+
+    def _dms_counts(self, task_id: str) -> dict[str, Any]:
+        hook = DmsResourceHook(
+            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
+        )
+        task = hook.find_replication_task(task_id)
+        if task is None:
+            self.log.warning("DMS task %s does not exist yet: rows are not reconciled with DMS this run", task_id)
+            return {}
+        try:
+            entries = hook.table_statistics(task["ReplicationTaskArn"])
+        except hook.conn.exceptions.InvalidResourceStateFault as error:
+            self.log.warning("DMS task %s has no statistics yet (%s): not reconciled this run", task_id, error)
+            return {}
+        for entry in entries:
+            self.log.info(
+                "DMS %s.%s: %s inserts, %s updates, %s deletes captured",
+                entry["SchemaName"], entry["TableName"], entry.get("Inserts", 0), entry.get("Updates", 0),
+                entry.get("Deletes", 0),
+            )
+        from finetune_pipeline.datasets.reconcile import OutsideCounts
+
+        return {"dms": OutsideCounts.from_dms_statistics(entries, task=task_id).dms, "dms_task": task_id}
+
+    def _source_counts(self, conn_id: str) -> dict[str, Any]:
+        from finetune_pipeline.datasets.contracts import load_contracts
+        from finetune_pipeline.source_counts import SourceCountError, count_source_rows
+
+        tables = self.tables or sorted(load_contracts(self.contracts_dir))
+        try:
+            return {"source": count_source_rows(conn_id, list(tables)), "source_name": conn_id}
+        except SourceCountError as error:
+            # Reported as the row_count_source check (blocking or not, as the contract says), not a crash.
+            self.log.warning("source row counts unavailable: %s", error)
+            return {"source": {}, "source_name": conn_id, "source_error": str(error)}

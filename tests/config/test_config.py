@@ -45,6 +45,8 @@ def test_shipped_config_is_valid():
         ("dms.task_id", "Finetune-CDC", "dms.task_id: expected a DMS identifier"),
         ("dms.replication_instance_id", "ri--one", "dms.replication_instance_id: expected a DMS identifier"),
         ("dms.source_endpoint_id", "source-", "dms.source_endpoint_id: expected a DMS identifier"),
+        ("sync.source_count_conn_id", "", "sync.source_count_conn_id"),
+        ("sync.reconcile_with_dms", "sometimes", "sync.reconcile_with_dms"),
     ],
 )
 def test_bad_value_names_the_field_and_expected_form(path, value, expected):

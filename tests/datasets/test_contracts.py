@@ -71,6 +71,18 @@ def test_errors_name_the_field():
     assert "reserved" in _bad(lambda d: d["columns"].append({"name": "Op", "type": "string"}))
     assert "allowed_values" in _bad(lambda d: d["columns"][2].update(allowed_values=["x"]))
     assert "freshness.max_lag" in _bad(lambda d: d.update(freshness={"max_lag": "soon"}))
+    assert "row_count.dms_tolerance" in _bad(lambda d: d.update(row_count={"dms_tolerance": -0.1}))
+    assert "severity.row_count_sorce" in _bad(lambda d: d.update(severity={"row_count_sorce": "warning"}))
+
+
+def test_reconciliation_checks_are_warnings_unless_made_blocking():
+    data = yaml.safe_load(ITEMS_YAML)
+    data["row_count"] = {"tolerance": 0.0, "source_tolerance": 0.05}
+    data["severity"] = {"row_count_source": "blocking"}
+    contract = parse_contract(data)
+    assert contract.severity_of("row_count_dms") == "warning"
+    assert contract.severity_of("row_count_source") == "blocking"
+    assert (contract.row_count.dms_tolerance, contract.row_count.source_tolerance) == (None, 0.05)
 
 
 def test_file_name_must_match_table(tmp_path):

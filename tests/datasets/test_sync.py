@@ -11,6 +11,7 @@ from ds_helpers import T0, at, item_events, item_load, published_rows, put_cdc, 
 
 from finetune_pipeline.datasets.dms_format import cdc_file_name
 from finetune_pipeline.datasets.publish import read_current
+from finetune_pipeline.datasets.reconcile import DmsTableCounts, OutsideCounts
 from finetune_pipeline.datasets.seed import seed_changes, seed_tables, write_seed
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
@@ -220,16 +221,82 @@ def test_buckets_split_and_untouched_buckets_are_copied(store, contracts_dir):
     assert first.version != second.version
 
 
-def test_expected_row_count_from_the_source(store, spec, contracts_dir):
+def _tolerance(contracts_dir, text: str) -> None:
     path = contracts_dir / "shop.items.yaml"
-    path.write_text(path.read_text().replace("row_count: {tolerance: 1.0}", "row_count: {tolerance: 0.1}"))
+    path.write_text(path.read_text().replace("row_count: {tolerance: 1.0}", text))
+
+
+def test_row_count_against_the_source(store, spec, contracts_dir):
+    _tolerance(
+        contracts_dir, "row_count: {tolerance: 0.0, source_tolerance: 0.1}\nseverity: {row_count_source: blocking}"
+    )
     _base(store)
-    blocked = run_sync(store, spec, now=NOW, expected_row_counts={"shop.items": 10})
-    [check] = [c for c in blocked.checks if c.check == "row_count"]
-    assert not check.passed and blocked.status == "blocked"
-    assert "2 rows vs 10" in check.detail
-    ok = run_sync(store, spec, now=NOW, expected_row_counts={"shop.items": 2})
+    blocked = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(source={"shop.items": 10}, source_name="src"))
+    [check] = [c for c in blocked.checks if c.check == "row_count_source"]
+    assert not check.passed and blocked.status == "blocked" and read_current(store, spec.dataset_prefix) is None
+    assert "2 rows vs 10 counted in the source through connection src" in check.detail
+    assert "allowed 1" in check.detail
+    ok = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(source={"shop.items": 2}))
     assert ok.published
+    assert [c.passed for c in ok.checks if c.check == "row_count_source"] == [True]
+
+
+def test_row_count_against_a_source_missing_the_table_is_a_failed_warning(store, spec, contracts_dir):
+    _base(store)
+    result = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(source={}, source_name="src"))
+    [check] = [c for c in result.checks if c.check == "row_count_source"]
+    assert not check.passed and check.severity == "warning" and result.published
+    assert "no count of shop.items from connection src" in check.detail
+
+
+def _dms(inserts=0, deletes=0, updates=0):
+    return OutsideCounts(
+        dms={"shop.items": DmsTableCounts(inserts=inserts, updates=updates, deletes=deletes)}, dms_task="task-1"
+    )
+
+
+def test_row_count_against_dms_statistics(store, spec, contracts_dir):
+    """Rows at the snapshot (3 loaded) + inserts - deletes DMS captured, against what was published."""
+    _tolerance(contracts_dir, "row_count: {tolerance: 0.0}\nseverity: {row_count_dms: blocking}")
+    _base(store)  # 3 loaded, then CDC: one update, one delete -> 2 rows
+    first = run_sync(store, spec, now=NOW, outside_counts=_dms(updates=1, deletes=1))
+    [check] = [c for c in first.checks if c.check == "row_count_dms"]
+    assert check.passed, check.detail
+    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    assert state.snapshot_rows == 3 and state.cdc_events == {"I": 0, "U": 1, "D": 1}
+
+    # DMS captured an insert whose file has not been applied (late, or not landed yet): the gap shows.
+    put_cdc(store, item_events([("I", 20, 3, 4, "d", 4, "new")]), 22)
+    second = run_sync(store, spec, now=NOW, outside_counts=_dms(inserts=2, updates=1, deletes=1))
+    [check] = [c for c in second.checks if c.check == "row_count_dms"]
+    assert not check.passed and second.status == "blocked"
+    assert check.detail.startswith("3 rows vs 4 from DMS task task-1: 3 at the snapshot + 2 inserts - 1 deletes")
+    assert "this dataset applied 1 inserts and 1 deletes" in check.detail
+    assert read_current(store, spec.dataset_prefix).version == first.version
+
+    # The counts carry across incremental runs: once DMS agrees, the version publishes.
+    third = run_sync(store, spec, now=NOW, outside_counts=_dms(inserts=1, updates=1, deletes=1))
+    assert third.published
+    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    assert state.snapshot_rows == 3 and state.cdc_events == {"I": 1, "U": 1, "D": 1}
+
+
+def test_dms_reports_no_statistics_for_the_table(store, spec, contracts_dir):
+    _tolerance(contracts_dir, "row_count: {tolerance: 0.0}")
+    _base(store)
+    result = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(dms={}, dms_task="task-1"))
+    [check] = [c for c in result.checks if c.check == "row_count_dms"]
+    assert not check.passed and check.severity == "warning" and result.published
+    assert "2 rows vs 3 from DMS task task-1: no statistics for this table" in check.detail
+
+
+def test_dms_statistics_from_the_api_shape():
+    counts = OutsideCounts.from_dms_statistics(
+        [{"SchemaName": "shop", "TableName": "items", "Inserts": 5, "Deletes": 2, "Updates": 7, "FullLoadRows": 0}],
+        task="arn:task",
+    )
+    assert counts.dms == {"shop.items": DmsTableCounts(inserts=5, updates=7, deletes=2)}
+    assert counts.source is None
 
 
 def test_new_full_load_files_after_the_build_are_flagged(store, spec):

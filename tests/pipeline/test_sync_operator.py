@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pyarrow as pa
 import pytest
+import yaml
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from finetune_pipeline import landing
 from finetune_pipeline.config import REPO_ROOT
+from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
+from finetune_pipeline.datasets.seed import TICKETS_SCHEMA, dms_sequence
+from finetune_pipeline.datasets.store import S3Store
 from finetune_pipeline.export_manifest import read_manifest
-from finetune_pipeline.pipeline_tasks import export_dir
+from finetune_pipeline.pipeline_tasks import dms_s3_settings, export_dir
 from finetune_pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
+from localaws import control
 from localaws.seed import seed_demo, write_change_batch
 
 
@@ -31,12 +39,13 @@ def make_context():
     return {"ti": RecordingTaskInstance(), "outlet_events": defaultdict(lambda: SimpleNamespace(extra=None))}
 
 
-def make_operator(config, asset):
+def make_operator(config, asset, **kwargs):
     storage = config.storage
+    kwargs.setdefault("contracts_dir", str(REPO_ROOT / config.sync.contracts_dir))
     return DatasetSyncOperator(
         task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
         dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix,
-        contracts_dir=str(REPO_ROOT / config.sync.contracts_dir), retention=3, outlets=[asset],
+        retention=3, outlets=[asset], **kwargs,
     )
 
 
@@ -93,3 +102,174 @@ def test_each_new_batch_of_changes_publishes_a_reconciled_version(pipeline_confi
     assert second["previous_version"] == first["version"] != second["version"]
     row_count_checks = [check for check in second["checks"] if check["check"] == "row_count"]
     assert row_count_checks and all(check["passed"] for check in row_count_checks)
+
+
+# ---------------------------------------------------------------- reconciliation with DMS and the source
+
+
+def checks_of(result: dict, kind: str) -> dict[str, dict]:
+    return {check["table"]: check for check in result["checks"] if check["check"] == kind}
+
+
+@pytest.fixture
+def cdc_task(pipeline_config, boto_client, localaws):
+    """A started CDC task whose S3 target is the landing prefix (as the CDC DAG creates it); its id."""
+    dms = boto_client("dms")
+    suffix = uuid.uuid4().hex[:8]
+    instance = dms.create_replication_instance(
+        ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
+    )["ReplicationInstance"]["ReplicationInstanceArn"]
+    source = dms.create_endpoint(
+        EndpointIdentifier=f"src-{suffix}", EndpointType="source", EngineName="postgres",
+        ServerName="db.internal", Port=5432, DatabaseName="appdb", Username="replicator", Password="x",
+    )["Endpoint"]["EndpointArn"]  # fmt: skip
+    target = dms.create_endpoint(
+        EndpointIdentifier=f"tgt-{suffix}", EndpointType="target", EngineName="s3",
+        S3Settings=dms_s3_settings(pipeline_config),
+    )["Endpoint"]["EndpointArn"]  # fmt: skip
+    task_id = f"cdc-{suffix}"
+    mappings = {"rules": [{"rule-type": "selection", "rule-id": "1", "rule-name": "public",
+                           "rule-action": "include", "object-locator": {"schema-name": "public", "table-name": "%"}}]}
+    arn = dms.create_replication_task(
+        ReplicationTaskIdentifier=task_id, SourceEndpointArn=source, TargetEndpointArn=target,
+        ReplicationInstanceArn=instance, MigrationType="cdc", TableMappings=json.dumps(mappings),
+    )["ReplicationTask"]["ReplicationTaskArn"]  # fmt: skip
+    timing = control.get_timing(localaws.endpoint_url)["dms"]
+    control.advance_clock(localaws.endpoint_url, timing["task_creating"])
+    dms.start_replication_task(ReplicationTaskArn=arn, StartReplicationTaskType="start-replication")
+    control.advance_clock(localaws.endpoint_url, timing["task_starting"])
+    return task_id
+
+
+def strict_contracts(tmp_path, **row_count) -> str:
+    """The shipped contracts with row_count settings replaced and the reconciliation checks blocking."""
+    folder = tmp_path / "contracts"
+    shutil.copytree(REPO_ROOT / "include" / "contracts", folder)
+    for path in folder.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        data["row_count"] = row_count
+        data.setdefault("severity", {}).update(row_count_dms="blocking", row_count_source="blocking")
+        path.write_text(yaml.safe_dump(data))
+    return str(folder)
+
+
+def land_late_ticket(config, s3, tickets, at: datetime) -> None:
+    """One insert in a CDC file named (and committed) at ``at``, long before the last sync's watermark."""
+    row = {**tickets.to_pylist()[0], "ticket_id": 9_000_000}
+    event = {OP: "I", TS: at, SEQ: dms_sequence(at, 1), **row}
+    schema = pa.schema([pa.field(OP, pa.string()), pa.field(TS, pa.timestamp("us", tz="UTC")),
+                        pa.field(SEQ, pa.string()), *TICKETS_SCHEMA])  # fmt: skip
+    key = f"{config.storage.landing_prefix}/public/tickets/{cdc_file_name(at)}"
+    write_dms_file(S3Store(s3, config.storage.bucket), key, pa.Table.from_pylist([event], schema=schema))
+
+
+def test_rows_reconciled_with_dms_statistics_of_the_cdc_task(pipeline_config, landed, cdc_task, capfd):
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task)
+    result = operator.execute(make_context())
+
+    dms_checks = checks_of(result, "row_count_dms")
+    assert set(dms_checks) == {"public.customers", "public.tickets"}
+    for table, check in dms_checks.items():
+        assert check["passed"], check["detail"]
+        assert f"{result['row_counts'][table]} rows vs {result['row_counts'][table]} from DMS task {cdc_task}" in (
+            check["detail"]
+        )
+    # The operator logs through Airflow's structlog (stdout), which caplog does not see.
+    logged = capfd.readouterr().out
+    assert "DMS public.tickets:" in logged and "inserts" in logged
+
+
+def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
+    pipeline_config, landed, cdc_task, tmp_path, capfd
+):
+    """DMS counted an insert whose file landed too late for discovery: the sync says so and does not publish;
+    a full rebuild picks the file up."""
+    contracts = strict_contracts(tmp_path, tolerance=0.0)
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
+                             contracts_dir=contracts)  # fmt: skip
+    first = operator.execute(make_context())
+    assert first["status"] == "published"
+    snapshot = datetime.fromisoformat(read_manifest(export_dir(pipeline_config)).snapshot_position)
+    land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
+    write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
+
+    capfd.readouterr()
+    with pytest.raises(AirflowFailException, match="dataset not published: 1 check"):
+        operator.execute(make_context())
+    logged = capfd.readouterr().out
+    assert "public.tickets: check row_count_dms failed (blocking)" in logged
+    assert "this dataset applied" in logged
+    storage = pipeline_config.storage
+    current = landed.s3.get_object(Bucket=storage.bucket, Key=f"{storage.dataset_prefix}/current")["Body"].read()
+    assert json.loads(current)["version"] == first["version"]
+
+    rebuild = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
+                            contracts_dir=contracts, full_rebuild=True)  # fmt: skip
+    rebuilt = rebuild.execute(make_context())
+    assert rebuilt["status"] == "published"
+    assert all(check["passed"] for check in checks_of(rebuilt, "row_count_dms").values())
+
+
+@pytest.fixture
+def source_db(landed, monkeypatch):
+    """A real PostgreSQL database holding the source tables as the seed's changes left them."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres",
+                                connect_timeout=5, autocommit=True)  # fmt: skip
+    except psycopg.OperationalError as error:
+        pytest.skip(f"no PostgreSQL reachable at 127.0.0.1:5432: {error}")
+    name = f"ftp_source_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=name, autocommit=True) as db:
+                for table, rows in landed.tables.items():
+                    db.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY)")
+                    db.execute(f"INSERT INTO {table} SELECT generate_series(1, {rows.num_rows})")
+                monkeypatch.setenv("AIRFLOW_CONN_SOURCE_COUNTS", json.dumps(
+                    {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": name}
+                ))  # fmt: skip
+                yield SimpleNamespace(conn_id="source_counts", db=db)
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_rows_reconciled_with_a_count_in_the_source_database(pipeline_config, landed, source_db, tmp_path, capfd):
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), source_count_conn_id=source_db.conn_id)
+    result = operator.execute(make_context())
+    source_checks = checks_of(result, "row_count_source")
+    assert all(check["passed"] for check in source_checks.values()), source_checks
+    assert "counted in the source through connection source_counts" in source_checks["public.tickets"]["detail"]
+
+    # New changes land, but the source holds 50 tickets the change files never brought (lost events): with
+    # the check blocking, nothing is published.
+    _, now_tables = write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=303)
+    extra = {"public.customers": 0, "public.tickets": 50}
+    for table, rows in now_tables.items():
+        source_db.db.execute(f"TRUNCATE {table}")
+        source_db.db.execute(f"INSERT INTO {table} SELECT generate_series(1, {rows.num_rows + extra[table]})")
+    strict = make_operator(pipeline_config, Asset("s3://x/current"), source_count_conn_id=source_db.conn_id,
+                           contracts_dir=strict_contracts(tmp_path, tolerance=0.05))  # fmt: skip
+    capfd.readouterr()
+    with pytest.raises(AirflowFailException, match="dataset not published: 1 check"):
+        strict.execute(make_context())
+    assert "public.tickets: check row_count_source failed (blocking)" in capfd.readouterr().out
+
+
+def test_an_unreachable_source_is_a_failed_check_not_a_crash(pipeline_config, landed, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SOURCE_COUNTS", json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "u", "password": "s3cret-pw", "schema": "db"}
+    ))  # fmt: skip
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), source_count_conn_id="source_counts")
+    result = operator.execute(make_context())
+    assert result["status"] == "published"  # row_count_source is a warning unless the contract says blocking
+    detail = checks_of(result, "row_count_source")["public.tickets"]["detail"]
+    assert detail.startswith("not compared:") and "source_counts" in detail and "s3cret-pw" not in detail
+
+
+def test_a_missing_dms_task_skips_the_dms_check(pipeline_config, landed, capfd):
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id="no-such-task")
+    result = operator.execute(make_context())
+    assert result["status"] == "published" and not checks_of(result, "row_count_dms")
+    assert "DMS task no-such-task does not exist yet" in capfd.readouterr().out

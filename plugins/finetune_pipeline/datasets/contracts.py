@@ -19,7 +19,16 @@ RESERVED_COLUMNS = ("Op", "_dms_ts", "_dms_seq")
 
 Severity = Literal["blocking", "warning"]
 CheckKind = Literal[
-    "schema", "not_null", "primary_key", "allowed_values", "range", "regex", "freshness", "row_count"
+    "schema",
+    "not_null",
+    "primary_key",
+    "allowed_values",
+    "range",
+    "regex",
+    "freshness",
+    "row_count",
+    "row_count_dms",
+    "row_count_source",
 ]
 DEFAULT_SEVERITY: dict[str, Severity] = {
     "schema": "blocking",
@@ -30,6 +39,10 @@ DEFAULT_SEVERITY: dict[str, Severity] = {
     "regex": "blocking",
     "freshness": "warning",
     "row_count": "blocking",
+    # DMS statistics and the source keep moving while the sync runs, so by default a difference beyond the
+    # tolerance is reported, not blocking; a contract can make either blocking.
+    "row_count_dms": "warning",
+    "row_count_source": "warning",
 }
 
 _SIMPLE_TYPES = {
@@ -154,11 +167,18 @@ class FreshnessSpec(BaseModel):
 
 
 class RowCountSpec(BaseModel):
-    """Allowed relative difference between the published row count and the expected one."""
+    """Allowed relative differences between the published row count and each expected one.
+
+    ``tolerance`` is against the events (previous rows + inserts - deletes); ``dms_tolerance`` against DMS's
+    table statistics and ``source_tolerance`` against a count in the source database, both ``tolerance``
+    when unset.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tolerance: float = Field(default=0.0, ge=0.0)
+    dms_tolerance: float | None = Field(default=None, ge=0.0)
+    source_tolerance: float | None = Field(default=None, ge=0.0)
 
 
 class BadFilePolicy(StrEnum):

@@ -44,6 +44,10 @@ class TableState(BaseModel):
     recent_files: list[str] = Field(default_factory=list)
     load_files: list[str] = Field(default_factory=list)
     newest_change: datetime | None = None
+    # Row-count reconciliation with DMS: rows the full load brought (None in versions written before it was
+    # recorded), and the CDC events applied since the snapshot, by op.
+    snapshot_rows: int | None = None
+    cdc_events: dict[str, int] = Field(default_factory=dict)
 
 
 class VersionEntry(BaseModel):

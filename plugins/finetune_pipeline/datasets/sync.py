@@ -33,6 +33,7 @@ from finetune_pipeline.datasets.publish import (
     write_current,
 )
 from finetune_pipeline.datasets.quarantine import QuarantinedFile
+from finetune_pipeline.datasets.reconcile import OutsideCounts
 from finetune_pipeline.datasets.report import build_report, column_summary, drift, render_html
 from finetune_pipeline.datasets.store import ObjectStore, join_key
 from finetune_pipeline.datasets.table_sync import Discovery, TableOutcome, TableSettings, TableSync, discover
@@ -193,9 +194,12 @@ def run_sync(
     tables: list[str] | None = None,
     full_rebuild: bool = False,
     now: datetime | None = None,
-    expected_row_counts: dict[str, int] | None = None,
+    outside_counts: OutsideCounts | None = None,
 ) -> SyncResult:
-    """Sync new DMS files into a new dataset version and publish it if every blocking check passes."""
+    """Sync new DMS files into a new dataset version and publish it if every blocking check passes.
+
+    ``outside_counts``: DMS table statistics and source row counts to reconcile each table with.
+    """
     now = now or datetime.now(UTC)
     contracts = load_contracts(spec.contracts_dir)
     selected = _select(contracts, tables)
@@ -247,13 +251,12 @@ def run_sync(
         log.info("Removed %d leftover object(s) of an earlier attempt at %s", leftovers, version)
 
     outcomes: dict[str, TableOutcome] = {}
-    expected_row_counts = expected_row_counts or {}
     with tempfile.TemporaryDirectory(prefix="ftp-sync-", dir=spec.work_dir) as tmp:
         for t in selected:
             prev = base.tables.get(t) if base else None
             outcomes[t] = TableSync(
                 store, contracts[t], settings, prev, discoveries[t], vprefix, Path(tmp) / t, now
-            ).run(expected_row_counts.get(t))
+            ).run(outside_counts)
 
     states = {t: o.state for t, o in outcomes.items() if o.state is not None}
     if current is not None and tables is not None:

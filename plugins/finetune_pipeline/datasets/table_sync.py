@@ -41,6 +41,7 @@ from finetune_pipeline.datasets.prefetch import read_ahead
 from finetune_pipeline.datasets.profile import Profile, profile_table
 from finetune_pipeline.datasets.publish import TableState
 from finetune_pipeline.datasets.quarantine import QuarantinedFile, quarantine_file
+from finetune_pipeline.datasets.reconcile import OutsideCounts, reconcile
 from finetune_pipeline.datasets.store import ObjectStore, join_key
 from finetune_pipeline.datasets.validate import CheckCounts, CheckResult, count_batch, evaluate, schema_check
 
@@ -307,7 +308,7 @@ class TableSync:
                 self.contract.primary_key,
                 layout,
             )
-            dropped = 0
+            dropped = load_rows = 0
             failed = None
             try:
                 for f, batch, skipped, err in read_ahead(self._file_batches(files)):
@@ -315,12 +316,15 @@ class TableSync:
                         failed = (f, err)
                         break
                     dropped += skipped
+                    if f.kind is FileKind.LOAD:
+                        load_rows += batch.num_rows
                     spill.add(batch)
             finally:
                 spill.close()
             if failed is None:
                 events = dict(spill.stats.ops)
                 events["dropped_before_snapshot"] = dropped
+                events["load_rows"] = load_rows
                 return spill, events
             f, err = failed
             self._quarantine(f, err)
@@ -336,7 +340,7 @@ class TableSync:
                     layout,
                 )
                 spill.close()
-                return spill, {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0}
+                return spill, {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0, "load_rows": 0}
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -420,9 +424,9 @@ class TableSync:
 
     # ------------------------------------------------------------------------------------------ run
 
-    def run(self, expected_rows: int | None = None) -> TableOutcome:
+    def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
         contract = self.contract
-        outcome_events: dict[str, int] = {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0}
+        outcome_events: dict[str, int] = {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0, "load_rows": 0}
         for f in self.discovery.new_load_files:
             self.checks.append(
                 CheckResult(
@@ -512,14 +516,11 @@ class TableSync:
             and (newest is None or self.prev.newest_change > newest)
         ):
             newest = self.prev.newest_change
-        if expected_rows is None:
-            # Without a source count, reconcile against the events: previous rows + inserts - deletes.
-            expected_rows = (
-                (self.prev.rows if self.prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
-            )
-            expected_from = "expected from events (previous + inserts - deletes)"
-        else:
-            expected_from = "expected (source count)"
+        # The events themselves: previous rows + inserts - deletes (full-load rows count as inserts).
+        expected_rows = (
+            (self.prev.rows if self.prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
+        )
+        snapshot_rows, cdc_events = self._applied_since_snapshot(outcome_events)
         problems = sorted({p for s in buckets_out for p in s["schema_problems"]})
         checks = [
             CheckResult(
@@ -538,9 +539,10 @@ class TableSync:
                 now=self.now,
                 newest_change=newest,
                 expected_rows=expected_rows,
-                expected_from=expected_from,
+                expected_from="expected from events (previous + inserts - deletes)",
             )
         ]
+        checks += reconcile(contract, counts.rows, snapshot_rows, cdc_events, outside)
         summary_key = self._state_key("buckets.json")
         self.store.put_bytes(
             summary_key,
@@ -564,6 +566,8 @@ class TableSync:
             summary_key=summary_key,
             **self._positions(applied),
             newest_change=newest,
+            snapshot_rows=snapshot_rows,
+            cdc_events=cdc_events,
         )
         return TableOutcome(
             table=contract.table,
@@ -576,6 +580,15 @@ class TableSync:
             buckets_rewritten=layout.buckets - copied,
             buckets_copied=copied,
         )
+
+    def _applied_since_snapshot(self, events: dict[str, int]) -> tuple[int | None, dict[str, int]]:
+        """Rows the full load brought and the CDC events applied since (a build starts both afresh)."""
+        load_rows = events.get("load_rows", 0)
+        this_run = {op: events.get(op, 0) - (load_rows if op == "I" else 0) for op in ("I", "U", "D")}
+        if self.prev is None:
+            return load_rows, this_run
+        before = self.prev.cdc_events
+        return self.prev.snapshot_rows, {op: before.get(op, 0) + n for op, n in this_run.items()}
 
     def _positions(self, applied: list[DmsFile]) -> dict:
         """Watermark: newest CDC file name taken (applied or quarantined); recent: names within the grace."""

@@ -343,20 +343,28 @@ def evaluate(
             )
         )
     if expected_rows is not None:
-        diff = abs(counts.rows - expected_rows)
-        allowed = contract.row_count.tolerance * max(expected_rows, 1)
         results.append(
-            CheckResult(
-                t,
-                "row_count",
-                contract.severity_of("row_count"),
-                diff <= allowed,
-                f"{counts.rows} rows vs {expected_rows} {expected_from} "
-                f"(difference {diff}, allowed {allowed:.0f})",
-                failing_rows=diff,
+            row_count_result(
+                contract, "row_count", counts.rows, expected_rows, contract.row_count.tolerance, expected_from
             )
         )
     return results
+
+
+def row_count_result(
+    contract: TableContract, kind: str, rows: int, expected: int, tolerance: float, basis: str
+) -> CheckResult:
+    """Rows against an expected count, within ``tolerance`` (relative to the expected count)."""
+    diff = abs(rows - expected)
+    allowed = tolerance * max(expected, 1)
+    return CheckResult(
+        contract.table,
+        kind,
+        contract.severity_of(kind),
+        diff <= allowed,
+        f"{rows} rows vs {expected} {basis} (difference {diff}, allowed {allowed:.0f})",
+        failing_rows=diff,
+    )
 
 
 # ------------------------------------------------------------------------------------ Parquet validation

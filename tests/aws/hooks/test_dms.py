@@ -86,3 +86,22 @@ def test_replication_task_calls(hook, unique):
     assert (task["ReplicationTaskArn"], task["Status"], task["MigrationType"]) == (arn, "creating", "cdc")
     assert json.loads(task["TableMappings"]) == mappings
     assert hook.describe_replication_task(arn)["ReplicationTaskIdentifier"] == identifier
+
+
+def test_table_statistics_of_a_task(hook, unique):
+    target = hook.create_endpoint(
+        EndpointIdentifier=unique("t"),
+        EndpointType="target",
+        EngineName="s3",
+        S3Settings={"BucketName": "b", "ServiceAccessRoleArn": ROLE_ARN},
+    )
+    source = hook.create_endpoint(EndpointIdentifier=unique("s"), EndpointType="source", EngineName="postgres")
+    instance = hook.create_replication_instance(
+        ReplicationInstanceIdentifier=unique("ri"), ReplicationInstanceClass="dms.t3.medium"
+    )["ReplicationInstanceArn"]
+    arn = hook.create_replication_task_nowait(
+        unique("task"), source["EndpointArn"], target["EndpointArn"], instance, "cdc", {"rules": []}
+    )
+    assert hook.table_statistics(arn) == []  # a task that never ran has captured nothing
+    with pytest.raises(hook.conn.exceptions.ResourceNotFoundFault):
+        hook.table_statistics(arn.replace(":task:", ":task:x"))

@@ -154,3 +154,16 @@ class DmsResourceHook(DmsHook):
             **kwargs,
         )
         return response["ReplicationTask"]["ReplicationTaskArn"]
+
+    def table_statistics(self, replication_task_arn: str) -> list[dict[str, Any]]:
+        """
+        Per-table counts DMS captured for a task (inserts, updates, deletes, full-load rows), all pages.
+
+        .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/dms/client/describe_table_statistics.html
+        """
+        paginator = self.conn.get_paginator("describe_table_statistics")
+        return [
+            entry
+            for page in paginator.paginate(ReplicationTaskArn=replication_task_arn)
+            for entry in page.get("TableStatistics", [])
+        ]
