@@ -125,8 +125,11 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             outside_counts=self._outside_counts(),
         )
 
-        for check in result.failed_checks:
-            self.log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
+        for check in result.checks:
+            if not check.passed:
+                self.log.warning("%s: check %s failed (%s): %s", check.table, check.check, check.severity, check.detail)
+            elif check.check.startswith("row_count"):
+                self.log.info("%s: %s passed: %s", check.table, check.check, check.detail)
         for item in result.quarantined:
             self.log.warning("quarantined %s", item.to_dict())
         if html_key := result.report_keys.get("html"):
@@ -167,6 +170,11 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         task = hook.find_replication_task(task_id)
         if task is None:
             self.log.warning("DMS task %s does not exist yet: rows are not reconciled with DMS this run", task_id)
+            return {}
+        if "StartDate" not in task.get("ReplicationTaskStats", {}):
+            # Statistics count from the task's first start; before it, DMS has captured nothing to compare.
+            self.log.warning("DMS task %s has not started yet (%s): rows are not reconciled with DMS this run",
+                             task_id, task.get("Status"))
             return {}
         try:
             entries = hook.table_statistics(task["ReplicationTaskArn"])

@@ -112,9 +112,17 @@ def checks_of(result: dict, kind: str) -> dict[str, dict]:
 
 
 @pytest.fixture
-def cdc_task(pipeline_config, boto_client, localaws):
-    """A started CDC task whose S3 target is the landing prefix (as the CDC DAG creates it); its id."""
-    dms = boto_client("dms")
+def cdc_task(new_cdc_task):
+    return new_cdc_task(start=True)
+
+
+@pytest.fixture
+def new_cdc_task(pipeline_config, boto_client, localaws):
+    """A CDC task whose S3 target is the landing prefix (as the CDC DAG creates it), started or not; its id."""
+    return lambda start: _create_cdc_task(pipeline_config, boto_client("dms"), localaws.endpoint_url, start)
+
+
+def _create_cdc_task(pipeline_config, dms, endpoint_url: str, start: bool) -> str:
     suffix = uuid.uuid4().hex[:8]
     instance = dms.create_replication_instance(
         ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
@@ -134,10 +142,11 @@ def cdc_task(pipeline_config, boto_client, localaws):
         ReplicationTaskIdentifier=task_id, SourceEndpointArn=source, TargetEndpointArn=target,
         ReplicationInstanceArn=instance, MigrationType="cdc", TableMappings=json.dumps(mappings),
     )["ReplicationTask"]["ReplicationTaskArn"]  # fmt: skip
-    timing = control.get_timing(localaws.endpoint_url)["dms"]
-    control.advance_clock(localaws.endpoint_url, timing["task_creating"])
-    dms.start_replication_task(ReplicationTaskArn=arn, StartReplicationTaskType="start-replication")
-    control.advance_clock(localaws.endpoint_url, timing["task_starting"])
+    timing = control.get_timing(endpoint_url)["dms"]
+    control.advance_clock(endpoint_url, timing["task_creating"])
+    if start:
+        dms.start_replication_task(ReplicationTaskArn=arn, StartReplicationTaskType="start-replication")
+        control.advance_clock(endpoint_url, timing["task_starting"])
     return task_id
 
 
@@ -177,6 +186,7 @@ def test_rows_reconciled_with_dms_statistics_of_the_cdc_task(pipeline_config, la
     # The operator logs through Airflow's structlog (stdout), which caplog does not see.
     logged = capfd.readouterr().out
     assert "DMS public.tickets:" in logged and "inserts" in logged
+    assert "public.tickets: row_count_dms passed" in logged
 
 
 def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
@@ -273,3 +283,11 @@ def test_a_missing_dms_task_skips_the_dms_check(pipeline_config, landed, capfd):
     result = operator.execute(make_context())
     assert result["status"] == "published" and not checks_of(result, "row_count_dms")
     assert "DMS task no-such-task does not exist yet" in capfd.readouterr().out
+
+
+def test_a_dms_task_not_started_yet_skips_the_dms_check(pipeline_config, landed, new_cdc_task, capfd):
+    task_id = new_cdc_task(start=False)
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=task_id)
+    result = operator.execute(make_context())
+    assert result["status"] == "published" and not checks_of(result, "row_count_dms")
+    assert f"DMS task {task_id} has not started yet (ready)" in capfd.readouterr().out
