@@ -133,19 +133,20 @@ def demo_config(home: Path, sync_every_minutes: int) -> Path:
     return path
 
 
-def keep_changes_landing(config, localaws_url: str, tables: dict, watcher: PipelineWatcher, minutes: int) -> None:
+def keep_changes_landing(
+    config, localaws_url: str, tables: dict, cdc_keys: list[str], watcher: PipelineWatcher, minutes: int
+) -> None:
     """Until Ctrl-C: land a batch of SEED change files each period and report what the DAGs do with it."""
-    from datetime import UTC, datetime
-
-    from localaws.seed import localaws_s3, write_change_batch
+    from localaws.seed import last_commit, localaws_s3, write_live_batch
 
     s3 = localaws_s3(config, localaws_url)
     batch = 0
     next_batch = time.monotonic()
+    newest = last_commit(cdc_keys)
     while True:
         if time.monotonic() >= next_batch:
             batch += 1
-            keys, tables = write_change_batch(config, s3, tables, datetime.now(UTC), seed=100 + batch)
+            keys, tables, newest = write_live_batch(config, s3, tables, newest, seed=100 + batch)
             print(f"SEED DATA: batch {batch}, {len(keys)} change files landed", flush=True)
             next_batch += minutes * 60
         watcher.poll()
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.exit_when_done:
             print(f"Ctrl-C stops everything this demo started. Meanwhile new SEED change files land every "
                   f"{args.sync_every_minutes} min and the scheduled sync publishes them:", flush=True)
-            keep_changes_landing(config, localaws_url, seeded["tables"], watcher, args.sync_every_minutes)
+            keep_changes_landing(
+                config, localaws_url, seeded["tables"], seeded["cdc_keys"], watcher, args.sync_every_minutes
+            )
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     except StackError as error:

@@ -17,7 +17,7 @@ import boto3
 import pyarrow as pa
 
 from finetune_pipeline.config import PipelineConfig
-from finetune_pipeline.datasets.dms_format import OP, cdc_file_name, load_file_name, write_dms_file
+from finetune_pipeline.datasets.dms_format import OP, cdc_file_name, cdc_name_time, load_file_name, write_dms_file
 from finetune_pipeline.datasets.seed import as_load, seed_changes, seed_tables
 from finetune_pipeline.datasets.store import LocalStore, S3Store, join_key
 from finetune_pipeline.export_manifest import build_manifest
@@ -63,7 +63,7 @@ def localaws_s3(config: PipelineConfig, endpoint_url: str):
 
 
 def write_change_batch(
-    config: PipelineConfig, s3, tables: dict[str, pa.Table], start: datetime, seed: int
+    config: PipelineConfig, s3, tables: dict[str, pa.Table], start: datetime, seed: int, time_scale: float = 1.0
 ) -> tuple[list[str], dict[str, pa.Table]]:
     """Write one batch of seed CDC files after ``start``; return their keys and the tables as they now are.
 
@@ -73,7 +73,7 @@ def write_change_batch(
     landing = config.storage.landing_prefix
     landing_store = S3Store(s3, config.storage.bucket)
     keys = []
-    changes = seed_changes(tables, start, n_files=3, changes_per_file=20, seed=seed)
+    changes = seed_changes(tables, start, n_files=3, changes_per_file=20, seed=seed, time_scale=time_scale)
     for name, files in changes.items():
         schema_name, table_name = name.split(".", 1)
         for file_time, events in files:
@@ -108,3 +108,19 @@ def _record_seed_files(config: PipelineConfig, s3, keys: list[str]) -> None:
     marker["cdc_files"].extend(keys)
     marker["updated_at"] = datetime.now(UTC).isoformat()
     s3.put_object(Bucket=config.storage.bucket, Key=marker_key, Body=json.dumps(marker, indent=2).encode())
+
+
+def write_live_batch(
+    config: PipelineConfig, s3, tables: dict[str, pa.Table], after: datetime, seed: int
+) -> tuple[list[str], dict[str, pa.Table], datetime]:
+    """A batch whose commits lie in the minute before now and after ``after`` (the previous batch's last),
+    as a live source's do: a later batch carrying older commits than an earlier one would lose to them in
+    the merge. Returns the keys, the tables as they now are, and this batch's last commit time."""
+    start = max(datetime.now(UTC) - timedelta(seconds=65), after)
+    keys, tables = write_change_batch(config, s3, tables, start, seed=seed, time_scale=1 / 30)
+    return keys, tables, last_commit(keys)
+
+
+def last_commit(keys: list[str]) -> datetime:
+    """The newest CDC file time among ``keys`` (a file is named after its last commit)."""
+    return max(cdc_name_time(key) for key in keys)

@@ -24,7 +24,7 @@ from finetune_pipeline.export_manifest import read_manifest
 from finetune_pipeline.pipeline_tasks import dms_s3_settings, export_dir
 from finetune_pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
 from localaws import control
-from localaws.seed import seed_demo, write_change_batch
+from localaws.seed import last_commit, seed_demo, write_change_batch, write_live_batch
 
 
 class RecordingTaskInstance:
@@ -58,7 +58,7 @@ def landed(pipeline_config, localaws, boto_client, aws_conn):
     manifest = read_manifest(export_dir(pipeline_config))
     landing.upload_export(s3, export_dir(pipeline_config), manifest, storage.bucket, storage.landing_prefix)
     landing.publish_snapshot_manifest(s3, manifest, storage.bucket, storage.landing_prefix)
-    return SimpleNamespace(s3=s3, tables=seeded["tables"])
+    return SimpleNamespace(s3=s3, tables=seeded["tables"], cdc_keys=seeded["cdc_keys"])
 
 
 def test_sync_skips_until_a_snapshot_is_published(pipeline_config, boto_client, aws_conn):
@@ -91,17 +91,21 @@ def test_sync_publishes_then_skips_when_nothing_is_new(pipeline_config, landed):
     assert asset not in second["outlet_events"]
 
 
-def test_each_new_batch_of_changes_publishes_a_reconciled_version(pipeline_config, landed):
-    operator = make_operator(pipeline_config, Asset("s3://x/current"))
-    first = operator.execute(make_context())
-    keys, _ = write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=101)
-    assert keys
-
-    second = operator.execute(make_context())
-    assert second["status"] == "published"
-    assert second["previous_version"] == first["version"] != second["version"]
-    row_count_checks = [check for check in second["checks"] if check["check"] == "row_count"]
-    assert row_count_checks and all(check["passed"] for check in row_count_checks)
+def test_each_new_batch_of_changes_publishes_a_reconciled_version(pipeline_config, landed, tmp_path):
+    """The demo's live batches, synced as they land: every version holds exactly the source's rows."""
+    operator = make_operator(pipeline_config, Asset("s3://x/current"),
+                             contracts_dir=strict_contracts(tmp_path, tolerance=0.0))  # fmt: skip
+    previous = operator.execute(make_context())
+    tables, newest = landed.tables, last_commit(landed.cdc_keys)
+    for batch in range(3):
+        keys, tables, newest = write_live_batch(pipeline_config, landed.s3, tables, newest, seed=101 + batch)
+        assert keys
+        result = operator.execute(make_context())
+        assert result["status"] == "published"
+        assert result["previous_version"] == previous["version"] != result["version"]
+        assert result["row_counts"] == {name: table.num_rows for name, table in tables.items()}
+        assert all(check["passed"] for check in checks_of(result, "row_count").values())
+        previous = result
 
 
 # ---------------------------------------------------------------- reconciliation with DMS and the source

@@ -173,10 +173,12 @@ def seed_changes(
     n_files: int = 3,
     changes_per_file: int = 20,
     seed: int = 0,
+    time_scale: float = 1.0,
 ) -> dict[str, list[tuple[datetime, pa.Table]]]:
     """CDC files after the snapshot: inserts, updates (status moves, tier changes) and deletes.
 
-    Returns per table a list of (file time, DMS-format table). Commit times increase from the snapshot.
+    Returns per table a list of (file time, DMS-format table). Commit times increase from the snapshot,
+    1-31 s apart times ``time_scale``.
     """
     rng = random.Random(seed + 1)
     customers = {r["customer_id"]: r for r in tables["public.customers"].to_pylist()}
@@ -189,7 +191,7 @@ def seed_changes(
     for _ in range(n_files):
         events: dict[str, list[dict]] = {"public.customers": [], "public.tickets": []}
         for _ in range(changes_per_file):
-            clock += timedelta(seconds=rng.randint(1, 30), microseconds=rng.randrange(1_000_000))
+            clock += timedelta(seconds=rng.randint(1, 30), microseconds=rng.randrange(1_000_000)) * time_scale
             counter += 1
             meta = {OP: "", TS: clock, SEQ: dms_sequence(clock, counter)}
             roll = rng.random()
