@@ -3,7 +3,9 @@
   memory    peak RSS of a full build of an N-row table from DMS full-load files (target <= 1 GiB at 20M rows)
   validate  rows/s for a 10-check contract over Parquet incl. reading, beside pandera doing the same checks
   merge     10M change events over 2M keys: our sync vs DuckDB doing the same last-event-per-key merge
-  scale     incremental sync of a fixed delta over 1x vs 100x already-synced history (target <= 1.3x)
+  scale     incremental sync of a fixed delta over 1x vs 100x already-synced history (target <= 1.3x);
+            then, separately, the same delta over a 100x larger table, with buckets rewritten vs copied
+            (no target: random keys touch every bucket, and copy-on-write rewrites each one it touches)
 
 Each measurement runs in a fresh child process so peak RSS is its own. pandera and duckdb are reference
 points only (install them for this script: see the report for the pins used).
@@ -174,7 +176,14 @@ def child_sync(root: str, contracts_dir: str, full: bool, memory_mb: int, rows_p
     result = run_sync(store, spec, full_rebuild=full, now=T0 + timedelta(days=2))
     seconds = time.perf_counter() - start
     assert result.published, [c.to_dict() for c in result.failed_checks]
-    return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "rows": result.row_counts["public.tickets"]}
+    table = json.loads(store.get_bytes(result.report_keys["json"]))["tables"]["public.tickets"]
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": _rss_mb(),
+        "rows": result.row_counts["public.tickets"],
+        "buckets_rewritten": table["buckets_rewritten"],
+        "buckets_copied": table["buckets_copied"],
+    }
 
 
 def child_validate(paths: list[str], contract_path: str, use_statistics: bool) -> dict:
@@ -309,6 +318,17 @@ def run_child(name: str, **kwargs) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_sync_child(root: Path, cpath: Path, memory_mb: int, full: bool = False) -> dict:
+    return run_child(
+        "sync",
+        root=str(root),
+        contracts_dir=str(cpath),
+        full=full,
+        memory_mb=memory_mb,
+        rows_per_bucket=1_000_000,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ benches
 
 
@@ -318,14 +338,7 @@ def bench_memory(work: Path, rows: int, memory_mb: int) -> dict:
     t = time.perf_counter()
     write_load(store, rows)
     gen = time.perf_counter() - t
-    res = run_child(
-        "sync",
-        root=str(root),
-        contracts_dir=str(contracts(work)),
-        full=True,
-        memory_mb=memory_mb,
-        rows_per_bucket=1_000_000,
-    )
+    res = run_sync_child(root, contracts(work), memory_mb, full=True)
     res["generate_seconds"] = gen
     res["rows_per_second"] = res["rows"] / res["seconds"]
     shutil.rmtree(root)
@@ -365,18 +378,42 @@ def bench_merge(work: Path, events: int, keys: int, memory_mb: int) -> dict:
     cpath = contracts(work)
     duck = run_child("duckdb", paths=paths, out=str(work / "duck.parquet"))
     core = run_child("merge_core", paths=paths, contract_path=str(cpath / "public.tickets.yaml"))
-    ours = run_child(
-        "sync",
-        root=str(root),
-        contracts_dir=str(cpath),
-        full=True,
-        memory_mb=memory_mb,
-        rows_per_bucket=1_000_000,
-    )
+    ours = run_sync_child(root, cpath, memory_mb, full=True)
     shutil.rmtree(root)
     (work / "duck.parquet").unlink(missing_ok=True)
     assert ours["rows"] == duck["rows"], (ours["rows"], duck["rows"])
     return {"ours": ours, "ours_core": core, "duckdb": duck}
+
+
+def time_delta(
+    root: Path, cpath: Path, memory_mb: int, keys: int, delta: int, start: datetime, counter0: int, runs: int
+) -> dict:
+    """Sync what has landed under `root`, land the fixed delta (10% inserts, 80% updates, 10% deletes,
+    random keys), then run the same incremental sync `runs` times, each from a copy of that starting
+    state: the median run, with the first sync's time as `first_sync_seconds`."""
+    first = run_sync_child(root, cpath, memory_mb)
+    write_events(
+        LocalStore(root),
+        delta,
+        keys,
+        files=2,
+        start=start,
+        seed=7,
+        counter0=counter0,
+        ops=("I", "U", "D"),
+        weights=(0.1, 0.8, 0.1),
+    )
+    results = []
+    for attempt in range(runs):
+        trial = root.with_name(f"{root.name}-run{attempt}")
+        shutil.copytree(root, trial)
+        results.append(run_sync_child(trial, cpath, memory_mb))
+        shutil.rmtree(trial)
+    results.sort(key=lambda r: r["seconds"])
+    res = results[len(results) // 2]
+    res["all_seconds"] = [round(r["seconds"], 3) for r in results]
+    res["first_sync_seconds"] = first["seconds"]
+    return res
 
 
 def bench_scale(
@@ -420,47 +457,26 @@ def bench_scale(
             )
             counter += batch * per_file
             end = end + timedelta(seconds=batch * 60 + 60)
-        history = run_child(
-            "sync",
-            root=str(root),
-            contracts_dir=str(cpath),
-            full=False,
-            memory_mb=memory_mb,
-            rows_per_bucket=1_000_000,
-        )
-        write_events(
-            store,
-            delta,
-            keys,
-            files=2,
-            start=end + timedelta(seconds=5),
-            seed=7,
-            counter0=counter,
-            ops=("I", "U", "D"),
-            weights=(0.1, 0.8, 0.1),
-        )
-        # The same incremental run, 5 times from a copy of the same starting state: report the median.
-        runs = []
-        for attempt in range(5):
-            trial = work / f"scale-{factor}-run{attempt}"
-            shutil.copytree(root, trial)
-            runs.append(
-                run_child(
-                    "sync",
-                    root=str(trial),
-                    contracts_dir=str(cpath),
-                    full=False,
-                    memory_mb=memory_mb,
-                    rows_per_bucket=1_000_000,
-                )
-            )
-            shutil.rmtree(trial)
-        runs.sort(key=lambda r: r["seconds"])
-        res = runs[len(runs) // 2]
-        res["all_seconds"] = [round(r["seconds"], 3) for r in runs]
+        res = time_delta(root, cpath, memory_mb, keys, delta, end + timedelta(seconds=5), counter, runs=5)
         res["history_files"] = n_files
-        res["history_sync_seconds"] = history["seconds"]
+        res["history_sync_seconds"] = res.pop("first_sync_seconds")
         out[factor] = res
+        shutil.rmtree(root)
+    return out
+
+
+def bench_scale_table(work: Path, keys: int, factor: int, delta: int, memory_mb: int) -> dict:
+    """The same delta over a table of `keys` rows and one `factor` times larger, each built from a full
+    load alone. Random keys land in every bucket, so every bucket is rewritten: the cost follows the table."""
+    out = {}
+    cpath = contracts(work)
+    for rows in (keys, keys * factor):
+        root = work / f"table-{rows}"
+        write_load(LocalStore(root), rows)
+        res = time_delta(root, cpath, memory_mb, rows, delta, T0 + timedelta(seconds=5), 1, runs=3)
+        res["table_rows"] = rows
+        res["build_seconds"] = res.pop("first_sync_seconds")
+        out[rows] = res
         shutil.rmtree(root)
     return out
 
@@ -559,6 +575,20 @@ def main() -> None:
                 )
             ratio = r[100]["seconds"] / r[1]["seconds"]
             print(f"  ratio 100x/1x {ratio:.2f} (target <= 1.3)")
+            t = bench_scale_table(work, args.scale_keys, factor=100, delta=20_000, memory_mb=args.memory_mb)
+            results["scale_table"] = t
+            print(
+                "\n[scale/table] fixed delta of 20,000 events over a 100x larger table "
+                "(copy-on-write: random keys touch every bucket, so cost follows table size; no target)"
+            )
+            for x in t.values():
+                print(
+                    f"  table {x['table_rows']:>12,} rows: incremental {x['seconds']:.2f} s (median of 3), "
+                    f"buckets rewritten {x['buckets_rewritten']}, copied {x['buckets_copied']}, "
+                    f"peak RSS {x['peak_rss_mb']:,.0f} MiB"
+                )
+            small, large = t.values()
+            print(f"  ratio 100x/1x {large['seconds'] / small['seconds']:.2f} (no target)")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
     finally:
