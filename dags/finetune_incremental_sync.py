@@ -70,6 +70,7 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
         full_rebuild="{{ params.full_rebuild }}",
         replication_task_id=config.dms.task_id if config.sync.reconcile_with_dms else None,
         source_count_conn_id=config.sync.source_count_conn_id,
+        late_file_grace_minutes=config.sync.late_file_grace_minutes,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,
         outlets=[DATASET],

@@ -174,6 +174,9 @@ class SyncConfig(_Model):
     schedule: str = "@hourly"
     retention_versions: int = Field(default=10, ge=1)
     contracts_dir: str = "include/contracts"
+    # How far behind the watermark discovery looks again for change files that landed late. DMS names a
+    # file when it opens it and uploads it up to CdcMaxBatchInterval (60 s) later, so keep a wide margin.
+    late_file_grace_minutes: float = Field(default=10, ge=2)
     # Reconcile each table's rows with what the CDC task's DMS table statistics say it captured.
     reconcile_with_dms: bool = True
     # Airflow connection (any SQL provider) to count each table's rows in the source or a read replica;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
     :param full_rebuild: Rebuild from the snapshot and every change file (templated).
     :param replication_task_id: The DMS CDC task whose table statistics each table's rows are reconciled
         with; None skips that check.
+    :param late_file_grace_minutes: How far behind the watermark to look again for late change files.
     :param source_count_conn_id: Airflow connection (any SQL provider) to count each table's rows in the
         source, or a replica of it; None skips that check.
     """
@@ -82,6 +83,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         full_rebuild: bool | str = False,
         replication_task_id: str | None = None,
         source_count_conn_id: str | None = None,
+        late_file_grace_minutes: float = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,6 +97,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         self.full_rebuild = full_rebuild
         self.replication_task_id = replication_task_id
         self.source_count_conn_id = source_count_conn_id
+        self.late_file_grace_minutes = late_file_grace_minutes
 
     def execute(self, context: Context) -> dict:
         # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
@@ -113,6 +116,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             contracts_dir=Path(self.contracts_dir),
             snapshot_position=snapshot.snapshot_position,
             retention=self.retention,
+            late_file_grace=timedelta(minutes=self.late_file_grace_minutes),
         )
         full_rebuild = self.full_rebuild in (True, "True", "true")
         self.log.info("syncing %s (full rebuild: %s) after snapshot %s",

@@ -47,6 +47,7 @@ def test_shipped_config_is_valid():
         ("dms.source_endpoint_id", "source-", "dms.source_endpoint_id: expected a DMS identifier"),
         ("sync.source_count_conn_id", "", "sync.source_count_conn_id"),
         ("sync.reconcile_with_dms", "sometimes", "sync.reconcile_with_dms"),
+        ("sync.late_file_grace_minutes", 1, "sync.late_file_grace_minutes"),
     ],
 )
 def test_bad_value_names_the_field_and_expected_form(path, value, expected):

@@ -295,3 +295,18 @@ def test_a_dms_task_not_started_yet_skips_the_dms_check(pipeline_config, landed,
     result = operator.execute(make_context())
     assert result["status"] == "published" and not checks_of(result, "row_count_dms")
     assert f"DMS task {task_id} has not started yet (ready)" in capfd.readouterr().out
+
+
+def test_a_wider_grace_window_picks_up_the_late_file(pipeline_config, landed, cdc_task, tmp_path):
+    contracts = strict_contracts(tmp_path, tolerance=0.0)
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
+                             contracts_dir=contracts, late_file_grace_minutes=120)  # fmt: skip
+    operator.execute(make_context())
+    snapshot = datetime.fromisoformat(read_manifest(export_dir(pipeline_config)).snapshot_position)
+    land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
+    _, tables = write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
+
+    result = operator.execute(make_context())
+    assert result["status"] == "published"
+    assert result["row_counts"]["public.tickets"] == tables["public.tickets"].num_rows + 1  # + the late insert
+    assert all(check["passed"] for check in checks_of(result, "row_count_dms").values())
