@@ -28,14 +28,17 @@ class SourceCountError(RuntimeError):
 def _split_table(table: str) -> tuple[str, str]:
     schema, dot, name = table.partition(".")
     if not (dot and schema and name) or "." in name:
-        raise ValueError(f'source table {table!r} must be written "schema.table"')
+        raise SourceCountError(f'source table {table!r} must be written "schema.table"')
     return schema, name
 
 
-def _quote(identifier: str, escape_word_format: str) -> str:
-    # Always quote and double the closing character, in the hook's own quote style ("..." for Postgres,
-    # `...` for MySQL, [...] for MSSQL). The dialect's escape_word is not used: it leaves mixed-case names
-    # unquoted (Postgres would fold them to lower case) and does not double an embedded quote.
+def _quote(identifier: str, conn_type: str, escape_word_format: str) -> str:
+    # Always quote and double the closing character. The dialect's escape_word is not used: it leaves
+    # mixed-case names unquoted (Postgres would fold them to lower case) and does not double an embedded
+    # quote. MySQL quotes with backticks (ANSI double quotes only with ANSI_QUOTES), and its hook keeps
+    # DbApiHook's '"{}"' format, so it is chosen by connection type; other hooks give their own ("[{}]").
+    if conn_type == "mysql":
+        escape_word_format = "`{}`"
     opening, closing = escape_word_format[0], escape_word_format[-1]
     return f"{opening}{identifier.replace(closing, closing * 2)}{closing}"
 
@@ -78,16 +81,17 @@ def _get_sql_hook(conn_id: str):
             f"source connection {conn_id!r} has type {conn.conn_type!r}, which is not a SQL database "
             f"({type(hook).__name__} is not a DbApiHook)"
         )
-    return hook, conn.password
+    return hook, conn.conn_type, conn.password
 
 
 def count_source_rows(conn_id: str, tables: list[str]) -> dict[str, int]:
     """Return ``{"schema.table": row count}`` from one ``SELECT COUNT(*)`` per table on ``conn_id``."""
     names = {table: _split_table(table) for table in tables}
-    hook, password = _get_sql_hook(conn_id)
+    hook, conn_type, password = _get_sql_hook(conn_id)
     counts: dict[str, int] = {}
     for table, (schema, name) in names.items():
-        sql = f"SELECT COUNT(*) FROM {_quote(schema, hook.escape_word_format)}.{_quote(name, hook.escape_word_format)}"
+        quoted = ".".join(_quote(part, conn_type, hook.escape_word_format) for part in (schema, name))
+        sql = f"SELECT COUNT(*) FROM {quoted}"
         started = time.monotonic()
         try:
             row = hook.get_first(sql)

@@ -13,6 +13,7 @@ from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from botocore.exceptions import BotoCoreError, ClientError
 
 from finetune_pipeline import landing
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
@@ -126,7 +127,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             spec,
             tables=self.tables or None,
             full_rebuild=full_rebuild,
-            outside_counts=self._outside_counts(),
+            outside_counts=self._outside_counts,
         )
 
         for check in result.checks:
@@ -155,12 +156,12 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         return result.to_dict()
 
     def _outside_counts(self) -> OutsideCounts | None:
-        """DMS's table statistics and source row counts, taken just before discovery lists the new files."""
+        """DMS's table statistics and source row counts; the sync asks only when something new landed."""
         from finetune_pipeline.datasets.reconcile import OutsideCounts
 
         if not self.replication_task_id and not self.source_count_conn_id:
             return None
-        counts = OutsideCounts(taken_at=datetime.now(UTC))
+        counts = OutsideCounts()
         if self.replication_task_id:
             counts = replace(counts, **self._dms_counts(self.replication_task_id))
         if self.source_count_conn_id:
@@ -171,20 +172,22 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         hook = DmsResourceHook(
             aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
         )
-        task = hook.find_replication_task(task_id)
-        if task is None:
-            self.log.warning("DMS task %s does not exist yet: rows are not reconciled with DMS this run", task_id)
-            return {}
-        if "StartDate" not in task.get("ReplicationTaskStats", {}):
-            # Statistics count from the task's first start; before it, DMS has captured nothing to compare.
-            self.log.warning("DMS task %s has not started yet (%s): rows are not reconciled with DMS this run",
-                             task_id, task.get("Status"))
-            return {}
         try:
+            task = hook.find_replication_task(task_id)
+            if task is None:
+                self.log.warning("DMS task %s not found in %s: rows are not reconciled with DMS this run",
+                                 task_id, hook.conn_region_name)
+                return {}
+            if "StartDate" not in task.get("ReplicationTaskStats", {}):
+                # Statistics count from the task's first start; before it, DMS has captured nothing to compare.
+                self.log.warning("DMS task %s has not started yet (%s): rows are not reconciled with DMS this run",
+                                 task_id, task.get("Status"))
+                return {}
             entries = hook.table_statistics(task["ReplicationTaskArn"])
-        except hook.conn.exceptions.InvalidResourceStateFault as error:
-            self.log.warning("DMS task %s has no statistics yet (%s): not reconciled this run", task_id, error)
-            return {}
+        except (ClientError, BotoCoreError) as error:
+            # Reported as the row_count_dms check (blocking or not, as the contract says), not a crash.
+            self.log.warning("DMS table statistics of task %s unavailable: %s", task_id, error)
+            return {"dms_task": task_id, "dms_error": f"DMS table statistics of task {task_id} unavailable: {error}"}
         for entry in entries:
             self.log.info(
                 "DMS %s.%s: %s inserts, %s updates, %s deletes captured",
@@ -201,7 +204,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
 
         tables = self.tables or sorted(load_contracts(self.contracts_dir))
         try:
-            return {"source": count_source_rows(conn_id, list(tables)), "source_name": conn_id}
+            counted = count_source_rows(conn_id, list(tables))
+            return {"source": counted, "source_name": conn_id, "taken_at": datetime.now(UTC)}
         except SourceCountError as error:
             # Reported as the row_count_source check (blocking or not, as the contract says), not a crash.
             self.log.warning("source row counts unavailable: %s", error)

@@ -290,6 +290,19 @@ def test_dms_reports_no_statistics_for_the_table(store, spec, contracts_dir):
     assert "2 rows vs 3 from DMS task task-1: no statistics for this table" in check.detail
 
 
+def test_outside_counts_are_asked_for_only_when_something_new_landed(store, spec):
+    _base(store)
+    asked = []
+
+    def counts():
+        asked.append(1)
+        return OutsideCounts(source={"shop.items": 2})
+
+    assert run_sync(store, spec, now=NOW, outside_counts=counts).published
+    assert run_sync(store, spec, now=NOW, outside_counts=counts).status == "up_to_date"
+    assert len(asked) == 1
+
+
 def test_dms_statistics_from_the_api_shape():
     counts = OutsideCounts.from_dms_statistics(
         [{"SchemaName": "shop", "TableName": "items", "Inserts": 5, "Deletes": 2, "Updates": 7, "FullLoadRows": 0}],

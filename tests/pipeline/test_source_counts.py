@@ -6,9 +6,11 @@ import json
 import logging
 import socket
 import uuid
+from urllib.parse import quote, quote_plus
 
 import pytest
 
+from finetune_pipeline import source_counts
 from finetune_pipeline.source_counts import SourceCountError, count_source_rows
 
 PG_HOST, PG_PORT, PG_USER, PG_DATABASE = "127.0.0.1", 5432, "postgres", "test"
@@ -104,7 +106,7 @@ def test_connection_type_without_hook(monkeypatch):
 
 
 def test_table_must_be_schema_qualified():
-    with pytest.raises(ValueError, match='must be written "schema.table"'):
+    with pytest.raises(SourceCountError, match='must be written "schema.table"'):
         count_source_rows("never_looked_up", ["orders"])
 
 
@@ -128,3 +130,31 @@ def test_password_never_in_errors_or_logs(source_conn, monkeypatch, caplog, capf
     # Airflow's hooks log through structlog to the console, which caplog does not see.
     printed = capfd.readouterr()
     assert PASSWORD not in caplog.text + printed.out + printed.err
+
+
+class _FailingHook:
+    """A SQL hook whose driver error quotes the password, as some drivers' connection errors do."""
+
+    escape_word_format = '"{}"'
+
+    def __init__(self, password: str):
+        self.password = password
+
+    def get_first(self, sql):
+        forms = (self.password, quote(self.password, safe=""), quote_plus(self.password))
+        raise RuntimeError("auth failed: " + " / ".join(forms))
+
+
+def test_a_password_in_a_driver_error_is_redacted(monkeypatch):
+    password = "p@ss/w rd+1"
+    monkeypatch.setattr(source_counts, "_get_sql_hook", lambda conn_id: (_FailingHook(password), "postgres", password))
+    with pytest.raises(SourceCountError) as caught:
+        count_source_rows("ftp_source", ["public.orders"])
+    message = str(caught.value)
+    assert message == "counting rows of 'public.orders' on connection 'ftp_source' failed: auth failed: *** / *** / ***"
+
+
+def test_mysql_names_are_quoted_with_backticks():
+    assert source_counts._quote("odd`name", "mysql", '"{}"') == "`odd``name`"
+    assert source_counts._quote('odd"name', "postgres", '"{}"') == '"odd""name"'
+    assert source_counts._quote("odd]name", "mssql", "[{}]") == "[odd]]name]"

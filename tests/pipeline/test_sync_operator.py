@@ -14,8 +14,10 @@ import pytest
 import yaml
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from botocore.exceptions import ClientError
 
 from finetune_pipeline import landing
+from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.config import REPO_ROOT
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
 from finetune_pipeline.datasets.seed import TICKETS_SCHEMA, dms_sequence
@@ -286,7 +288,7 @@ def test_a_missing_dms_task_skips_the_dms_check(pipeline_config, landed, capfd):
     operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id="no-such-task")
     result = operator.execute(make_context())
     assert result["status"] == "published" and not checks_of(result, "row_count_dms")
-    assert "DMS task no-such-task does not exist yet" in capfd.readouterr().out
+    assert "DMS task no-such-task not found in us-east-1" in capfd.readouterr().out
 
 
 def test_a_dms_task_not_started_yet_skips_the_dms_check(pipeline_config, landed, new_cdc_task, capfd):
@@ -310,3 +312,18 @@ def test_a_wider_grace_window_picks_up_the_late_file(pipeline_config, landed, cd
     assert result["status"] == "published"
     assert result["row_counts"]["public.tickets"] == tables["public.tickets"].num_rows + 1  # + the late insert
     assert all(check["passed"] for check in checks_of(result, "row_count_dms").values())
+
+
+def test_a_dms_api_error_is_a_failed_check_not_a_crash(pipeline_config, landed, cdc_task, monkeypatch):
+    def denied(self, arn):
+        error = {"Error": {"Code": "AccessDeniedFault", "Message": "not authorized"}}
+        raise ClientError(error, "DescribeTableStatistics")
+
+    monkeypatch.setattr(DmsResourceHook, "table_statistics", denied)
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task)
+    result = operator.execute(make_context())
+    assert result["status"] == "published"  # row_count_dms is a warning unless the contract says blocking
+    check = checks_of(result, "row_count_dms")["public.tickets"]
+    assert not check["passed"] and check["severity"] == "warning"
+    assert check["detail"].startswith(f"not compared: DMS table statistics of task {cdc_task} unavailable")
+    assert "AccessDeniedFault" in check["detail"]

@@ -47,6 +47,7 @@ class OutsideCounts:
 
     dms: dict[str, DmsTableCounts] | None = None
     dms_task: str | None = None
+    dms_error: str | None = None
     source: dict[str, int] | None = None
     source_name: str | None = None
     source_error: str | None = None
@@ -72,9 +73,9 @@ def reconcile(
     if outside is None:
         return []
     checks = []
-    if outside.dms is not None:
+    if outside.dms is not None or outside.dms_error:
         checks.append(_dms_check(contract, rows, snapshot_rows, applied, outside))
-    if outside.source is not None:
+    if outside.source is not None or outside.source_error:
         checks.append(_source_check(contract, rows, outside))
     return checks
 
@@ -91,6 +92,11 @@ def _dms_check(
     outside: OutsideCounts,
 ) -> CheckResult:
     task = outside.dms_task or "the CDC task"
+    if outside.dms_error:
+        return CheckResult(
+            contract.table, "row_count_dms", contract.severity_of("row_count_dms"), False,
+            f"not compared: {outside.dms_error}",
+        )  # fmt: skip
     if snapshot_rows is None:
         return CheckResult(
             contract.table,
