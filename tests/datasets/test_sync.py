@@ -63,6 +63,23 @@ def test_full_then_incremental(store, spec):
     assert manifest.tables["shop.items"].recent_files == [cdc_file_name(at(12))]
 
 
+def test_widening_the_grace_window_never_takes_a_file_twice(store, spec):
+    put_load(store, item_load([(1, "a", 1, "new")]))
+    put_cdc(store, item_events([("I", 50, 1, 2, "b", 2, "new")]), 60)
+    put_cdc(store, item_events([("I", 1790, 2, 3, "c", 3, "new")]), 1800)
+    narrow = spec.model_copy(update={"late_file_grace": timedelta(minutes=10)})
+    assert run_sync(store, narrow, now=NOW).row_counts == {"shop.items": 3}
+
+    wide = spec.model_copy(update={"late_file_grace": timedelta(minutes=60)})
+    assert run_sync(store, wide, now=NOW).status == "up_to_date"
+    put_cdc(store, item_events([("I", 2390, 3, 4, "d", 4, "new")]), 2400)
+    after = run_sync(store, wide, now=NOW)
+    assert after.published and after.row_counts == {"shop.items": 4}
+    assert all(c.passed for c in after.checks if c.check == "row_count"), after.checks
+    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    assert state.cdc_events == {"I": 3, "U": 0, "D": 0}
+
+
 def test_nothing_new_is_up_to_date(store, spec):
     _base(store)
     first = run_sync(store, spec, now=NOW)

@@ -42,6 +42,9 @@ class TableState(BaseModel):
     summary_key: str
     cdc_watermark: str | None = None
     recent_files: list[str] = Field(default_factory=list)
+    # recent_files holds every CDC file taken with a name after this one (a file name's stem): discovery
+    # never lists from further back, or a widened grace window would take those files a second time.
+    recent_since: str | None = None
     load_files: list[str] = Field(default_factory=list)
     newest_change: datetime | None = None
     # Row-count reconciliation with DMS: rows the full load brought (None in versions written before it was

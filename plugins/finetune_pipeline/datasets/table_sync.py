@@ -113,8 +113,8 @@ def discover(
     prefix = table_prefix(settings.landing_prefix, contract)
     start_after = None
     if prev is not None and prev.cdc_watermark:
-        since = cdc_name_time(prev.cdc_watermark) - settings.late_file_grace
-        start_after = prefix + cdc_file_name(since).rsplit(".", 1)[0]
+        since = _grace_cutoff(prev.cdc_watermark, settings.late_file_grace)
+        start_after = prefix + max(since, prev.recent_since or since)
     seen = set(prev.recent_files) if prev else set()
     if prev and prev.cdc_watermark:
         seen.add(prev.cdc_watermark)
@@ -131,6 +131,11 @@ def discover(
         elif f.name not in prev.load_files:
             new_loads.append(f)
     return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after)
+
+
+def _grace_cutoff(watermark: str, grace: timedelta) -> str:
+    """The stem of a CDC file name ``grace`` before the watermark file's time."""
+    return cdc_file_name(cdc_name_time(watermark) - grace).rsplit(".", 1)[0]
 
 
 def _to_events(batch: pa.RecordBatch, contract: TableContract, op: str) -> pa.RecordBatch:
@@ -597,14 +602,19 @@ class TableSync:
         candidates = names + ([prev.cdc_watermark] if prev and prev.cdc_watermark else [])
         watermark = max(candidates) if candidates else None
         recent: list[str] = []
+        cutoff = None
         if watermark:
-            cutoff = cdc_file_name(cdc_name_time(watermark) - self.settings.late_file_grace).rsplit(".", 1)[0]
+            cutoff = _grace_cutoff(watermark, self.settings.late_file_grace)
+            # Never further back than what the previous state's recent_files covered (see TableState).
+            if prev and prev.recent_since:
+                cutoff = max(cutoff, prev.recent_since)
             pool = set(candidates) | set(prev.recent_files if prev else [])
             recent = sorted(n for n in pool if n > cutoff and n != watermark)
         loads = sorted(f.name for f in applied if f.kind is FileKind.LOAD)
         return {
             "cdc_watermark": watermark,
             "recent_files": recent,
+            "recent_since": cutoff,
             "load_files": loads if prev is None else prev.load_files,
         }
 
