@@ -52,6 +52,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         allocated_storage=dms.allocated_storage_gb,
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
         deferrable=True,
     )
     source = DmsEnsureEndpointOperator(
@@ -62,6 +63,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         source_conn_id=config.source.conn_id,
         database_name=config.source.database,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
     )
     target = DmsEnsureEndpointOperator(
         task_id="ensure_s3_target_endpoint",
@@ -70,6 +72,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         engine_name="s3",
         s3_settings=pipeline_tasks.dms_s3_settings(config),
         aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
     )
     replication_task = DmsEnsureTaskOperator(
         task_id="ensure_cdc_task",
@@ -80,6 +83,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         tables=[(table.schema_name, table.name) for table in config.source.tables],
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
         deferrable=True,
     )
     start = DmsStartTaskAtPositionOperator(
@@ -88,6 +92,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         cdc_start_position=snapshot_position(),
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.storage.region,
         deferrable=True,
         outlets=[replication_asset(config)],
     )

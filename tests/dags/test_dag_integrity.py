@@ -81,6 +81,17 @@ def test_dags_are_linked_by_assets(dagbag):
     assert scheduling_uris(training) == sync_outlets
 
 
+def test_dms_resources_and_the_sync_use_the_bucket_region(dagbag):
+    """DMS's S3 target must be in the bucket's region, and the sync looks the CDC task up there too."""
+    from finetune_pipeline.config import load_config
+
+    region = load_config().storage.region
+    aws_tasks = [task for task in dagbag.dags["finetune_cdc_replication"].tasks if hasattr(task, "region_name")]
+    aws_tasks.append(dagbag.dags["finetune_incremental_sync"].get_task("sync_dataset"))
+    assert len(aws_tasks) == 6
+    assert {task.task_id: task.region_name for task in aws_tasks} == {task.task_id: region for task in aws_tasks}
+
+
 def test_ec2_training_backend_parses_and_uploads_code_before_launching(tmp_path, monkeypatch):
     import yaml
 
