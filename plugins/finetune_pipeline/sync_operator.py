@@ -155,7 +155,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             context["outlet_events"][outlet].extra = {"version": result.version, "row_counts": result.row_counts}
         return result.to_dict()
 
-    def _outside_counts(self) -> OutsideCounts | None:
+    def _outside_counts(self, tables: list[str]) -> OutsideCounts | None:
         """DMS's table statistics and source row counts; the sync asks only when something new landed."""
         from finetune_pipeline.datasets.reconcile import OutsideCounts
 
@@ -165,7 +165,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         if self.replication_task_id:
             counts = replace(counts, **self._dms_counts(self.replication_task_id))
         if self.source_count_conn_id:
-            counts = replace(counts, **self._source_counts(self.source_count_conn_id))
+            counts = replace(counts, **self._source_counts(self.source_count_conn_id, tables))
         return counts
 
     def _dms_counts(self, task_id: str) -> dict[str, Any]:
@@ -198,13 +198,11 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
 
         return {"dms": OutsideCounts.from_dms_statistics(entries, task=task_id).dms, "dms_task": task_id}
 
-    def _source_counts(self, conn_id: str) -> dict[str, Any]:
-        from finetune_pipeline.datasets.contracts import load_contracts
+    def _source_counts(self, conn_id: str, tables: list[str]) -> dict[str, Any]:
         from finetune_pipeline.source_counts import SourceCountError, count_source_rows
 
-        tables = self.tables or sorted(load_contracts(self.contracts_dir))
         try:
-            counted = count_source_rows(conn_id, list(tables))
+            counted = count_source_rows(conn_id, tables)
             return {"source": counted, "source_name": conn_id, "taken_at": datetime.now(UTC)}
         except SourceCountError as error:
             # Reported as the row_count_source check (blocking or not, as the contract says), not a crash.

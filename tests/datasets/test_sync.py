@@ -311,13 +311,13 @@ def test_outside_counts_are_asked_for_only_when_something_new_landed(store, spec
     _base(store)
     asked = []
 
-    def counts():
-        asked.append(1)
+    def counts(tables):
+        asked.append(tables)
         return OutsideCounts(source={"shop.items": 2})
 
     assert run_sync(store, spec, now=NOW, outside_counts=counts).published
     assert run_sync(store, spec, now=NOW, outside_counts=counts).status == "up_to_date"
-    assert len(asked) == 1
+    assert asked == [["shop.items"]]
 
 
 def test_dms_statistics_from_the_api_shape():

@@ -54,12 +54,10 @@ class OutsideCounts:
     taken_at: datetime | None = None
 
     @classmethod
-    def from_dms_statistics(
-        cls, entries: list[dict[str, Any]], task: str, **kwargs: Any
-    ) -> OutsideCounts:
+    def from_dms_statistics(cls, entries: list[dict[str, Any]], task: str) -> OutsideCounts:
         """From ``DescribeTableStatistics``'s ``TableStatistics`` entries."""
         dms = {f"{e['SchemaName']}.{e['TableName']}": DmsTableCounts.from_api(e) for e in entries}
-        return cls(dms=dms, dms_task=task, **kwargs)
+        return cls(dms=dms, dms_task=task)
 
 
 def reconcile(

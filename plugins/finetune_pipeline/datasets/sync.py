@@ -195,12 +195,13 @@ def run_sync(
     tables: list[str] | None = None,
     full_rebuild: bool = False,
     now: datetime | None = None,
-    outside_counts: OutsideCounts | Callable[[], OutsideCounts | None] | None = None,
+    outside_counts: OutsideCounts | Callable[[list[str]], OutsideCounts | None] | None = None,
 ) -> SyncResult:
     """Sync new DMS files into a new dataset version and publish it if every blocking check passes.
 
     ``outside_counts``: DMS table statistics and source row counts to reconcile each table with, or a
-    function returning them, called only when there is something new to sync (counting can be costly).
+    function of the tables being synced returning them, called only when there is something new to sync
+    (counting can be costly).
     """
     now = now or datetime.now(UTC)
     contracts = load_contracts(spec.contracts_dir)
@@ -253,7 +254,7 @@ def run_sync(
         log.info("Removed %d leftover object(s) of an earlier attempt at %s", leftovers, version)
 
     if callable(outside_counts):
-        outside_counts = outside_counts()
+        outside_counts = outside_counts(selected)
     outcomes: dict[str, TableOutcome] = {}
     with tempfile.TemporaryDirectory(prefix="ftp-sync-", dir=spec.work_dir) as tmp:
         for t in selected:
