@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 
 .PHONY: demo test lint install clean-demo
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@version="$$("$(PYTHON)" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"; \
 	if [ "$$version" != "3.11" ]; then \
 		echo "error: this project needs Python 3.11 (requirements.txt is pinned for it; Airflow 3.3 supports it)."; \
@@ -21,12 +21,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@[ -x "$(PY)" ] || "$(PYTHON)" -m venv "$(VENV)"
 	"$(PY)" -m pip install --quiet "uv==$(UV_VERSION)"
 	"$(VENV)/bin/uv" pip install --quiet --python "$(PY)" -r requirements.txt -r requirements-dev.txt
+	# The package itself, editable: what `pip install .` installs for a user, without copying it.
+	"$(VENV)/bin/uv" pip install --quiet --python "$(PY)" --no-deps -e .
 	@touch $@
 
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	"$(PY)" -m localaws.demo
+	"$(PY)" -m devstack.demo
 
 test: $(VENV)/.installed
 	"$(VENV)/bin/ruff" check .

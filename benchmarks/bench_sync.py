@@ -28,15 +28,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from finetune_pipeline.datasets.dms_format import cdc_file_name, load_file_name, write_dms_file
+from finetune_pipeline.datasets.store import LocalStore
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "plugins"))
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from finetune_pipeline.datasets.dms_format import cdc_file_name, load_file_name, write_dms_file  # noqa: E402
-from finetune_pipeline.datasets.store import LocalStore  # noqa: E402
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 SUBJECTS = [

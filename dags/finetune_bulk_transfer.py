@@ -6,16 +6,16 @@ from datetime import datetime
 
 from airflow.sdk import DAG, task, task_group
 
-from finetune_pipeline import pipeline_tasks
-from finetune_pipeline.assets import snapshot_asset
 from finetune_pipeline.aws.operators.snowball import (
     SnowballCreateAddressOperator,
     SnowballCreateJobOperator,
     SnowballLoadDeviceOperator,
 )
 from finetune_pipeline.aws.sensors.snowball import SnowballJobStateSensor
-from finetune_pipeline.config import load_config
-from finetune_pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.pipeline import tasks as pipeline_tasks
+from finetune_pipeline.pipeline.assets import snapshot_asset
+from finetune_pipeline.pipeline.config import load_config
+from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
 
 config = load_config()
 SNAPSHOT = snapshot_asset(config)
@@ -94,7 +94,7 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
         load = SnowballLoadDeviceOperator(
             task_id="load_device",
             job_id=job.output,
-            source_dir=str(pipeline_tasks.export_dir(config)),
+            source_dir=str(config.snowball.export_dir),
             bucket=config.storage.bucket,
             key_prefix=config.storage.landing_prefix,
             device_endpoint_url=config.snowball.device_endpoint_url,

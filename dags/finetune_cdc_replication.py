@@ -6,16 +6,16 @@ from datetime import datetime
 
 from airflow.sdk import DAG, task
 
-from finetune_pipeline import pipeline_tasks
-from finetune_pipeline.assets import replication_asset, snapshot_asset
 from finetune_pipeline.aws.operators.dms import (
     DmsEnsureEndpointOperator,
     DmsEnsureReplicationInstanceOperator,
     DmsEnsureTaskOperator,
     DmsStartTaskAtPositionOperator,
 )
-from finetune_pipeline.config import load_config
-from finetune_pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.pipeline import tasks as pipeline_tasks
+from finetune_pipeline.pipeline.assets import replication_asset, snapshot_asset
+from finetune_pipeline.pipeline.config import load_config
+from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
 
 config = load_config()
 dms = config.dms
@@ -80,7 +80,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         replication_instance_arn=instance.output,
         source_endpoint_arn=source.output,
         target_endpoint_arn=target.output,
-        tables=[(table.schema_name, table.name) for table in config.source.tables],
+        table_mappings=pipeline_tasks.dms_table_mappings(config),
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,

@@ -6,10 +6,10 @@ from datetime import datetime
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from finetune_pipeline.assets import dataset_asset, replication_asset
-from finetune_pipeline.config import REPO_ROOT, load_config
-from finetune_pipeline.dag_defaults import DEFAULT_ARGS
-from finetune_pipeline.sync_operator import DatasetSyncOperator
+from finetune_pipeline.pipeline.assets import dataset_asset, replication_asset
+from finetune_pipeline.pipeline.config import load_config
+from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.pipeline.sync_operator import DatasetSyncOperator
 
 config = load_config()
 DATASET = dataset_asset(config)
@@ -64,7 +64,7 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
         landing_prefix=config.storage.landing_prefix,
         dataset_prefix=config.storage.dataset_prefix,
         quarantine_prefix=config.storage.quarantine_prefix,
-        contracts_dir=str(REPO_ROOT / config.sync.contracts_dir),
+        contracts_dir=str(config.sync.contracts_dir),
         retention=config.sync.retention_versions,
         tables="{{ params.tables }}",
         full_rebuild="{{ params.full_rebuild }}",

@@ -6,15 +6,15 @@ from datetime import datetime
 
 from airflow.sdk import DAG, task
 
-from finetune_pipeline import pipeline_tasks
-from finetune_pipeline.assets import dataset_asset
 from finetune_pipeline.aws.operators.ec2 import Ec2LaunchTrainingInstancesOperator
 from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
     HyperPodEnsureClusterOperator,
     HyperPodSubmitJobOperator,
 )
-from finetune_pipeline.config import load_config
-from finetune_pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.pipeline import tasks as pipeline_tasks
+from finetune_pipeline.pipeline.assets import dataset_asset
+from finetune_pipeline.pipeline.config import load_config
+from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
 
 config = load_config()
 training = config.training
@@ -74,7 +74,7 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             cluster_name=hyperpod.cluster_name,
             job_key=f"{config.project}-{VERSION}",
             # on_create.sh copies the uploaded entrypoint onto the cluster's shared file system.
-            entrypoint=f"/fsx/finetune/{pipeline_tasks.TRAINING_ENTRYPOINT.name}",
+            entrypoint=f"/fsx/finetune/{training.entrypoint.name}",
             entrypoint_args=ENTRYPOINT_ARGS,
             nodes=hyperpod.worker_count,
             controller_group=hyperpod.controller_group,
@@ -97,7 +97,7 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             task_id="launch_training_instances",
             image_id=ec2.image_id,
             instance_type=ec2.instance_type,
-            user_data_path=str(pipeline_tasks.REPO_ROOT / "include" / "scripts" / "ec2" / "user_data.sh"),
+            user_data_path=str(ec2.user_data_path),
             user_data_variables={"ENTRYPOINT_URI": code, "DATASET_URI": DATASET_URI, "DATASET_VERSION": VERSION,
                                  "OUTPUT_URI": f"s3://{config.storage.bucket}/models/{VERSION}"},
             instance_profile=ec2.instance_profile_arn,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,9 +24,8 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
-for path in (REPO_ROOT / "plugins", REPO_ROOT):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+# finetune_pipeline comes from the installed distribution (make installs it editable), localaws and devstack
+# from the checkout, which ``python -m pytest`` puts first on the path.
 
 
 @pytest.fixture(scope="session")

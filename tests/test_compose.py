@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from localaws.stack import AIRFLOW_COMPONENTS
+from devstack.stack import AIRFLOW_COMPONENTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_pipeline.config import DEFAULT_CONFIG_PATH, PipelineConfigError, load_config, parse_config
+from devstack.config import TEMPLATE_PATH
+from finetune_pipeline.pipeline.config import PipelineConfigError, config_path, load_config, parse_config
 
-GOOD = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+GOOD = yaml.safe_load(TEMPLATE_PATH.read_text())
 
 
 def with_change(path: str, value):
@@ -23,10 +24,37 @@ def with_change(path: str, value):
     return data
 
 
-def test_shipped_config_is_valid():
-    config = load_config(DEFAULT_CONFIG_PATH)
-    assert config.storage.bucket == "finetune-demo-data"
+def test_shipped_config_is_a_valid_production_template():
+    config = load_config(TEMPLATE_PATH)
     assert [t.qualified_name for t in config.source.tables] == ["public.customers", "public.tickets"]
+    # Production intervals: a Snowball job takes days, so the template must not poll every few seconds.
+    assert (config.snowball.poll_seconds, config.dms.poll_seconds, config.training.hyperpod.poll_seconds) == (
+        300, 30, 60)
+    assert "localaws" not in TEMPLATE_PATH.read_text()
+
+
+def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path):
+    include = TEMPLATE_PATH.parent.parent
+    config = load_config(TEMPLATE_PATH)
+    assert config.sync.contracts_dir == include / "contracts"
+    assert config.training.entrypoint == include / "training" / "train.py"
+    assert config.training.hyperpod.lifecycle_scripts_dir == include / "scripts" / "hyperpod"
+    assert all(path.exists() for path in (config.sync.contracts_dir, config.training.entrypoint,
+                                          config.training.hyperpod.lifecycle_scripts_dir))
+    # The same file elsewhere (a deployment that keeps include/ somewhere else) resolves there, whatever
+    # the working folder.
+    elsewhere = tmp_path / "deploy" / "config" / "pipeline.yaml"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text(TEMPLATE_PATH.read_text())
+    assert load_config(elsewhere).sync.contracts_dir == tmp_path / "deploy" / "contracts"
+
+
+def test_default_config_is_include_beside_the_dags_folder(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("FINETUNE_PIPELINE_CONFIG", raising=False)
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(tmp_path / "dags"))
+    assert config_path() == tmp_path / "include" / "config" / "pipeline.yaml"
+    monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(tmp_path / "mine.yaml"))
+    assert config_path() == tmp_path / "mine.yaml"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_pipeline.planning import online_transfer_days, plan_transfer
+from finetune_pipeline.pipeline.planning import online_transfer_days, plan_transfer
 
 
 def test_one_petabyte_over_one_gigabit_takes_about_four_months():

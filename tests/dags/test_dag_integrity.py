@@ -83,7 +83,7 @@ def test_dags_are_linked_by_assets(dagbag):
 
 def test_dms_resources_and_the_sync_use_the_bucket_region(dagbag):
     """DMS's S3 target must be in the bucket's region, and the sync looks the CDC task up there too."""
-    from finetune_pipeline.config import load_config
+    from finetune_pipeline.pipeline.config import load_config
 
     region = load_config().storage.region
     aws_tasks = [task for task in dagbag.dags["finetune_cdc_replication"].tasks if hasattr(task, "region_name")]
@@ -95,9 +95,9 @@ def test_dms_resources_and_the_sync_use_the_bucket_region(dagbag):
 def test_ec2_training_backend_parses_and_uploads_code_before_launching(tmp_path, monkeypatch):
     import yaml
 
-    from finetune_pipeline.config import DEFAULT_CONFIG_PATH
+    from devstack.config import TEMPLATE_PATH
 
-    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data = yaml.safe_load(TEMPLATE_PATH.read_text())
     data["training"]["backend"] = "ec2"
     data["training"]["ec2"] = {"image_id": "ami-0123456789abcdef0", "instance_type": "g5.2xlarge"}
     path = tmp_path / "pipeline.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from devstack.seed_data import dms_sequence
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, load_file_name, write_dms_file
-from finetune_pipeline.datasets.seed import dms_sequence
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONTRACTS = REPO / "include" / "contracts"

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 from ds_helpers import at, item_events, item_load
 
+from devstack.seed_data import dms_sequence
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS
 from finetune_pipeline.datasets.merge import key_codes, merge_events
-from finetune_pipeline.datasets.seed import dms_sequence
 
 PK = ["item_id"]
 

@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-from ds_helpers import REPO, T0, item_events, item_load, published_rows, put_cdc, put_load
+from ds_helpers import T0, item_events, item_load, published_rows, put_cdc, put_load
 
 from finetune_pipeline.datasets.publish import read_current
 from finetune_pipeline.datasets.sync import run_sync
@@ -17,12 +17,11 @@ from finetune_pipeline.datasets.sync import run_sync
 CHILD = r"""
 import os, shutil, signal, sys
 from datetime import datetime
-sys.path.insert(0, sys.argv[1])
 from finetune_pipeline.datasets import store as store_mod
 from finetune_pipeline.datasets.store import LocalStore
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
-root, contracts, point, now = sys.argv[2], sys.argv[3], sys.argv[4], datetime.fromisoformat(sys.argv[5])
+root, contracts, point, now = sys.argv[1], sys.argv[2], sys.argv[3], datetime.fromisoformat(sys.argv[4])
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -80,7 +79,6 @@ def test_kill_mid_write_leaves_current_unchanged(store, spec, contracts_dir, poi
             sys.executable,
             "-c",
             CHILD,
-            str(REPO / "plugins"),
             str(store.root),
             str(contracts_dir),
             point,

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from ds_helpers import T0, at, item_events, item_load, published_rows, put_cdc, put_load
 
+from devstack.seed_data import seed_changes, seed_tables, write_seed
 from finetune_pipeline.datasets.dms_format import cdc_file_name
 from finetune_pipeline.datasets.publish import read_current
 from finetune_pipeline.datasets.reconcile import DmsTableCounts, OutsideCounts
-from finetune_pipeline.datasets.seed import seed_changes, seed_tables, write_seed
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
 NOW = T0 + timedelta(hours=1)

@@ -7,8 +7,10 @@ import socket
 
 import pytest
 
-from localaws.demo import PIPELINE_DAGS, PipelineWatcher, seed, start_localaws, stop_process
-from localaws.stack import AirflowStack
+from devstack.config import write_demo_config
+from devstack.demo import PIPELINE_DAGS, PipelineWatcher, seed, start_localaws, stop_process
+from devstack.stack import AirflowStack
+from finetune_pipeline.pipeline.config import load_config
 
 pytestmark = pytest.mark.e2e
 
@@ -24,15 +26,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def running_stack(tmp_path_factory):
-    from finetune_pipeline.config import load_config
-
     home = tmp_path_factory.mktemp("e2e")
     localaws_port = free_port()
     localaws_process = start_localaws(localaws_port, home / "localaws.log")
     localaws_url = f"http://127.0.0.1:{localaws_port}"
-    stack = AirflowStack(home=home / "airflow", localaws_url=localaws_url, port=free_port())
+    config_path = write_demo_config(home / "pipeline.yaml", home=home, localaws_url=localaws_url)
+    stack = AirflowStack(home=home / "airflow", localaws_url=localaws_url, port=free_port(), config_path=config_path)
     try:
-        seed(load_config(), localaws_url)
+        seed(load_config(config_path), localaws_url)
         stack.prepare()
         stack.start()
         stack.wait_for_dags(PIPELINE_DAGS)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import yaml
 
-from finetune_pipeline.config import DEFAULT_CONFIG_PATH, parse_config
+from devstack.config import demo_config
 
 
 @pytest.fixture
-def pipeline_config(tmp_path):
-    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    data["storage"]["bucket"] = f"ft-test-{uuid.uuid4().hex[:12]}"
-    data["snowball"]["export_dir"] = str(tmp_path / "export")
-    return parse_config(data, "test")
+def pipeline_config(tmp_path, localaws):
+    return demo_config(home=tmp_path, localaws_url=localaws.endpoint_url,
+                       overrides={"storage": {"bucket": f"ft-test-{uuid.uuid4().hex[:12]}"}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_pipeline.export_manifest import MANIFEST_NAME, ExportManifestError, build_manifest, read_manifest
+from finetune_pipeline.pipeline.export_manifest import MANIFEST_NAME, ExportManifestError, build_manifest, read_manifest
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_pipeline import landing
-from finetune_pipeline.export_manifest import build_manifest
+from finetune_pipeline.pipeline import landing
+from finetune_pipeline.pipeline.export_manifest import build_manifest
 
 
 @pytest.fixture

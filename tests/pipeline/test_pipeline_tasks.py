@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from finetune_pipeline.pipeline_tasks import dms_cdc_position, triggered_dataset_version
+from finetune_pipeline.pipeline.tasks import dms_cdc_position, triggered_dataset_version
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from finetune_pipeline import source_counts
-from finetune_pipeline.source_counts import SourceCountError, count_source_rows
+from finetune_pipeline.pipeline import source_counts
+from finetune_pipeline.pipeline.source_counts import SourceCountError, count_source_rows
 
 PG_HOST, PG_PORT, PG_USER, PG_DATABASE = "127.0.0.1", 5432, "postgres", "test"
 # The server trusts local logins, so any password works; this one must never show up in output.
@@ -68,7 +68,7 @@ def _free_port() -> int:
 
 
 def test_counts_rows_of_each_table(source_conn, caplog):
-    caplog.set_level(logging.INFO, logger="finetune_pipeline.source_counts")
+    caplog.set_level(logging.INFO, logger="finetune_pipeline.pipeline.source_counts")
     tables = [f"{SCHEMA}.orders", f"{SCHEMA}.customers"]
 
     assert count_source_rows(source_conn, tables) == {tables[0]: 3, tables[1]: 5}

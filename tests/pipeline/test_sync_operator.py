@@ -16,17 +16,19 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from finetune_pipeline import landing
+from devstack.config import TEMPLATE_PATH
+from devstack.seed import last_commit, seed_demo, write_change_batch, write_live_batch
+from devstack.seed_data import TICKETS_SCHEMA, dms_sequence
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
-from finetune_pipeline.config import REPO_ROOT
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
-from finetune_pipeline.datasets.seed import TICKETS_SCHEMA, dms_sequence
 from finetune_pipeline.datasets.store import S3Store
-from finetune_pipeline.export_manifest import read_manifest
-from finetune_pipeline.pipeline_tasks import dms_s3_settings, export_dir
-from finetune_pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
+from finetune_pipeline.pipeline import landing
+from finetune_pipeline.pipeline.export_manifest import read_manifest
+from finetune_pipeline.pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
+from finetune_pipeline.pipeline.tasks import dms_s3_settings
 from localaws import control
-from localaws.seed import last_commit, seed_demo, write_change_batch, write_live_batch
+
+SHIPPED_CONTRACTS = TEMPLATE_PATH.parent.parent / "contracts"
 
 
 class RecordingTaskInstance:
@@ -43,7 +45,7 @@ def make_context():
 
 def make_operator(config, asset, **kwargs):
     storage = config.storage
-    kwargs.setdefault("contracts_dir", str(REPO_ROOT / config.sync.contracts_dir))
+    kwargs.setdefault("contracts_dir", str(config.sync.contracts_dir))
     return DatasetSyncOperator(
         task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
         dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix,
@@ -57,8 +59,8 @@ def landed(pipeline_config, localaws, boto_client, aws_conn):
     seeded = seed_demo(pipeline_config, localaws.endpoint_url, report=lambda line: None)
     s3 = boto_client("s3")
     storage = pipeline_config.storage
-    manifest = read_manifest(export_dir(pipeline_config))
-    landing.upload_export(s3, export_dir(pipeline_config), manifest, storage.bucket, storage.landing_prefix)
+    manifest = read_manifest(pipeline_config.snowball.export_dir)
+    landing.upload_export(s3, pipeline_config.snowball.export_dir, manifest, storage.bucket, storage.landing_prefix)
     landing.publish_snapshot_manifest(s3, manifest, storage.bucket, storage.landing_prefix)
     return SimpleNamespace(s3=s3, tables=seeded["tables"], cdc_keys=seeded["cdc_keys"])
 
@@ -159,7 +161,7 @@ def _create_cdc_task(pipeline_config, dms, endpoint_url: str, start: bool) -> st
 def strict_contracts(tmp_path, **row_count) -> str:
     """The shipped contracts with row_count settings replaced and the reconciliation checks blocking."""
     folder = tmp_path / "contracts"
-    shutil.copytree(REPO_ROOT / "include" / "contracts", folder)
+    shutil.copytree(SHIPPED_CONTRACTS, folder)
     for path in folder.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         data["row_count"] = row_count
@@ -205,7 +207,7 @@ def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
                              contracts_dir=contracts)  # fmt: skip
     first = operator.execute(make_context())
     assert first["status"] == "published"
-    snapshot = datetime.fromisoformat(read_manifest(export_dir(pipeline_config)).snapshot_position)
+    snapshot = datetime.fromisoformat(read_manifest(pipeline_config.snowball.export_dir).snapshot_position)
     land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
     write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
 
@@ -304,7 +306,7 @@ def test_a_wider_grace_window_picks_up_the_late_file(pipeline_config, landed, cd
     operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
                              contracts_dir=contracts, late_file_grace_minutes=120)  # fmt: skip
     operator.execute(make_context())
-    snapshot = datetime.fromisoformat(read_manifest(export_dir(pipeline_config)).snapshot_position)
+    snapshot = datetime.fromisoformat(read_manifest(pipeline_config.snowball.export_dir).snapshot_position)
     land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
     _, tables = write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
 

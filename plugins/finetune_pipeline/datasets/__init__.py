@@ -32,9 +32,6 @@ _EXPORTS = {
     "read_current": "publish",
     "Manifest": "publish",
     "QuarantinedFile": "quarantine",
-    "seed_tables": "seed",
-    "seed_changes": "seed",
-    "write_seed": "seed",
 }
 
 __all__ = sorted(_EXPORTS)

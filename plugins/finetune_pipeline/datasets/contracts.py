@@ -14,8 +14,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Columns that DMS adds in front of the table's own columns (see dms_format).
-RESERVED_COLUMNS = ("Op", "_dms_ts", "_dms_seq")
+from finetune_pipeline.datasets.dms_target import RESERVED_COLUMNS, TIMESTAMP_COLUMN
 
 Severity = Literal["blocking", "warning"]
 CheckKind = Literal[
@@ -158,7 +157,7 @@ class FreshnessSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_lag: timedelta
-    column: str = "_dms_ts"
+    column: str = TIMESTAMP_COLUMN
 
     @field_validator("max_lag", mode="before")
     @classmethod
@@ -213,7 +212,7 @@ class TableContract(BaseModel):
                 raise ValueError(f"primary_key column {key!r} is not in columns")
             if self.column(key).nullable:
                 raise ValueError(f"primary_key column {key!r} must be nullable: false")
-        if self.freshness and self.freshness.column not in (*names, "_dms_ts"):
+        if self.freshness and self.freshness.column not in (*names, TIMESTAMP_COLUMN):
             raise ValueError(f"freshness.column {self.freshness.column!r} is not a column")
         return self
 

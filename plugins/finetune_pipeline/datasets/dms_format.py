@@ -27,11 +27,11 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from finetune_pipeline.datasets.contracts import TableContract
+from finetune_pipeline.datasets.dms_target import OP_COLUMN as OP
+from finetune_pipeline.datasets.dms_target import SEQUENCE_COLUMN as SEQ
+from finetune_pipeline.datasets.dms_target import SEQUENCE_LENGTH as SEQ_LENGTH
+from finetune_pipeline.datasets.dms_target import TIMESTAMP_COLUMN as TS
 
-OP = "Op"
-TS = "_dms_ts"
-SEQ = "_dms_seq"
-SEQ_LENGTH = 35
 OPS = ("I", "U", "D")
 DMS_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 Format = Literal["parquet", "csv"]

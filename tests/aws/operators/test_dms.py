@@ -11,52 +11,19 @@ from finetune_pipeline.aws.operators.dms import (
     DmsEnsureReplicationInstanceOperator,
     DmsEnsureTaskOperator,
     DmsStartTaskAtPositionOperator,
-    build_cdc_table_mappings,
 )
 from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
+from finetune_pipeline.datasets.dms_target import cdc_table_mappings
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/finetune-dms-s3"
-TABLES = [("public", "customers"), ("public", "tickets")]
+# The pipeline's own mappings (datasets.dms_target): the operator takes them as the provider's take theirs.
+TABLE_MAPPINGS = cdc_table_mappings([("public", "customers"), ("public", "tickets")])
 FAST = {"waiter_delay": 0.01, "waiter_max_attempts": 2000}
 
 
 @pytest.fixture
 def hook(aws_conn) -> DmsResourceHook:
     return DmsResourceHook(aws_conn_id=aws_conn)
-
-
-# build_cdc_table_mappings
-
-
-def test_table_mappings_select_each_table_and_add_the_sequence_column():
-    rules = build_cdc_table_mappings(TABLES)["rules"]
-    selections = [r for r in rules if r["rule-type"] == "selection"]
-    additions = [r for r in rules if r["rule-type"] == "transformation"]
-    assert [r["object-locator"] for r in selections] == [
-        {"schema-name": "public", "table-name": "customers"},
-        {"schema-name": "public", "table-name": "tickets"},
-    ]
-    assert all(r["rule-action"] == "include" for r in selections)
-    assert [(r["rule-action"], r["value"], r["expression"]) for r in additions] == [
-        ("add-column", "_dms_seq", "$AR_H_CHANGE_SEQ")
-    ] * 2
-    assert [r["rule-id"] for r in rules] == ["1", "2", "3", "4"]
-    assert len({r["rule-name"] for r in rules}) == 4
-
-
-@pytest.mark.parametrize(
-    ("tables", "message"),
-    [
-        ([], "At least one"),
-        ([("public", "t"), ("public", "t")], "listed twice"),
-        ([("public", "%")], "wildcards"),
-        (["public.t"], "pair of non-empty names"),
-        ([("public", "")], "pair of non-empty names"),
-    ],
-)
-def test_table_mappings_reject_bad_tables(tables, message):
-    with pytest.raises(ValueError, match=message):
-        build_cdc_table_mappings(tables)
 
 
 # DmsEnsureReplicationInstanceOperator
@@ -108,6 +75,9 @@ def s3_target(identifier: str, **overrides) -> DmsEnsureEndpointOperator:
         "BucketFolder": "landing",
         "ServiceAccessRoleArn": ROLE_ARN,
         "CdcPath": "cdc",
+        "DataFormat": "parquet",
+        "IncludeOpForFullLoad": True,
+        "TimestampColumnName": "_dms_ts",
         **overrides,
     }
     return DmsEnsureEndpointOperator(
@@ -119,7 +89,7 @@ def s3_target(identifier: str, **overrides) -> DmsEnsureEndpointOperator:
     )
 
 
-def test_ensure_s3_target_creates_once_with_parquet_defaults(hook, context, unique):
+def test_ensure_s3_target_creates_once_with_the_settings_given(hook, context, unique):
     identifier = unique("s3")
     arn = s3_target(identifier).execute(context)
     assert s3_target(identifier).execute(context) == arn
@@ -276,7 +246,7 @@ def ensure_task(identifier: str, pieces: dict, **overrides) -> DmsEnsureTaskOper
     arguments = {
         "task_id": "task",
         "replication_task_identifier": identifier,
-        "tables": TABLES,
+        "table_mappings": TABLE_MAPPINGS,
         **pieces,
         **FAST,
     }
@@ -294,7 +264,7 @@ def test_ensure_task_creates_once_and_waits_until_ready(hook, pieces, context, u
     assert [(t["ReplicationTaskArn"], t["Status"], t["MigrationType"]) for t in tasks] == [
         (arn, "ready", "cdc")
     ]
-    assert json.loads(tasks[0]["TableMappings"]) == build_cdc_table_mappings(TABLES)
+    assert json.loads(tasks[0]["TableMappings"]) == TABLE_MAPPINGS
 
 
 def test_ensure_task_defers_and_a_retry_reuses_the_task(
@@ -322,9 +292,8 @@ def test_ensure_task_refuses_a_task_with_other_tables(pieces, context, unique):
     identifier = unique("cdc")
     ensure_task(identifier, pieces, wait_for_completion=False).execute(context)
     with pytest.raises(ValueError, match=f"{identifier} already exists with a different TableMappings"):
-        ensure_task(identifier, pieces, tables=[("public", "customers")], wait_for_completion=False).execute(
-            context
-        )
+        other_tables = cdc_table_mappings([("public", "customers")])
+        ensure_task(identifier, pieces, table_mappings=other_tables, wait_for_completion=False).execute(context)
 
 
 def test_ensure_task_execute_complete_raises_on_failure(pieces, context):

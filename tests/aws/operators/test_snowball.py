@@ -152,10 +152,17 @@ def export_dir(tmp_path):
     return root
 
 
-def load_operator(job_id: str, export_dir, **overrides) -> SnowballLoadDeviceOperator:
-    return SnowballLoadDeviceOperator(
-        task_id="load_device", job_id=job_id, source_dir=str(export_dir), key_prefix="landing", **overrides
-    )
+@pytest.fixture
+def load_operator(localaws):
+    """A load operator for a job, pointed at localaws's simulated device for that job."""
+
+    def make(job_id: str, export_dir, **overrides) -> SnowballLoadDeviceOperator:
+        overrides.setdefault("device_endpoint_url", f"{localaws.endpoint_url}/_localaws/snowball-device/{job_id}")
+        return SnowballLoadDeviceOperator(
+            task_id="load_device", job_id=job_id, source_dir=str(export_dir), key_prefix="landing", **overrides
+        )
+
+    return make
 
 
 def device_client(boto_client, localaws, job_id):
@@ -171,6 +178,7 @@ def device_client(boto_client, localaws, job_id):
 
 
 def test_load_device_copies_the_export_and_resumes(
+    load_operator,
     aws_conn, boto_client, localaws, snowball_job, advance_job_to, bucket, export_dir, context, capsys
 ):
     job_id = snowball_job()
@@ -205,6 +213,7 @@ def test_load_device_copies_the_export_and_resumes(
 
 
 def test_load_device_uploads_large_files_in_parts_and_skips_them_on_retry(
+    load_operator,
     aws_conn, boto_client, localaws, snowball_job, advance_job_to, bucket, export_dir, context
 ):
     big = export_dir / "public" / "tickets" / "LOAD00000002.parquet"
@@ -223,6 +232,7 @@ def test_load_device_uploads_large_files_in_parts_and_skips_them_on_retry(
 
 
 def test_load_device_data_is_imported_when_the_job_completes(
+    load_operator,
     aws_conn, boto_client, snowball_job, advance_job_to, bucket, export_dir, context
 ):
     job_id = snowball_job()
@@ -235,20 +245,20 @@ def test_load_device_data_is_imported_when_the_job_completes(
     assert hashlib.sha256(body.read()).hexdigest() == hashlib.sha256(b"c" * 3000).hexdigest()
 
 
-def test_load_device_needs_the_device_on_site(aws_conn, snowball_job, export_dir, context):
+def test_load_device_needs_the_device_on_site(load_operator, aws_conn, snowball_job, export_dir, context):
     job_id = snowball_job()
     with pytest.raises(RuntimeError, match=rf"Snowball job {job_id} is New;.*WithCustomer"):
         load_operator(job_id, export_dir).execute(context)
 
 
-def test_load_device_after_the_device_left(aws_conn, snowball_job, advance_job_to, export_dir, context):
+def test_load_device_after_the_device_left(load_operator, aws_conn, snowball_job, advance_job_to, export_dir, context):
     job_id = snowball_job()
     advance_job_to(job_id, "InTransitToAWS")
     with pytest.raises(RuntimeError, match="is InTransitToAWS;.*if an earlier try finished loading it"):
         load_operator(job_id, export_dir).execute(context)
 
 
-def test_load_device_needs_a_manifest(aws_conn, snowball_job, advance_job_to, export_dir, context):
+def test_load_device_needs_a_manifest(load_operator, aws_conn, snowball_job, advance_job_to, export_dir, context):
     (export_dir / "manifest.json").unlink()
     job_id = snowball_job()
     advance_job_to(job_id, "WithCustomer")
@@ -257,6 +267,7 @@ def test_load_device_needs_a_manifest(aws_conn, snowball_job, advance_job_to, ex
 
 
 def test_load_device_refuses_a_bucket_outside_the_job(
+    load_operator,
     aws_conn, snowball_job, advance_job_to, export_dir, context
 ):
     job_id = snowball_job()
@@ -265,15 +276,10 @@ def test_load_device_refuses_a_bucket_outside_the_job(
         load_operator(job_id, export_dir, bucket="some-other-bucket").execute(context)
 
 
-def test_load_device_needs_an_endpoint_against_real_aws(export_dir, monkeypatch):
-    # A connection without endpoint_url is real AWS: there is no local device adapter to fall back to.
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_REAL", json.dumps({"conn_type": "aws", "login": "x", "password": "y"})
-    )
-    operator = load_operator("JID-any", export_dir, aws_conn_id="aws_real")
-    with pytest.raises(ValueError, match="device_endpoint_url is required"):
-        operator._device_endpoint()
-    explicit = load_operator(
-        "JID-any", export_dir, aws_conn_id="aws_real", device_endpoint_url="https://10.0.0.5:8443"
-    )
+def test_load_device_needs_the_device_s3_adapter(load_operator, export_dir):
+    # No fallback: the device's address is known only on site, and an empty or unrendered value is refused.
+    for bad in ("", "192.168.1.20:8443", "{{ var.value.device }}"):
+        with pytest.raises(ValueError, match="device_endpoint_url must be the S3 adapter"):
+            load_operator("JID-any", export_dir, device_endpoint_url=bad)._device_endpoint()
+    explicit = load_operator("JID-any", export_dir, device_endpoint_url="https://10.0.0.5:8443")
     assert explicit._device_endpoint() == "https://10.0.0.5:8443"

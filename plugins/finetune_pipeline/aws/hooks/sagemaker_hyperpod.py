@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-WAITERS_DIR = Path(__file__).resolve().parents[1] / "waiters"
+from finetune_pipeline.aws.waiters import waiter_file
 
 
 class HyperPodHook(AwsBaseHook):
@@ -31,7 +31,7 @@ class HyperPodHook(AwsBaseHook):
 
     @cached_property
     def waiter_path(self) -> Path:
-        return WAITERS_DIR / "sagemaker_hyperpod.json"
+        return waiter_file("sagemaker_hyperpod")
 
     @staticmethod
     def cluster_id(cluster_arn: str) -> str:

@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.sdk.log import mask_secret
 from botocore.config import Config
 
-WAITERS_DIR = Path(__file__).resolve().parents[1] / "waiters"
+from finetune_pipeline.aws.waiters import waiter_file
 
 
 class SnowballHook(AwsBaseHook):
@@ -46,7 +46,7 @@ class SnowballHook(AwsBaseHook):
 
     @cached_property
     def waiter_path(self) -> Path:
-        return WAITERS_DIR / "snowball.json"
+        return waiter_file("snowball")
 
     @classmethod
     def states_after(cls, state: str) -> frozenset[str]:
@@ -177,7 +177,7 @@ class SnowballDeviceHook(AwsBaseHook):
     """
     The S3 API of a Snowball device's S3 adapter: a ``boto3.client("s3")`` at the device's own endpoint.
 
-    The adapter is reached on the local network (or, in local mode, at localaws' device path) with
+    The adapter is reached on the local network at ``device_endpoint_url``, with
     path-style addressing. Its credentials come from the Airflow connection ``aws_conn_id`` (on a real
     device: the access key that ``snowballEdge list-access-keys`` shows).
 

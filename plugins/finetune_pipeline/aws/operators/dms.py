@@ -17,15 +17,6 @@ from airflow.sdk.log import mask_secret
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
 
-# Column DMS adds to every change row: $AR_H_CHANGE_SEQ, the source's commit order, 35 characters.
-SEQUENCE_COLUMN = "_dms_seq"
-# Defaults for an S3 target: Parquet with the operation column on every row and each change's commit time.
-DEFAULT_S3_TARGET_SETTINGS: dict[str, Any] = {
-    "DataFormat": "parquet",
-    "ParquetVersion": "parquet-2-0",
-    "IncludeOpForFullLoad": True,
-    "TimestampColumnName": "_dms_ts",
-}
 # Source engines whose credentials come from an Airflow connection, with their settings key and port.
 DB_SOURCE_ENGINES: dict[str, tuple[str, int]] = {
     "postgres": ("PostgreSQLSettings", 5432),
@@ -34,53 +25,6 @@ DB_SOURCE_ENGINES: dict[str, tuple[str, int]] = {
     "aurora": ("MySQLSettings", 3306),
     "mariadb": ("MySQLSettings", 3306),
 }
-
-
-def build_cdc_table_mappings(tables: Sequence[Sequence[str]], sequence_column: str = SEQUENCE_COLUMN) -> dict:
-    """
-    DMS table mappings that include exactly ``tables`` and add ``sequence_column`` from ``$AR_H_CHANGE_SEQ``.
-
-    :param tables: ``(schema, table)`` pairs, no wildcards, no duplicates.
-    :raises ValueError: on an empty list, a malformed pair, a wildcard or a duplicate.
-    """
-    pairs: list[tuple[str, str]] = []
-    for item in tables:
-        if isinstance(item, str) or len(item) != 2 or not all(isinstance(p, str) and p.strip() for p in item):
-            raise ValueError(f"Each table must be a (schema, table) pair of non-empty names, got {item!r}.")
-        schema, table = item[0].strip(), item[1].strip()
-        if "%" in schema or "%" in table:
-            raise ValueError(f"Table {schema}.{table}: wildcards are not allowed, list each table.")
-        if (schema, table) in pairs:
-            raise ValueError(f"Table {schema}.{table} is listed twice.")
-        pairs.append((schema, table))
-    if not pairs:
-        raise ValueError("At least one (schema, table) pair is needed to replicate.")
-    rules: list[dict[str, Any]] = []
-    for schema, table in pairs:
-        rules.append(
-            {
-                "rule-type": "selection",
-                "rule-id": str(len(rules) + 1),
-                "rule-name": f"include-{schema}-{table}",
-                "object-locator": {"schema-name": schema, "table-name": table},
-                "rule-action": "include",
-            }
-        )
-    for schema, table in pairs:
-        rules.append(
-            {
-                "rule-type": "transformation",
-                "rule-id": str(len(rules) + 1),
-                "rule-name": f"add-{sequence_column}-{schema}-{table}",
-                "rule-target": "column",
-                "object-locator": {"schema-name": schema, "table-name": table},
-                "rule-action": "add-column",
-                "value": sequence_column,
-                "expression": "$AR_H_CHANGE_SEQ",
-                "data-type": {"type": "string", "length": 50},
-            }
-        )
-    return {"rules": rules}
 
 
 def _rules_signature(mappings: dict[str, Any]) -> list[tuple]:
@@ -273,8 +217,8 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
     """
     Return the ARN of a DMS endpoint, creating it only if none has this identifier.
 
-    Two kinds are supported: an S3 target (``engine_name="s3"``, ``s3_settings`` merged over Parquet
-    defaults) and a PostgreSQL/MySQL source whose host, port, user and password come from the Airflow
+    Two kinds are supported: an S3 target (``engine_name="s3"`` with its ``s3_settings``) and a
+    PostgreSQL/MySQL source whose host, port, user and password come from the Airflow
     connection ``source_conn_id``. The password is masked and only ever sent to ``CreateEndpoint``: it is
     never logged, stored on the operator or returned. An existing endpoint is reused as it is, after
     checking it points at the same bucket/folder or server/database; to change it, delete it first.
@@ -283,7 +227,8 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
     :param endpoint_type: ``source`` or ``target``.
     :param engine_name: ``s3`` (target), or ``postgres``, ``aurora-postgresql``, ``mysql``, ``aurora``,
         ``mariadb`` (source).
-    :param s3_settings: ``S3Settings`` of an S3 target; ``BucketName`` and ``ServiceAccessRoleArn`` required.
+    :param s3_settings: ``S3Settings`` of an S3 target, as they are sent; ``BucketName`` and
+        ``ServiceAccessRoleArn`` required.
     :param source_conn_id: Airflow connection with the source database's host, port, login and password.
     :param database_name: Database to replicate; defaults to the connection's schema.
     :param engine_settings: Extra ``PostgreSQLSettings`` / ``MySQLSettings`` (e.g. ``SlotName``).
@@ -333,7 +278,7 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             raise ValueError(
                 f"Endpoint {self.endpoint_identifier}: only S3 *target* endpoints are supported."
             )
-        settings = {**DEFAULT_S3_TARGET_SETTINGS, **(self.s3_settings or {})}
+        settings = dict(self.s3_settings or {})
         missing = [key for key in ("BucketName", "ServiceAccessRoleArn") if not settings.get(key)]
         if missing:
             raise ValueError(f"Endpoint {self.endpoint_identifier}: s3_settings needs {', '.join(missing)}.")
@@ -449,17 +394,15 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
     """
     Return the ARN of a CDC replication task, creating it only if none has this identifier; wait until ready.
 
-    The table mappings select exactly ``tables`` and add ``sequence_column`` (``$AR_H_CHANGE_SEQ``) to every
-    row. An existing task must have the same endpoints, instance, migration type and mappings; otherwise
+    An existing task must have the same endpoints, instance, migration type and mappings; otherwise
     this fails (change it with the provider's ``DmsModifyTaskOperator``, or delete it).
 
     :param replication_task_identifier: The task identifier (the idempotency key).
     :param replication_instance_arn: Replication instance ARN.
     :param source_endpoint_arn: Source endpoint ARN.
     :param target_endpoint_arn: Target endpoint ARN.
-    :param tables: ``(schema, table)`` pairs to replicate.
+    :param table_mappings: The task's ``TableMappings`` as a dict (selection and transformation rules).
     :param migration_type: ``cdc`` (default), ``full-load`` or ``full-load-and-cdc``.
-    :param sequence_column: Name of the added change-sequence column.
     :param replication_task_settings: ``ReplicationTaskSettings`` as a dict.
     :param tags: Tags of a new task.
     :param wait_for_completion: Wait until the task is ``ready``.
@@ -474,10 +417,10 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
         "replication_instance_arn",
         "source_endpoint_arn",
         "target_endpoint_arn",
-        "tables",
+        "table_mappings",
         "replication_task_settings",
     )
-    template_fields_renderers = {"replication_task_settings": "json"}
+    template_fields_renderers = {"table_mappings": "json", "replication_task_settings": "json"}
 
     def __init__(
         self,
@@ -486,9 +429,8 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
         replication_instance_arn: str,
         source_endpoint_arn: str,
         target_endpoint_arn: str,
-        tables: Sequence[Sequence[str]],
+        table_mappings: dict[str, Any],
         migration_type: str = "cdc",
-        sequence_column: str = SEQUENCE_COLUMN,
         replication_task_settings: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
         wait_for_completion: bool = True,
@@ -502,9 +444,8 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
         self.replication_instance_arn = replication_instance_arn
         self.source_endpoint_arn = source_endpoint_arn
         self.target_endpoint_arn = target_endpoint_arn
-        self.tables = tables
+        self.table_mappings = table_mappings
         self.migration_type = migration_type
-        self.sequence_column = sequence_column
         self.replication_task_settings = replication_task_settings
         self.tags = tags
         self.wait_for_completion = wait_for_completion
@@ -530,7 +471,11 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
             )
 
     def execute(self, context: Context) -> str:
-        mappings = build_cdc_table_mappings(self.tables, self.sequence_column)
+        mappings = self.table_mappings
+        if not mappings.get("rules"):
+            raise ValueError(
+                f"DMS replication task {self.replication_task_identifier}: table_mappings has no rules."
+            )
         task = self.hook.find_replication_task(self.replication_task_identifier, without_settings=False)
         if task is None:
             extra: dict[str, Any] = {}
@@ -548,7 +493,7 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
                 **extra,
             )
             status = "creating"
-            self.log.info("Created DMS replication task %s for %d tables.", arn, len(self.tables))
+            self.log.info("Created DMS replication task %s with %d mapping rules.", arn, len(mappings["rules"]))
         else:
             self._check_existing(task, mappings)
             arn, status = task["ReplicationTaskArn"], task["Status"]

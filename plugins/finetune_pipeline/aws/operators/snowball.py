@@ -19,7 +19,6 @@ from finetune_pipeline.aws.hooks.snowball import SnowballDeviceHook, SnowballHoo
 # Every job this package creates carries this description prefix plus the caller's key, so a retry can
 # find the job the first try created (CreateJob takes no client token).
 JOB_DESCRIPTION_PREFIX = "finetune-pipeline:"
-LOCAL_DEVICE_PATH = "/_localaws/snowball-device/"
 MIB = 1024 * 1024
 
 
@@ -224,9 +223,9 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
     :param source_dir: The local export folder (templated).
     :param bucket: Bucket on the device; defaults to the job's (first) S3 resource. Must be one of them.
     :param key_prefix: Key prefix on the device (templated); the layout under it is kept.
-    :param device_endpoint_url: The device's S3 adapter, e.g. ``https://192.168.1.20:8443`` (templated).
-        If unset and the AWS connection has an ``endpoint_url`` (local mode), localaws' device adapter
-        ``{endpoint_url}/_localaws/snowball-device/{job_id}`` is used.
+    :param device_endpoint_url: The unlocked device's S3 adapter on the local network, e.g.
+        ``https://192.168.1.20:8443`` (templated: it is known only once the device is on site, so it is
+        often read from a Variable).
     :param device_verify: TLS verification for the device: path to its certificate bundle, or a bool.
     :param device_aws_conn_id: Connection with the device's access key; defaults to ``aws_conn_id``.
     :param manifest_name: The manifest file in ``source_dir``; it is required and uploaded last.
@@ -248,7 +247,7 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         source_dir: str,
         bucket: str | None = None,
         key_prefix: str = "",
-        device_endpoint_url: str | None = None,
+        device_endpoint_url: str,
         device_verify: bool | str | None = None,
         device_aws_conn_id: str | None = None,
         manifest_name: str = "manifest.json",
@@ -286,15 +285,13 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         return self.bucket
 
     def _device_endpoint(self) -> str:
-        if self.device_endpoint_url:
-            return self.device_endpoint_url
-        aws_endpoint = self.hook.conn_config.endpoint_url
-        if not aws_endpoint:
+        endpoint = (self.device_endpoint_url or "").strip()
+        if not endpoint.startswith(("https://", "http://")):
             raise ValueError(
-                "device_endpoint_url is required against real AWS: set it to the S3 adapter of the "
-                "unlocked device, e.g. https://192.168.1.20:8443."
+                f"device_endpoint_url must be the S3 adapter of the unlocked device, e.g. "
+                f"https://192.168.1.20:8443; got {self.device_endpoint_url!r}."
             )
-        return f"{aws_endpoint.rstrip('/')}{LOCAL_DEVICE_PATH}{self.job_id}"
+        return endpoint
 
     def _local_files(self) -> list[tuple[Path, str]]:
         """``(path, relative key)`` pairs, data files sorted, the manifest last."""

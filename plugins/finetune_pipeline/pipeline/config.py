@@ -3,6 +3,10 @@
 Loading reads one local file and makes no AWS or database call, so a wrong value fails the DAG parse with
 one message that names the field and the form it expects. Credentials never live here: they come from
 Airflow connections named by ``aws.conn_id`` and ``source.conn_id``.
+
+Relative paths in the file (contracts, training code, scripts, the export folder) are resolved against the
+folder that holds the file, so the package finds them wherever it is installed, and a deployment that
+copies ``include/`` somewhere else only has to say where the config is.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_PATH = REPO_ROOT / "include" / "config" / "pipeline.yaml"
 CONFIG_PATH_ENV = "FINETUNE_PIPELINE_CONFIG"
+# Where the config sits relative to Airflow's dags folder when nothing says otherwise: the Astro and the
+# official docker-compose layouts keep include/ beside dags/.
+DEFAULT_CONFIG_BESIDE_DAGS = Path("include") / "config" / "pipeline.yaml"
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!sthree-)(?!.*\.\.)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -71,6 +77,23 @@ SqlName = Annotated[str, _matches(_SQL_NAME_RE, "a SQL identifier like public or
 Prefix = Annotated[
     str, _matches(_PREFIX_RE, "an S3 key prefix without leading or trailing '/', like landing/cdc")
 ]
+
+
+def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
+    """A path from the file, made absolute against the config file's folder (the working folder if none)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    base_dir = (info.context or {}).get("base_dir") or Path.cwd()
+    return (Path(base_dir) / path).resolve()
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _path_field(default: str):
+    # validate_default: the default is relative too, and must be resolved like a written value.
+    return Field(default=default, validate_default=True)
 
 
 class _Model(BaseModel):
@@ -150,7 +173,7 @@ class SnowballConfig(_Model):
     shipping_option: Literal["SECOND_DAY", "NEXT_DAY", "EXPRESS", "STANDARD"] = "SECOND_DAY"
     address: AddressConfig
     # Where the on-premises export writes the consistent snapshot before it is copied onto the device.
-    export_dir: str = Field(min_length=1)
+    export_dir: ConfigPath
     # The device's S3 adapter on the local network, e.g. https://192.168.1.20:8443 (templated). Unset
     # against localaws, whose per-job device endpoint the operator derives from the AWS connection.
     device_endpoint_url: str | None = None
@@ -173,7 +196,7 @@ class DmsConfig(_Model):
 class SyncConfig(_Model):
     schedule: str = "@hourly"
     retention_versions: int = Field(default=10, ge=1)
-    contracts_dir: str = "include/contracts"
+    contracts_dir: ConfigPath = _path_field("../contracts")
     # How far behind the watermark discovery looks again for change files that landed late. DMS names a
     # file when it opens it and uploads it up to CdcMaxBatchInterval (60 s) later, so keep a wide margin.
     late_file_grace_minutes: float = Field(default=10, ge=2)
@@ -190,6 +213,8 @@ class HyperPodConfig(_Model):
     # HyperPod only reads lifecycle scripts from buckets named sagemaker-* (its managed instance policy).
     lifecycle_s3_uri: str = Field(pattern=r"^s3://sagemaker-[a-z0-9.-]{1,53}[a-z0-9](/[^/].*)?$")
     lifecycle_on_create: str = "on_create.sh"
+    # The local folder of lifecycle scripts uploaded to lifecycle_s3_uri.
+    lifecycle_scripts_dir: ConfigPath = _path_field("../scripts/hyperpod")
     controller_group: Identifier = "controller"
     worker_group: Identifier = "workers"
     controller_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -204,11 +229,15 @@ class Ec2TrainingConfig(_Model):
     instance_count: int = Field(default=1, ge=1)
     instance_profile_arn: Arn | None = None
     subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+    # Rendered into each instance's user data; it downloads and runs the training entrypoint.
+    user_data_path: ConfigPath = _path_field("../scripts/ec2/user_data.sh")
 
 
 class TrainingConfig(_Model):
     backend: Literal["hyperpod", "ec2"]
     region: Region
+    # The training script every backend runs (uploaded next to the data, then run on the nodes).
+    entrypoint: ConfigPath = _path_field("../training/train.py")
     hyperpod: HyperPodConfig | None = None
     ec2: Ec2TrainingConfig | None = None
 
@@ -261,16 +290,26 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: object, source: str = "<memory>") -> PipelineConfig:
-    """Validate already-loaded YAML data; raise PipelineConfigError naming every bad field."""
+def parse_config(data: object, source: str = "<memory>", base_dir: Path | str | None = None) -> PipelineConfig:
+    """
+    Validate already-loaded YAML data; raise PipelineConfigError naming every bad field.
+
+    :param base_dir: The folder relative paths are resolved against (the config file's); the working
+        folder if None.
+    """
     try:
-        return PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise PipelineConfigError(_describe(error, source)) from None
 
 
 def config_path() -> Path:
-    return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
+    """``$FINETUNE_PIPELINE_CONFIG``, else ``include/config/pipeline.yaml`` beside Airflow's dags folder."""
+    if os.environ.get(CONFIG_PATH_ENV):
+        return Path(os.environ[CONFIG_PATH_ENV])
+    from airflow.configuration import conf
+
+    return Path(conf.get("core", "dags_folder")).resolve().parent / DEFAULT_CONFIG_BESIDE_DAGS
 
 
 @functools.lru_cache(maxsize=4)
@@ -281,7 +320,7 @@ def _load(path: Path, mtime_ns: int) -> PipelineConfig:
         raise PipelineConfigError(f"pipeline config not found at {path} (set {CONFIG_PATH_ENV})") from None
     except yaml.YAMLError as error:
         raise PipelineConfigError(f"pipeline config {path} is not valid YAML: {error}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), base_dir=path.resolve().parent)
 
 
 def load_config(path: Path | str | None = None) -> PipelineConfig:

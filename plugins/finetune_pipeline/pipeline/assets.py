@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from finetune_pipeline.config import PipelineConfig
+from finetune_pipeline.pipeline.config import PipelineConfig
 
 
 def snapshot_asset(config: PipelineConfig) -> Asset:

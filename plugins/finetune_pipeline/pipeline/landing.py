@@ -11,7 +11,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from finetune_pipeline.export_manifest import ExportManifest
+from finetune_pipeline.pipeline.export_manifest import ExportManifest
 
 log = logging.getLogger(__name__)
 SNAPSHOT_MANIFEST_KEY = "_snapshot/manifest.json"

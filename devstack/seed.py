@@ -16,12 +16,11 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pyarrow as pa
 
-from finetune_pipeline.config import PipelineConfig
+from devstack.seed_data import as_load, seed_changes, seed_tables
 from finetune_pipeline.datasets.dms_format import OP, cdc_file_name, cdc_name_time, load_file_name, write_dms_file
-from finetune_pipeline.datasets.seed import as_load, seed_changes, seed_tables
 from finetune_pipeline.datasets.store import LocalStore, S3Store, join_key
-from finetune_pipeline.export_manifest import build_manifest
-from finetune_pipeline.pipeline_tasks import export_dir
+from finetune_pipeline.pipeline.config import PipelineConfig
+from finetune_pipeline.pipeline.export_manifest import build_manifest
 
 SEED_MARKER_KEY = "_seed/SEED_DATA.json"
 
@@ -34,7 +33,7 @@ def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str],
     snapshot_position = (now - timedelta(minutes=30)).replace(microsecond=0)
     tables = seed_tables(n_customers=50, n_tickets=200, seed=7)
 
-    directory = export_dir(config)
+    directory = config.snowball.export_dir
     shutil.rmtree(directory, ignore_errors=True)
     export_store = LocalStore(directory)
     for name, table in tables.items():
@@ -104,7 +103,7 @@ def _record_seed_files(config: PipelineConfig, s3, keys: list[str]) -> None:
     try:
         marker = json.loads(s3.get_object(Bucket=config.storage.bucket, Key=marker_key)["Body"].read())
     except s3.exceptions.NoSuchKey:
-        marker = {"seed_data": True, "written_by": "localaws.seed (make demo)", "cdc_files": []}
+        marker = {"seed_data": True, "written_by": "devstack.seed (make demo)", "cdc_files": []}
     marker["cdc_files"].extend(keys)
     marker["updated_at"] = datetime.now(UTC).isoformat()
     s3.put_object(Bucket=config.storage.bucket, Key=marker_key, Body=json.dumps(marker, indent=2).encode())

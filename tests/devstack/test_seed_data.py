@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from ds_helpers import T0
 
-from finetune_pipeline.datasets.seed import _PRODUCTS, CATEGORIES, seed_changes, seed_tables
+from devstack.seed_data import _PRODUCTS, CATEGORIES, seed_changes, seed_tables
 
 
 def test_seed_is_deterministic_and_labelled():

@@ -33,7 +33,7 @@ class AirflowStack:
     localaws_url: str
     port: int = 8080
     host: str = "127.0.0.1"
-    config_path: Path = REPO_ROOT / "include" / "config" / "pipeline.yaml"
+    config_path: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _token: str | None = None
 
@@ -74,7 +74,7 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            "FINETUNE_PIPELINE_CONFIG": str(self.config_path),
+            **({"FINETUNE_PIPELINE_CONFIG": str(self.config_path)} if self.config_path else {}),
             # The demo's AWS is localaws: these keys are fake, and the connection below carries the endpoint.
             "AWS_ACCESS_KEY_ID": "localaws",
             "AWS_SECRET_ACCESS_KEY": "localaws",

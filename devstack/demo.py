@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localaws.stack import REPO_ROOT, AirflowStack, StackError
+from devstack.config import write_demo_config
+from devstack.stack import REPO_ROOT, AirflowStack, StackError
+from finetune_pipeline.pipeline.config import PipelineConfigError, load_config
 
 PIPELINE_DAGS = ["finetune_bulk_transfer", "finetune_cdc_replication", "finetune_incremental_sync",
                  "finetune_training"]
@@ -115,29 +117,16 @@ class PipelineWatcher:
 
 
 def seed(config, localaws_url: str) -> dict:
-    from localaws.seed import seed_demo
+    from devstack.seed import seed_demo
 
     return seed_demo(config, localaws_url, report=print)
-
-
-def demo_config(home: Path, sync_every_minutes: int) -> Path:
-    """The shipped config, with the sync scheduled every few minutes so the demo shows scheduled syncs."""
-    import yaml
-
-    data = yaml.safe_load((REPO_ROOT / "include" / "config" / "pipeline.yaml").read_text())
-    data.setdefault("sync", {})["schedule"] = f"*/{sync_every_minutes} * * * *"
-    path = home / "pipeline.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Written by make demo from include/config/pipeline.yaml; edit that file instead.\n"
-                    + yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def keep_changes_landing(
     config, localaws_url: str, tables: dict, cdc_keys: list[str], watcher: PipelineWatcher, minutes: int
 ) -> None:
     """Until Ctrl-C: land a batch of SEED change files each period and report what the DAGs do with it."""
-    from localaws.seed import last_commit, localaws_s3, write_live_batch
+    from devstack.seed import last_commit, localaws_s3, write_live_batch
 
     s3 = localaws_s3(config, localaws_url)
     batch = 0
@@ -177,14 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"or pass --{name.lower()}-port", file=sys.stderr)
             return 2
 
-    sys.path.insert(0, str(REPO_ROOT / "plugins"))
-    from finetune_pipeline.config import PipelineConfigError, load_config
-
     try:
-        config_path = demo_config(args.home, args.sync_every_minutes)
+        localaws_url = f"http://127.0.0.1:{args.localaws_port}"
+        config_path = write_demo_config(args.home / "pipeline.yaml", home=args.home, localaws_url=localaws_url,
+                                        sync_every_minutes=args.sync_every_minutes)
         os.environ["FINETUNE_PIPELINE_CONFIG"] = str(config_path)
         config = load_config(config_path)
-        localaws_url = f"http://127.0.0.1:{args.localaws_port}"
         print(f"starting localaws on {localaws_url}", flush=True)
         localaws_process = start_localaws(args.localaws_port, args.home / "localaws.log")
     except (PipelineConfigError, StackError) as error:

@@ -15,8 +15,8 @@ from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import BotoCoreError, ClientError
 
-from finetune_pipeline import landing
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
+from finetune_pipeline.pipeline import landing
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -199,7 +199,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         return {"dms": OutsideCounts.from_dms_statistics(entries, task=task_id).dms, "dms_task": task_id}
 
     def _source_counts(self, conn_id: str, tables: list[str]) -> dict[str, Any]:
-        from finetune_pipeline.source_counts import SourceCountError, count_source_rows
+        from finetune_pipeline.pipeline.source_counts import SourceCountError, count_source_rows
 
         try:
             counted = count_source_rows(conn_id, tables)
