@@ -14,6 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.datasets.contracts import ContractError, load_contract
 from finetune_pipeline.datasets.dms_format import CsvSettings, DmsFileError, classify, read_events
 from finetune_pipeline.datasets.publish import ManifestError, read_current, version_prefix
@@ -201,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--snapshot-position", type=_iso, help="full-load snapshot time (ISO 8601, UTC)")
     merge.add_argument("--snapshot-sequence", help="_dms_seq at the snapshot time (35 digits)")
     merge.add_argument("--full-rebuild", action="store_true", help="rebuild from all landing files")
-    merge.add_argument("--retention", type=int, default=5, help="published versions to keep")
+    merge.add_argument("--retention", type=int, default=sync_defaults.RETENTION_VERSIONS,
+                       help=f"published versions to keep (default {sync_defaults.RETENTION_VERSIONS})")
     merge.add_argument(
         "--csv-header", action="store_true", help="CSV files have a header row (AddColumnName)"
     )

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.datasets.contracts import TableContract, load_contracts
 from finetune_pipeline.datasets.dms_format import CsvSettings
 from finetune_pipeline.datasets.profile import Profile
@@ -55,7 +56,7 @@ class SyncSpec(BaseModel):
         default=None, description="CDC events at or before this commit time are already in the full load"
     )
     snapshot_sequence: str | None = Field(default=None, pattern=r"^\d{35}$")
-    retention: int = Field(default=5, ge=1, description="Published versions to keep")
+    retention: int = Field(default=sync_defaults.RETENTION_VERSIONS, ge=1, description="Published versions to keep")
     quarantine_prefix: str | None = None
     csv_header: bool = Field(default=False, description="DMS AddColumnName (off by default in DMS)")
     include_op_for_full_load: bool = True
@@ -65,7 +66,7 @@ class SyncSpec(BaseModel):
     merge_memory_bytes: int = Field(
         default=128 * 2**20, ge=1, description="Target input size of one in-memory merge"
     )
-    late_file_grace: timedelta = timedelta(minutes=10)
+    late_file_grace: timedelta = sync_defaults.LATE_FILE_GRACE
     threads: int = Field(default=2, ge=1, description="Buckets merged at once (and file read-ahead)")
     work_dir: Path | None = None
 

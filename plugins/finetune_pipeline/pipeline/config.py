@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from finetune_pipeline.datasets import sync_defaults
 
 CONFIG_PATH_ENV = "FINETUNE_PIPELINE_CONFIG"
 # Where the config sits relative to Airflow's dags folder when nothing says otherwise: the Astro and the
@@ -195,11 +198,14 @@ class DmsConfig(_Model):
 
 class SyncConfig(_Model):
     schedule: str = "@hourly"
-    retention_versions: int = Field(default=10, ge=1)
+    retention_versions: int = Field(default=sync_defaults.RETENTION_VERSIONS, ge=1)
     contracts_dir: ConfigPath = _path_field("../contracts")
     # How far behind the watermark discovery looks again for change files that landed late. DMS names a
     # file when it opens it and uploads it up to CdcMaxBatchInterval (60 s) later, so keep a wide margin.
-    late_file_grace_minutes: float = Field(default=10, ge=2)
+    late_file_grace_minutes: float = Field(
+        default=sync_defaults.LATE_FILE_GRACE / timedelta(minutes=1),
+        ge=sync_defaults.MIN_LATE_FILE_GRACE / timedelta(minutes=1),
+    )
     # Reconcile each table's rows with what the CDC task's DMS table statistics say it captured.
     reconcile_with_dms: bool = True
     # Airflow connection (any SQL provider) to count each table's rows in the source or a read replica;

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import BotoCoreError, ClientError
 
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
+from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.pipeline import landing
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         full_rebuild: bool | str = False,
         replication_task_id: str | None = None,
         source_count_conn_id: str | None = None,
-        late_file_grace_minutes: float = 10,
+        late_file_grace_minutes: float = sync_defaults.LATE_FILE_GRACE / timedelta(minutes=1),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
