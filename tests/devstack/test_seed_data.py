@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from ds_helpers import T0
+from datetime import UTC, datetime, timedelta
 
 from devstack.seed_data import _PRODUCTS, CATEGORIES, seed_changes, seed_tables
+
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 def test_seed_is_deterministic_and_labelled():
