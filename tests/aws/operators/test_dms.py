@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.aws.operators.dms import (
@@ -66,6 +66,27 @@ def test_ensure_instance_defers_until_available(hook, context, unique, advance_c
         operator.execute_complete(context, {"status": "error", "message": "boom"})
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        ("failed", AirflowFailException, r"is failed and will not become available by itself\. Fix"),
+        ("deleting", RuntimeError, "is deleting; wait until it is gone, then retry"),
+    ],
+)
+def test_ensure_instance_in_a_dead_end(context, unique, monkeypatch, status, error, message):
+    operator = DmsEnsureReplicationInstanceOperator(
+        task_id="ri", replication_instance_identifier=unique("ri"), wait_for_completion=False
+    )
+    operator.execute(context)
+    # localaws never fails or deletes an instance: the description is real, only its status is AWS's.
+    found = operator.hook.find_replication_instance(operator.replication_instance_identifier)
+    monkeypatch.setattr(
+        operator.hook, "find_replication_instance", lambda _: {**found, "ReplicationInstanceStatus": status}
+    )
+    with pytest.raises(error, match=message):
+        operator.execute(context)
+
+
 # DmsEnsureEndpointOperator
 
 
@@ -108,7 +129,8 @@ def test_ensure_s3_target_refuses_an_endpoint_with_another_bucket(context, uniqu
     identifier = unique("s3")
     s3_target(identifier).execute(context)
     with pytest.raises(
-        ValueError, match=r"already exists but differs: BucketName='landing-bucket' \(wanted 'other'\)"
+        AirflowFailException,
+        match=r"already exists but differs: BucketName='landing-bucket' \(wanted 'other'\)",
     ):
         s3_target(identifier, BucketName="other").execute(context)
 
@@ -184,7 +206,7 @@ def test_ensure_source_refuses_an_endpoint_on_another_server(source_conn, monkey
         "schema": "appdb",
     }
     monkeypatch.setenv("AIRFLOW_CONN_SOURCE_DB", json.dumps(moved))
-    with pytest.raises(ValueError, match=r"ServerName='db.internal' \(wanted 'db2.internal'\)"):
+    with pytest.raises(AirflowFailException, match=r"ServerName='db.internal' \(wanted 'db2.internal'\)"):
         DmsEnsureEndpointOperator(**arguments).execute(context)
 
 
@@ -291,7 +313,9 @@ def test_ensure_task_defers_and_a_retry_reuses_the_task(
 def test_ensure_task_refuses_a_task_with_other_tables(pieces, context, unique):
     identifier = unique("cdc")
     ensure_task(identifier, pieces, wait_for_completion=False).execute(context)
-    with pytest.raises(ValueError, match=f"{identifier} already exists with a different TableMappings"):
+    with pytest.raises(
+        AirflowFailException, match=f"{identifier} already exists with a different TableMappings"
+    ):
         other_tables = cdc_table_mappings([("public", "customers")])
         ensure_task(identifier, pieces, table_mappings=other_tables, wait_for_completion=False).execute(context)
 

@@ -134,6 +134,25 @@ def test_blocking_wait_that_sees_the_job_end_succeeds(ec2, image_id, context, mo
     assert instance["State"]["Name"] == "terminated" and ABORTED_TAG not in tags_of(instance)
 
 
+def test_blocking_wait_that_fails_aborts_what_it_launched_and_raises(ec2, image_id, context, monkeypatch):
+    operator = launch(image_id, deferrable=False, waiter_max_attempts=5)
+    client = operator.hook.conn
+    run_instances = client.run_instances
+
+    def run_and_stop(**kwargs):
+        # A stopped instance never runs: the wait runs out of attempts, as in the deferred case below.
+        response = run_instances(**kwargs)
+        client.stop_instances(InstanceIds=[i["InstanceId"] for i in response["Instances"]])
+        return response
+
+    monkeypatch.setattr(client, "run_instances", run_and_stop)
+    with pytest.raises(AirflowException, match="Waiting for EC2 training instances failed: .*max attempts"):
+        operator.execute(context)
+    (instance,) = tagged(ec2, token_of(context))
+    assert instance["State"]["Name"] in {"shutting-down", "terminated"}
+    assert tags_of(instance)[ABORTED_TAG] == "true"
+
+
 def test_deferred_wait_that_sees_the_job_end_succeeds(ec2, image_id, context, run_trigger):
     operator = launch(image_id, deferrable=True, min_count=2, max_count=2)
     with pytest.raises(TaskDeferred) as deferred:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
@@ -95,6 +95,17 @@ def test_ensure_cluster_refuses_a_cluster_being_deleted(hook, context, unique):
     hook.delete_cluster(name)
     with pytest.raises(RuntimeError, match=f"HyperPod cluster {name} is Deleting"):
         ensure(name).execute(context)
+
+
+def test_ensure_cluster_fails_without_retry_on_a_failed_cluster(hook, context, unique, monkeypatch):
+    name = unique("hp")
+    ensure(name, wait_for_completion=False).execute(context)
+    operator = ensure(name)
+    # localaws never fails a cluster: the description is real, only its status is one AWS can give.
+    failed = {**hook.describe_cluster(name), "ClusterStatus": "Failed", "FailureMessage": "No capacity"}
+    monkeypatch.setattr(operator.hook, "find_cluster", lambda _: failed)
+    with pytest.raises(AirflowFailException, match=f"HyperPod cluster {name} is Failed: No capacity. Delete"):
+        operator.execute(context)
 
 
 def test_ensure_cluster_keeps_a_groups_own_settings(hook, context, unique):

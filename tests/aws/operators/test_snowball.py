@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from finetune_pipeline.aws.hooks.snowball import SnowballHook
 from finetune_pipeline.aws.operators.snowball import (
@@ -113,7 +114,7 @@ def test_create_job_refuses_a_job_with_another_bucket(boto_client, bucket, addre
     job_operator(bucket, address_id, key).execute(context)
     other = unique("ftp-other")
     boto_client("s3").create_bucket(Bucket=other)
-    with pytest.raises(ValueError, match="already has the description") as error:
+    with pytest.raises(AirflowFailException, match="already has the description") as error:
         job_operator(other, address_id, key).execute(context)
     assert bucket in str(error.value) and other in str(error.value)
 
@@ -254,7 +255,16 @@ def test_load_device_needs_the_device_on_site(load_operator, aws_conn, snowball_
 def test_load_device_after_the_device_left(load_operator, aws_conn, snowball_job, advance_job_to, export_dir, context):
     job_id = snowball_job()
     advance_job_to(job_id, "InTransitToAWS")
-    with pytest.raises(RuntimeError, match="is InTransitToAWS;.*if an earlier try finished loading it"):
+    with pytest.raises(AirflowFailException, match="is InTransitToAWS;.*if an earlier try finished loading"):
+        load_operator(job_id, export_dir).execute(context)
+
+
+def test_load_device_of_a_cancelled_job(
+    load_operator, aws_conn, boto_client, snowball_job, export_dir, context
+):
+    job_id = snowball_job()
+    boto_client("snowball").cancel_job(JobId=job_id)
+    with pytest.raises(AirflowFailException, match=rf"{job_id} is Cancelled;.*Create a new job"):
         load_operator(job_id, export_dir).execute(context)
 
 

@@ -23,7 +23,6 @@ class DmsResourceHook(DmsHook):
     # ReplicationInstanceStatus values after which the instance will not become available by itself.
     INSTANCE_FAILED_STATES = frozenset(
         {
-            "deleting",
             "deleted",
             "failed",
             "incompatible-credentials",
@@ -32,6 +31,8 @@ class DmsResourceHook(DmsHook):
             "storage-full",
         }
     )
+    # An instance on its way out: once it is gone, the identifier is free to create it again.
+    INSTANCE_GONE_STATES = frozenset({"deleting"})
     # Task statuses from which StartReplicationTask can be called.
     TASK_STARTABLE_STATES = frozenset({"ready", "stopped", "failed"})
     TASK_GONE_STATES = frozenset({"deleting"})

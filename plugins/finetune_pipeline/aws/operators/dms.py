@@ -9,13 +9,13 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.sdk import BaseHook, Connection, Context, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
+from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # Source engines whose credentials come from an Airflow connection, with their settings key and port.
 DB_SOURCE_ENGINES: dict[str, tuple[str, int]] = {
@@ -51,39 +51,6 @@ def _check_event(event: dict[str, Any] | None, return_key: str, what: str) -> st
 
 def _tags(tags: dict[str, str] | None) -> list[dict[str, str]]:
     return [{"Key": key, "Value": value} for key, value in (tags or {}).items()]
-
-
-def _wait_for_task_status(
-    operator: DmsEnsureTaskOperator | DmsStartTaskAtPositionOperator, arn: str, status: str
-) -> None:
-    """
-    Defer to ``DmsTaskStatusTrigger``, or block on botocore's ``replication_task_<status>`` waiter.
-
-    Both operators that wait on a task wait the same way; only the status differs.
-    """
-    if operator.deferrable:
-        operator.defer(
-            trigger=DmsTaskStatusTrigger(
-                replication_task_arn=arn,
-                target_status=status,
-                waiter_delay=operator.waiter_delay,
-                waiter_max_attempts=operator.waiter_max_attempts,
-                aws_conn_id=operator.aws_conn_id,
-                region_name=operator.region_name,
-                verify=operator.verify,
-                botocore_config=operator.botocore_config,
-            ),
-            method_name="execute_complete",
-        )
-    wait(
-        waiter=operator.hook.get_waiter(f"replication_task_{status}"),
-        waiter_delay=operator.waiter_delay,
-        waiter_max_attempts=operator.waiter_max_attempts,
-        args={"Filters": [{"Name": "replication-task-arn", "Values": [arn]}], "WithoutSettings": True},
-        failure_message=f"DMS replication task {arn} did not become {status}",
-        status_message=f"DMS replication task {arn} (waiting for {status}) is",
-        status_args=["ReplicationTasks[0].Status", "ReplicationTasks[0].StopReason"],
-    )
 
 
 class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
@@ -175,35 +142,20 @@ class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
         arn, status = instance["ReplicationInstanceArn"], instance["ReplicationInstanceStatus"]
         self.log.info("DMS replication instance %s is %s.", arn, status)
         if status in DmsResourceHook.INSTANCE_FAILED_STATES:
-            raise RuntimeError(
+            raise AirflowFailException(
                 f"DMS replication instance {self.replication_instance_identifier} ({arn}) is {status} and "
                 "will not become available by itself. Fix or delete it, then retry."
             )
+        if status in DmsResourceHook.INSTANCE_GONE_STATES:
+            raise RuntimeError(
+                f"DMS replication instance {arn} is {status}; wait until it is gone, then retry."
+            )
         if status == "available" or not self.wait_for_completion:
             return arn
-        if self.deferrable:
-            self.defer(
-                trigger=DmsReplicationInstanceAvailableTrigger(
-                    replication_instance_arn=arn,
-                    waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        wait(
-            waiter=self.hook.get_waiter("replication_instance_available"),
-            waiter_delay=self.waiter_delay,
-            waiter_max_attempts=self.waiter_max_attempts,
-            args={"Filters": [{"Name": "replication-instance-arn", "Values": [arn]}]},
-            failure_message=f"DMS replication instance {arn} did not become available",
-            status_message=f"DMS replication instance {arn} is",
-            status_args=["ReplicationInstances[0].ReplicationInstanceStatus"],
+        trigger = DmsReplicationInstanceAvailableTrigger(
+            replication_instance_arn=arn, **trigger_arguments(self)
         )
-        return arn
+        return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         return _check_event(
@@ -371,7 +323,7 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             if actual[key] != value
         ]
         if differences:
-            raise ValueError(
+            raise AirflowFailException(
                 f"DMS endpoint {self.endpoint_identifier} already exists but differs: "
                 f"{'; '.join(differences)}. "
                 "Delete it (or choose another identifier), then retry."
@@ -465,7 +417,7 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
         if stored is not None and _rules_signature(stored) != _rules_signature(mappings):
             differences.append("TableMappings")
         if differences:
-            raise ValueError(
+            raise AirflowFailException(
                 f"DMS replication task {self.replication_task_identifier} already exists with a different "
                 f"{', '.join(differences)}. Modify it (DmsModifyTaskOperator) or delete it, then retry."
             )
@@ -502,8 +454,10 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
             raise RuntimeError(f"DMS replication task {arn} is {status}; wait until it is gone, then retry.")
         if status != "creating" or not self.wait_for_completion:
             return arn
-        _wait_for_task_status(self, arn, "ready")
-        return arn
+        trigger = DmsTaskStatusTrigger(
+            replication_task_arn=arn, target_status="ready", **trigger_arguments(self)
+        )
+        return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         return _check_event(
@@ -602,8 +556,10 @@ class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
             )
         if not self.wait_for_completion:
             return self.replication_task_arn
-        _wait_for_task_status(self, self.replication_task_arn, "running")
-        return self.replication_task_arn
+        trigger = DmsTaskStatusTrigger(
+            replication_task_arn=self.replication_task_arn, target_status="running", **trigger_arguments(self)
+        )
+        return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         return _check_event(

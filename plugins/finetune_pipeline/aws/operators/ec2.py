@@ -12,11 +12,11 @@ from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.sdk import Context, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from finetune_pipeline.aws.triggers.ec2 import Ec2InstancesRunningTrigger
+from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # Tag carrying the launch token, so a retry finds what the first try launched (DescribeInstances by tag).
 LAUNCH_TOKEN_TAG = "finetune-pipeline:launch-token"
@@ -191,7 +191,7 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
             launched = sorted(instance["InstanceId"] for instance in instances)
             self.log.info("Launched EC2 instances %s (%s, token %s).", launched, self.instance_type, token)
             return launched, False
-        raise RuntimeError(
+        raise AirflowFailException(
             f"This task run already launched and aborted {MAX_GENERATIONS} sets of instances; giving up."
         )
 
@@ -248,41 +248,13 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
         self._launched_instance_ids = instance_ids
         if not self.wait_for_completion:
             return instance_ids
-        if self.deferrable:
-            self.defer(
-                trigger=Ec2InstancesRunningTrigger(
-                    instance_ids=instance_ids,
-                    waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        try:
-            wait(
-                waiter=self.hook.get_waiter("instance_running"),
-                waiter_delay=self.waiter_delay,
-                waiter_max_attempts=self.waiter_max_attempts,
-                args={"InstanceIds": instance_ids},
-                failure_message=f"EC2 instances {', '.join(instance_ids)} did not all start",
-                status_message=f"EC2 instances {', '.join(instance_ids)} are",
-                status_args=["Reservations[].Instances[].[InstanceId, State.Name]"],
-            )
-        except AirflowException:
-            if self._finished_after_failed_wait(instance_ids):
-                return instance_ids
-            if self.terminate_on_failure:
-                self._terminate_launched("Instances did not reach running")
-            raise
-        return instance_ids
+        trigger = Ec2InstancesRunningTrigger(instance_ids=instance_ids, **trigger_arguments(self))
+        return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         event = validate_execute_complete_event(event)
         if event.get("status") != "success":
-            # The deferred half is a new operator instance: take the IDs from the event.
+            # A deferred wait resumes on a new operator instance: take the IDs from the event.
             self._launched_instance_ids = list(event.get("instance_ids") or [])
             if self._finished_after_failed_wait(self._launched_instance_ids):
                 return self._launched_instance_ids

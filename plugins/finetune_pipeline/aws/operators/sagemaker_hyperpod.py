@@ -11,14 +11,14 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.sdk import Context, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
 from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
 from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
+from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # The execution role's managed policy (AmazonSageMakerClusterInstanceRolePolicy) only reads buckets
 # named sagemaker-*, and the CreateCluster docs require lifecycle scripts to live there.
@@ -34,7 +34,7 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
     Each instance group needs ``InstanceGroupName``, ``InstanceType`` and ``InstanceCount``; the operator
     fills in ``LifeCycleConfig`` (``lifecycle_s3_uri`` + ``lifecycle_on_create``), ``ExecutionRole`` and
     ``ThreadsPerCore`` (1) where a group does not set them. An existing cluster is reused as it is;
-    a ``Failed`` or ``Deleting`` one is an error.
+    a ``Failed`` one fails the task without retries, a ``Deleting`` one fails this try.
 
     :param cluster_name: The cluster name (the idempotency key).
     :param instance_groups: ``ClusterInstanceGroupSpecification`` dicts, e.g. a controller and a worker group.
@@ -133,38 +133,22 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
             cluster = self.hook.describe_cluster(self.cluster_name)
         arn, status = cluster["ClusterArn"], cluster["ClusterStatus"]
         self.log.info("HyperPod cluster %s (%s) is %s.", self.cluster_name, arn, status)
-        if status in HyperPodHook.FAILED_STATES | HyperPodHook.GONE_STATES:
+        reason = f": {cluster['FailureMessage']}" if cluster.get("FailureMessage") else ""
+        if status in HyperPodHook.FAILED_STATES:
+            # A Failed cluster stays Failed: retrying only finds it again.
+            raise AirflowFailException(
+                f"HyperPod cluster {self.cluster_name} is {status}{reason}. "
+                "Delete it, then retry to create it again."
+            )
+        if status in HyperPodHook.GONE_STATES:
             raise RuntimeError(
-                f"HyperPod cluster {self.cluster_name} is {status}"
-                f"{': ' + cluster['FailureMessage'] if cluster.get('FailureMessage') else ''}. "
-                "Delete it (or wait until it is deleted), then retry to create it again."
+                f"HyperPod cluster {self.cluster_name} is {status}{reason}. "
+                "Wait until it is deleted, then retry to create it again."
             )
         if status == HyperPodHook.IN_SERVICE_STATE or not self.wait_for_completion:
             return arn
-        if self.deferrable:
-            self.defer(
-                trigger=HyperPodClusterInServiceTrigger(
-                    cluster_name=self.cluster_name,
-                    waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-                kwargs={"cluster_arn": arn},
-            )
-        wait(
-            waiter=self.hook.get_waiter("cluster_in_service"),
-            waiter_delay=self.waiter_delay,
-            waiter_max_attempts=self.waiter_max_attempts,
-            args={"ClusterName": self.cluster_name},
-            failure_message=f"HyperPod cluster {self.cluster_name} did not come into service",
-            status_message=f"HyperPod cluster {self.cluster_name} is",
-            status_args=["ClusterStatus", "FailureMessage"],
-        )
-        return arn
+        trigger = HyperPodClusterInServiceTrigger(cluster_name=self.cluster_name, **trigger_arguments(self))
+        return defer_or_wait(self, context, trigger, kwargs={"cluster_arn": arn})
 
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, cluster_arn: str | None = None
@@ -362,30 +346,10 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
         command_id = command["CommandId"]
         if command["Status"] == SsmCommandHook.SUCCESS_STATE or not self.wait_for_completion:
             return command_id
-        if self.deferrable:
-            self.defer(
-                trigger=SsmCommandInvocationSucceededTrigger(
-                    command_id=command_id,
-                    instance_id=target,
-                    waiter_delay=self.waiter_delay,
-                    waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        wait(
-            waiter=self.ssm_hook.get_waiter("command_executed"),
-            waiter_delay=self.waiter_delay,
-            waiter_max_attempts=self.waiter_max_attempts,
-            args={"CommandId": command_id, "InstanceId": target},
-            failure_message=f"SSM command {command_id} (job {self.job_key}) on {target} did not succeed",
-            status_message=f"SSM command {command_id} (job {self.job_key}) on {target} is",
-            status_args=["Status", "StatusDetails", "ResponseCode", "StandardErrorContent"],
+        trigger = SsmCommandInvocationSucceededTrigger(
+            command_id=command_id, instance_id=target, **trigger_arguments(self)
         )
-        return command_id
+        return defer_or_wait(self, context, trigger, hook=self.ssm_hook)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         event = validate_execute_complete_event(event)

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
 from boto3.s3.transfer import TransferConfig
 from s3transfer.utils import ChunksizeAdjuster
 
@@ -163,7 +164,7 @@ class SnowballCreateJobOperator(AwsBaseOperator[SnowballHook]):
             job = self.hook.describe_job(job_id)
             buckets = [item.get("BucketArn") for item in job.get("Resources", {}).get("S3Resources", [])]
             if self.bucket_arn not in buckets:
-                raise ValueError(
+                raise AirflowFailException(
                     f"Snowball job {job_id} already has the description {description!r} but imports into "
                     f"{buckets}, not {self.bucket_arn}. Use another description_key, or cancel that job."
                 )
@@ -314,15 +315,20 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         job = self.hook.describe_job(self.job_id)
         state = job["JobState"]
         if state != "WithCustomer":
-            if state in SnowballHook.states_after("WithCustomer"):
-                hint = (
-                    "The device has left: if an earlier try finished loading it, mark this task successful."
-                )
-            else:
-                hint = "Wait for it with SnowballJobStateSensor(target_state='WithCustomer')."
-            raise RuntimeError(
+            problem = (
                 f"Snowball job {self.job_id} is {state}; its device can only be loaded while the job is "
-                f"WithCustomer. {hint}"
+                "WithCustomer."
+            )
+            if state in SnowballHook.FAILED_STATES:
+                raise AirflowFailException(f"{problem} Create a new job to ship another device.")
+            if state in SnowballHook.states_after("WithCustomer"):
+                raise AirflowFailException(
+                    f"{problem} The device has left: if an earlier try finished loading it, mark this task "
+                    "successful."
+                )
+            # Still on its way: a later try may find it delivered.
+            raise RuntimeError(
+                f"{problem} Wait for it with SnowballJobStateSensor(target_state='WithCustomer')."
             )
         bucket = self._job_bucket(job)
         files = self._local_files()

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from finetune_pipeline.aws.hooks.snowball import SnowballHook
 from finetune_pipeline.aws.triggers.snowball import SnowballJobStateTrigger
+from finetune_pipeline.aws.utils.waits import trigger_arguments
 
 
 class SnowballJobStateSensor(AwsBaseSensor[SnowballHook]):
@@ -107,12 +108,11 @@ class SnowballJobStateSensor(AwsBaseSensor[SnowballHook]):
                 trigger=SnowballJobStateTrigger(
                     job_id=self.job_id,
                     target_state=self.target_state,
-                    waiter_delay=self.poke_interval,
-                    waiter_max_attempts=max(1, math.ceil(self.timeout / max(self.poke_interval, 1e-3))),
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
+                    **trigger_arguments(
+                        self,
+                        waiter_delay=self.poke_interval,
+                        waiter_max_attempts=max(1, math.ceil(self.timeout / max(self.poke_interval, 1e-3))),
+                    ),
                 ),
                 method_name="execute_complete",
             )

@@ -1,0 +1,1 @@
+"""Helpers shared by the AWS layer's operators and sensors."""
