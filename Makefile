@@ -32,10 +32,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	"$(VENV)/bin/ruff" check .
+	# The layer contracts in .importlinter, from the repo root (localaws/, devstack/, dags/ resolve from it);
+	# --no-cache: no .import_linter_cache/ left in the checkout.
+	"$(VENV)/bin/lint-imports" --no-cache --no-logo
 	"$(PY)" -m pytest
 
 lint: $(VENV)/.installed
 	"$(VENV)/bin/ruff" check .
+	"$(VENV)/bin/lint-imports" --no-cache --no-logo
 
 clean-demo:
 	rm -rf .demo
