@@ -45,6 +45,7 @@ def test_relative_paths_resolve_against_the_config_files_folder(tmp_path: Path):
     # the working folder.
     elsewhere = tmp_path / "deploy" / "config" / "pipeline.yaml"
     elsewhere.parent.mkdir(parents=True)
+    (tmp_path / "deploy" / "contracts").mkdir()
     elsewhere.write_text(TEMPLATE_PATH.read_text())
     assert load_config(elsewhere).sync.contracts_dir == tmp_path / "deploy" / "contracts"
 
@@ -62,8 +63,8 @@ def test_default_config_is_include_beside_the_dags_folder(monkeypatch, tmp_path:
     [
         ("storage.bucket", "My_Bucket", "storage.bucket: expected an S3 bucket name"),
         ("storage.bucket", "ab", "storage.bucket: expected an S3 bucket name"),
-        ("snowball.role_arn", "arn:aws:iam:role/x", "snowball.role_arn: expected an ARN"),
-        ("dms.service_access_role_arn", "not-an-arn", "dms.service_access_role_arn: expected an ARN"),
+        ("snowball.role_arn", "arn:aws:iam:role/x", "snowball.role_arn: expected an IAM role ARN"),
+        ("dms.service_access_role_arn", "not-an-arn", "dms.service_access_role_arn: expected an IAM role ARN"),
         ("source.tables.0.primary_key", [], "source.tables[0].primary_key: expected at least one primary-key"),
         ("training.region", "eu-west-1", "must equal training.region (eu-west-1)"),
         ("storage.region", "us-east", "storage.region: expected an AWS region"),
@@ -76,11 +77,26 @@ def test_default_config_is_include_beside_the_dags_folder(monkeypatch, tmp_path:
         ("sync.source_count_conn_id", "", "sync.source_count_conn_id"),
         ("sync.reconcile_with_dms", "sometimes", "sync.reconcile_with_dms"),
         ("sync.late_file_grace_minutes", 1, "sync.late_file_grace_minutes"),
+        # What a careful reviewer found the config accepting (the "no data lost" issue):
+        ("sync.schedule", "every tuesday-ish", "sync.schedule: expected a cron expression"),
+        ("storage.region", "us-foo-9", "storage.region: expected an AWS region like us-east-1 that botocore knows"),
+        ("snowball.role_arn", "arn:aws:s3:::finetune-data", "snowball.role_arn: expected an IAM role ARN"),
+        ("snowball.kms_key_arn", "arn:aws:iam::123456789012:role/finetune-snowball-import",
+         "snowball.kms_key_arn: expected a KMS key ARN"),
+        ("source.size_bytes", True, "source.size_bytes: Input should be a valid integer"),
+        ("snowball.poll_seconds", float("inf"), "snowball.poll_seconds: Input should be a finite number"),
+        ("source.tables.0.primary_key", ["customer_id", "customer_id"],
+         "each primary-key column may appear once, got ['customer_id']"),
+        ("storage.dataset_prefix", "landing", "landing_prefix ('landing') and dataset_prefix ('landing') must be"),
+        ("storage.quarantine_prefix", "landing/quarantine", "must be separate prefixes, neither inside the other"),
+        ("dms.target_endpoint_id", "finetune-source", "source_endpoint_id and target_endpoint_id must differ"),
+        ("snowball.device_endpoint_url", "192.168.1.20:8443", "snowball.device_endpoint_url: expected the device's"),
+        ("sync.contracts_dir", "../no-such-contracts", "sync.contracts_dir: expected an existing folder"),
     ],
 )
 def test_bad_value_names_the_field_and_expected_form(path, value, expected):
     with pytest.raises(PipelineConfigError) as error:
-        parse_config(with_change(path, value), "pipeline.yaml")
+        parse_config(with_change(path, value), "pipeline.yaml", base_dir=TEMPLATE_PATH.parent)
     assert expected in str(error.value)
     assert str(error.value).startswith("invalid pipeline config pipeline.yaml:")
 
@@ -88,14 +104,44 @@ def test_bad_value_names_the_field_and_expected_form(path, value, expected):
 def test_unknown_field_is_refused():
     data = with_change("storage.bukcet", "x")
     with pytest.raises(PipelineConfigError, match=r"storage.bukcet: unknown field"):
-        parse_config(data)
+        parse_config(data, base_dir=TEMPLATE_PATH.parent)
 
 
 def test_duplicate_table_is_refused():
     data = copy.deepcopy(GOOD)
     data["source"]["tables"].append(copy.deepcopy(data["source"]["tables"][0]))
     with pytest.raises(PipelineConfigError, match=r"duplicates \['public.customers'\]"):
-        parse_config(data)
+        parse_config(data, base_dir=TEMPLATE_PATH.parent)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "is empty: start from include/config/pipeline.yaml"),
+        ("# only a comment\n", "is empty"),
+        ("- a list\n", "must be a mapping of sections"),
+        ("project: a\nproject: b\n", "key 'project' appears twice (lines 1 and 2)"),
+    ],
+)
+def test_bad_files_get_a_clear_message(tmp_path: Path, text, expected):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineConfigError) as error:
+        load_config(path)
+    assert expected in str(error.value)
+
+
+def test_duplicate_keys_deep_in_the_file_are_refused(tmp_path: Path):
+    text = TEMPLATE_PATH.read_text().replace("  region: us-east-1\n", "  region: us-east-1\n  region: eu-west-1\n", 1)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineConfigError, match="key 'region' appears twice"):
+        load_config(path)
+
+
+def test_a_folder_given_as_the_config_is_named(tmp_path: Path):
+    with pytest.raises(PipelineConfigError, match="is a folder: point FINETUNE_PIPELINE_CONFIG at the YAML file"):
+        load_config(tmp_path)
 
 
 def test_missing_and_malformed_files(tmp_path: Path):

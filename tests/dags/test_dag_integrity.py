@@ -93,15 +93,11 @@ def test_dms_resources_and_the_sync_use_the_bucket_region(dagbag):
 
 
 def test_ec2_training_backend_parses_and_uploads_code_before_launching(tmp_path, monkeypatch):
-    import yaml
+    from devstack.config import write_demo_config
 
-    from devstack.config import TEMPLATE_PATH
-
-    data = yaml.safe_load(TEMPLATE_PATH.read_text())
-    data["training"]["backend"] = "ec2"
-    data["training"]["ec2"] = {"image_id": "ami-0123456789abcdef0", "instance_type": "g5.2xlarge"}
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(data))
+    ec2 = {"backend": "ec2", "ec2": {"image_id": "ami-0123456789abcdef0", "instance_type": "g5.2xlarge"}}
+    path = write_demo_config(tmp_path / "pipeline.yaml", home=tmp_path, localaws_url="http://127.0.0.1:4566",
+                             overrides={"training": ec2})
     monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(path))
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert bag.import_errors == {}

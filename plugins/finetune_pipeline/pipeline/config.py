@@ -21,9 +21,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -39,9 +41,15 @@ DEFAULT_CONFIG_BESIDE_DAGS = Path("include") / "config" / "pipeline.yaml"
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!sthree-)(?!.*\.\.)(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html
-_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:[a-z0-9-]+:[a-z0-9-]*:(\d{12})?:\S+$")
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html; the role and KMS key forms are
+# botocore's patterns for Snowball's RoleARN and KmsKeyARN (SageMaker's RoleArn is the same shape).
+_PARTITION = r"arn:aws(-cn|-us-gov|-iso|-iso-b|-iso-e|-iso-f|-eusc)?"
+_ROLE_ARN_RE = re.compile(rf"^{_PARTITION}:iam::\d{{12}}:role/[A-Za-z0-9_+=,.@/-]+$")
+_INSTANCE_PROFILE_ARN_RE = re.compile(rf"^{_PARTITION}:iam::\d{{12}}:instance-profile/[A-Za-z0-9_+=,.@/-]+$")
+_KMS_KEY_ARN_RE = re.compile(rf"^{_PARTITION}:kms:[a-z0-9-]+:\d{{12}}:key/[A-Za-z0-9-]+$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso|-isob)?-[a-z]+-\d$")
+# A device's S3 adapter, or a template rendered when the device is loaded (it is known only on site).
+_DEVICE_ENDPOINT_RE = re.compile(r"^(https?://[^\s/]+(/\S*)?|.*\{\{.+\}\}.*)$")
 _IDENTIFIER_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 # DMS identifiers: a letter first, no "--", no trailing "-"; lowercase, since DMS stores them lowercased
 # and a mixed-case name would not match on the lookup a retry makes.
@@ -66,8 +74,36 @@ def _matches(pattern: re.Pattern[str], expected: str):
 BucketName = Annotated[
     str, _matches(_BUCKET_RE, "an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-'")
 ]
-Arn = Annotated[str, _matches(_ARN_RE, "an ARN like arn:aws:iam::123456789012:role/name")]
-Region = Annotated[str, _matches(_REGION_RE, "an AWS region like us-east-1")]
+RoleArn = Annotated[str, _matches(_ROLE_ARN_RE, "an IAM role ARN like arn:aws:iam::123456789012:role/name")]
+InstanceProfileArn = Annotated[
+    str, _matches(_INSTANCE_PROFILE_ARN_RE,
+                  "an instance profile ARN like arn:aws:iam::123456789012:instance-profile/name")
+]
+KmsKeyArn = Annotated[
+    str, _matches(_KMS_KEY_ARN_RE, "a KMS key ARN like arn:aws:kms:us-east-1:123456789012:key/1234abcd-...")
+]
+
+
+@functools.cache
+def _known_regions() -> frozenset[str]:
+    """Every region botocore knows in any partition (its endpoint data, no network)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return frozenset(region for partition in session.get_available_partitions()
+                     for region in session.get_available_regions("s3", partition_name=partition))
+
+
+def _known_region(value: str) -> str:
+    if not _REGION_RE.match(value) or value not in _known_regions():
+        raise ValueError(f"expected an AWS region like us-east-1 that botocore knows, got {value!r}")
+    return value
+
+
+Region = Annotated[str, AfterValidator(_known_region)]
+# Whole numbers and finite numbers as written: YAML's `true` is not 1 and `.inf` is not a duration.
+Count = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 Identifier = Annotated[
     str, _matches(_IDENTIFIER_RE, "an identifier: a letter, then up to 62 letters, digits or '-'")
 ]
@@ -117,6 +153,9 @@ class TableConfig(_Model):
         # Without a key, CDC events cannot be merged into a current state.
         if not value:
             raise ValueError("expected at least one primary-key column, like [order_id]")
+        repeated = sorted({column for column in value if value.count(column) > 1})
+        if repeated:
+            raise ValueError(f"each primary-key column may appear once, got {repeated} more than once")
         return value
 
     @property
@@ -129,7 +168,7 @@ class SourceConfig(_Model):
     engine: Literal["postgres", "mysql"]
     database: SqlName
     # The planner's size estimate; a later stage measures it from the source itself.
-    size_bytes: int = Field(gt=0)
+    size_bytes: Count = Field(gt=0)
     tables: list[TableConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -148,13 +187,28 @@ class StorageConfig(_Model):
     dataset_prefix: Prefix = "datasets"
     quarantine_prefix: Prefix = "quarantine"
 
+    @model_validator(mode="after")
+    def _prefixes_apart(self) -> StorageConfig:
+        # The sync lists the landing prefix for change files: a dataset or quarantine under it (or the other
+        # way round) would be read back as landed data.
+        prefixes = {"landing_prefix": self.landing_prefix, "dataset_prefix": self.dataset_prefix,
+                    "quarantine_prefix": self.quarantine_prefix}
+        names = list(prefixes)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                a, b = prefixes[first] + "/", prefixes[second] + "/"
+                if a.startswith(b) or b.startswith(a):
+                    raise ValueError(f"{first} ({prefixes[first]!r}) and {second} ({prefixes[second]!r}) must be "
+                                     "separate prefixes, neither inside the other")
+        return self
+
 
 class TransferConfig(_Model):
     """What the planner weighs: the link's speed, how much of it we may use, and how long is too long."""
 
-    link_gbps: float = Field(gt=0)
-    link_utilization: float = Field(gt=0, le=1)
-    max_online_days: float = Field(gt=0)
+    link_gbps: Number = Field(gt=0)
+    link_utilization: Number = Field(gt=0, le=1)
+    max_online_days: Number = Field(gt=0)
 
 
 class AddressConfig(_Model):
@@ -169,40 +223,67 @@ class AddressConfig(_Model):
 
 
 class SnowballConfig(_Model):
-    role_arn: Arn
-    kms_key_arn: Arn | None = None
+    role_arn: RoleArn
+    kms_key_arn: KmsKeyArn | None = None
     snowball_type: Literal["EDGE", "EDGE_C", "EDGE_CG", "EDGE_S", "STANDARD", "V3_5C", "V3_5S"] = "EDGE_S"
     capacity: Literal["T8", "T13", "T14", "T32", "T42", "T50", "T80", "T98", "T100", "T240", "NoPreference"] = "T80"
     shipping_option: Literal["SECOND_DAY", "NEXT_DAY", "EXPRESS", "STANDARD"] = "SECOND_DAY"
     address: AddressConfig
     # Where the on-premises export writes the consistent snapshot before it is copied onto the device.
     export_dir: ConfigPath
-    # The device's S3 adapter on the local network, e.g. https://192.168.1.20:8443 (templated). Unset
-    # against localaws, whose per-job device endpoint the operator derives from the AWS connection.
-    device_endpoint_url: str | None = None
+    # The unlocked device's S3 adapter on the local network, e.g. https://192.168.1.20:8443, or a template
+    # rendered when the device is loaded (its address is known only once it is on site).
+    device_endpoint_url: Annotated[str, _matches(
+        _DEVICE_ENDPOINT_RE, "the device's S3 adapter URL like https://192.168.1.20:8443, or a template like "
+        "{{ var.value.finetune_snowball_device_endpoint }}")]
     # Connection with the device's own access key; defaults to aws.conn_id.
     device_conn_id: str | None = None
-    poll_seconds: float = Field(default=300, gt=0)
+    poll_seconds: Number = Field(default=300, gt=0)
 
 
 class DmsConfig(_Model):
     replication_instance_id: DmsIdentifier
     instance_class: str = Field(default="dms.t3.medium", pattern=r"^dms\.[a-z0-9]+\.[a-z0-9]+$")
-    allocated_storage_gb: int = Field(default=50, ge=5, le=6144)
+    allocated_storage_gb: Count = Field(default=50, ge=5, le=6144)
     source_endpoint_id: DmsIdentifier
     target_endpoint_id: DmsIdentifier
     task_id: DmsIdentifier
-    service_access_role_arn: Arn
-    poll_seconds: float = Field(default=30, gt=0)
+    service_access_role_arn: RoleArn
+    poll_seconds: Number = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_endpoints(self) -> DmsConfig:
+        if self.source_endpoint_id == self.target_endpoint_id:
+            raise ValueError(f"source_endpoint_id and target_endpoint_id must differ, both are "
+                             f"{self.source_endpoint_id!r}: one identifier names one endpoint")
+        return self
+
+
+def _cron_schedule(value: str) -> str:
+    """A schedule Airflow's cron timetable can compute a next run from (checked now, not by the scheduler)."""
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    try:
+        CronTriggerTimetable(value, timezone="UTC").validate()
+    except Exception as error:  # AirflowTimetableInvalid, or croniter's own errors
+        raise ValueError(f"expected a cron expression like '0 * * * *' or a preset like @hourly, got {value!r} "
+                         f"({error})") from None
+    return value
+
+
+def _existing_folder(value: Path) -> Path:
+    if not value.is_dir():
+        raise ValueError(f"expected an existing folder, {value} is not one")
+    return value
 
 
 class SyncConfig(_Model):
-    schedule: str = "@hourly"
-    retention_versions: int = Field(default=sync_defaults.RETENTION_VERSIONS, ge=1)
-    contracts_dir: ConfigPath = _path_field("../contracts")
+    schedule: Annotated[str, AfterValidator(_cron_schedule)] = "@hourly"
+    retention_versions: Count = Field(default=sync_defaults.RETENTION_VERSIONS, ge=1)
+    contracts_dir: Annotated[ConfigPath, AfterValidator(_existing_folder)] = _path_field("../contracts")
     # How far behind the watermark discovery looks again for change files that landed late. DMS names a
     # file when it opens it and uploads it up to CdcMaxBatchInterval (60 s) later, so keep a wide margin.
-    late_file_grace_minutes: float = Field(
+    late_file_grace_minutes: Number = Field(
         default=sync_defaults.LATE_FILE_GRACE / timedelta(minutes=1),
         ge=sync_defaults.MIN_LATE_FILE_GRACE / timedelta(minutes=1),
     )
@@ -215,7 +296,7 @@ class SyncConfig(_Model):
 
 class HyperPodConfig(_Model):
     cluster_name: Identifier
-    execution_role_arn: Arn
+    execution_role_arn: RoleArn
     # HyperPod only reads lifecycle scripts from buckets named sagemaker-* (its managed instance policy).
     lifecycle_s3_uri: str = Field(pattern=r"^s3://sagemaker-[a-z0-9.-]{1,53}[a-z0-9](/[^/].*)?$")
     lifecycle_on_create: str = "on_create.sh"
@@ -225,15 +306,15 @@ class HyperPodConfig(_Model):
     worker_group: Identifier = "workers"
     controller_instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     worker_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-    worker_count: int = Field(default=1, ge=1)
-    poll_seconds: float = Field(default=60, gt=0)
+    worker_count: Count = Field(default=1, ge=1)
+    poll_seconds: Number = Field(default=60, gt=0)
 
 
 class Ec2TrainingConfig(_Model):
     image_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
     instance_type: str = Field(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")
-    instance_count: int = Field(default=1, ge=1)
-    instance_profile_arn: Arn | None = None
+    instance_count: Count = Field(default=1, ge=1)
+    instance_profile_arn: InstanceProfileArn | None = None
     subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
     # Rendered into each instance's user data; it downloads and runs the training entrypoint.
     user_data_path: ConfigPath = _path_field("../scripts/ec2/user_data.sh")
@@ -266,7 +347,8 @@ class PipelineConfig(_Model):
     transfer: TransferConfig
     snowball: SnowballConfig
     dms: DmsConfig
-    sync: SyncConfig = SyncConfig()
+    # Validated from {} with the file's context, so the default contracts_dir resolves beside the file.
+    sync: SyncConfig = Field(default_factory=dict, validate_default=True)
     training: TrainingConfig
 
     @model_validator(mode="after")
@@ -318,14 +400,36 @@ def config_path() -> Path:
     return Path(conf.get("core", "dags_folder")).resolve().parent / DEFAULT_CONFIG_BESIDE_DAGS
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config where a key is written twice is a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 @functools.lru_cache(maxsize=4)
 def _load(path: Path, mtime_ns: int) -> PipelineConfig:
+    if path.is_dir():
+        raise PipelineConfigError(f"pipeline config {path} is a folder: point {CONFIG_PATH_ENV} at the YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise PipelineConfigError(f"pipeline config not found at {path} (set {CONFIG_PATH_ENV})") from None
     except yaml.YAMLError as error:
         raise PipelineConfigError(f"pipeline config {path} is not valid YAML: {error}") from None
+    if data is None:
+        raise PipelineConfigError(f"pipeline config {path} is empty: start from include/config/pipeline.yaml")
+    if not isinstance(data, dict):
+        raise PipelineConfigError(f"pipeline config {path} must be a mapping of sections (project, source, ...), "
+                                  f"not a {type(data).__name__}")
     return parse_config(data, str(path), base_dir=path.resolve().parent)
 
 
