@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
@@ -27,10 +29,7 @@ class DmsTaskStatusTrigger(AwsBaseWaiterTrigger):
         target_status: str,
         waiter_delay: float = 30,
         waiter_max_attempts: int = 60,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         if target_status not in self.TARGET_STATUSES:
             raise ValueError(f"target_status must be one of {self.TARGET_STATUSES}, got {target_status!r}.")
@@ -48,10 +47,7 @@ class DmsTaskStatusTrigger(AwsBaseWaiterTrigger):
             return_value=replication_task_arn,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )
 
 
@@ -70,10 +66,7 @@ class DmsReplicationInstanceAvailableTrigger(AwsBaseWaiterTrigger):
         replication_instance_arn: str,
         waiter_delay: float = 60,
         waiter_max_attempts: int = 60,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         super().__init__(
             serialized_fields={"replication_instance_arn": replication_instance_arn},
@@ -88,8 +81,5 @@ class DmsReplicationInstanceAvailableTrigger(AwsBaseWaiterTrigger):
             return_value=replication_instance_arn,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )

@@ -27,10 +27,7 @@ class Ec2InstancesRunningTrigger(AwsBaseWaiterTrigger):
         instance_ids: list[str],
         waiter_delay: float = 15,
         waiter_max_attempts: int = 40,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         super().__init__(
             serialized_fields={"instance_ids": list(instance_ids)},
@@ -43,10 +40,7 @@ class Ec2InstancesRunningTrigger(AwsBaseWaiterTrigger):
             return_value=list(instance_ids),
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )
 
     @property

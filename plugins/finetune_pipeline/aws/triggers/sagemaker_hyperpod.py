@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
@@ -24,10 +26,7 @@ class HyperPodClusterInServiceTrigger(AwsBaseWaiterTrigger):
         cluster_name: str,
         waiter_delay: float = 60,
         waiter_max_attempts: int = 120,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         super().__init__(
             serialized_fields={"cluster_name": cluster_name},
@@ -40,8 +39,5 @@ class HyperPodClusterInServiceTrigger(AwsBaseWaiterTrigger):
             return_value=cluster_name,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 
 from finetune_pipeline.aws.hooks.snowball import SnowballHook
@@ -29,10 +31,7 @@ class SnowballJobStateTrigger(AwsBaseWaiterTrigger):
         target_state: str,
         waiter_delay: float = 300,
         waiter_max_attempts: int = 8640,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         if target_state not in SnowballHook.WAITABLE_STATES:
             raise ValueError(
@@ -50,8 +49,5 @@ class SnowballJobStateTrigger(AwsBaseWaiterTrigger):
             return_value=job_id,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )

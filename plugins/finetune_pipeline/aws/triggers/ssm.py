@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
@@ -30,10 +32,7 @@ class SsmCommandInvocationSucceededTrigger(AwsBaseWaiterTrigger):
         instance_id: str,
         waiter_delay: float = 15,
         waiter_max_attempts: int = 120,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict | None = None,
+        **connection: Any,
     ) -> None:
         super().__init__(
             serialized_fields={"command_id": command_id, "instance_id": instance_id},
@@ -46,8 +45,5 @@ class SsmCommandInvocationSucceededTrigger(AwsBaseWaiterTrigger):
             return_value=command_id,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
-            aws_conn_id=aws_conn_id,
-            region_name=region_name,
-            verify=verify,
-            botocore_config=botocore_config,
+            **connection,
         )
