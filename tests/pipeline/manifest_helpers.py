@@ -33,3 +33,16 @@ def make_export(export_dir: Path, files: dict[str, bytes], part_size: int = S3_P
     )
     write_manifest(export_dir, manifest)
     return manifest
+
+
+def make_export_of(export_dir: Path, snapshot_position: str) -> ExportManifest:
+    """A manifest for the files already under ``export_dir``."""
+    keys = sorted(p.relative_to(export_dir).as_posix() for p in export_dir.rglob("*.parquet"))
+    manifest = ExportManifest(
+        engine="postgres", snapshot_position=snapshot_position, cdc_start_position="0/1AF7CB8",
+        source=SourceInfo(database="appdb"), tables={".".join(k.split("/")[:2]): TableExport(rows=0) for k in keys},
+        files=[describe_file(export_dir, export_dir / key) for key in keys],
+        slot=SlotInfo(name="finetune_dms", plugin="test_decoding"),
+    )
+    write_manifest(export_dir, manifest)
+    return manifest

@@ -15,10 +15,10 @@ import yaml
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
+from change_files import TICKETS_SCHEMA, dms_sequence
+from landed_changes import last_commit, seed_demo, write_change_batch, write_live_batch
 
 from devstack.config import TEMPLATE_PATH
-from devstack.seed import last_commit, seed_demo, write_change_batch, write_live_batch
-from devstack.seed_data import TICKETS_SCHEMA, dms_sequence
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
 from finetune_pipeline.datasets.store import S3Store
