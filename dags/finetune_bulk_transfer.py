@@ -125,6 +125,7 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             aws_conn_id=config.aws.conn_id,
         )
         # Not deferrable: each look queries the source. Between looks it holds no worker slot (reschedule).
+
         @task.sensor(poke_interval=config.source.wal_monitor_minutes * 60, timeout=60 * 60 * 24 * 60,
                      mode="reschedule")
         def watch_retained_wal(job_id: str) -> bool:
