@@ -145,6 +145,7 @@ class PreflightReport:
     max_slot_wal_keep_size_mb: int = -1
     reuse: ExportManifest | None = None
     drop_slot: bool = False
+    system_identifier: str | None = None
 
 
 def connect(conninfo: str, **kwargs) -> psycopg.Connection:
@@ -296,7 +297,7 @@ def _check_existing_slot(conn, settings: ExportSettings, report: PreflightReport
             )
         return False
     slot_type, plugin, database, active, active_pid, confirmed, wal_status = row
-    system_id = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+    system_id = report.system_identifier
     mismatches = []
     if manifest is None:
         mismatches.append(manifest_problem or f"no complete export (no {MANIFEST_NAME}) in {settings.export_dir}")
@@ -333,10 +334,19 @@ def _check_existing_slot(conn, settings: ExportSettings, report: PreflightReport
     return True
 
 
-def preflight(conn: psycopg.Connection, specs: list[TableSpec], settings: ExportSettings) -> PreflightReport:
+def identify_system(conninfo: str) -> tuple[str, int]:
+    """(system identifier, timeline) from ``IDENTIFY_SYSTEM`` on a replication connection: no file read, so
+    no privilege beyond REPLICATION (``pg_control_system()`` reads global/pg_control)."""
+    with connect(conninfo, replication="database", autocommit=True, prepare_threshold=None) as replication:
+        system_id, timeline, _, _ = replication.execute("IDENTIFY_SYSTEM").fetchone()
+    return str(system_id), int(timeline)
+
+
+def preflight(conn: psycopg.Connection, specs: list[TableSpec], settings: ExportSettings,
+              system_identifier: str | None = None) -> PreflightReport:
     """Check the source and the target; raise PreflightError listing every problem found."""
     problems: list[str] = []
-    report = PreflightReport()
+    report = PreflightReport(system_identifier=system_identifier)
     version = conn.info.server_version
     report.server_version = conn.execute("SHOW server_version").fetchone()[0]
     report.database = conn.info.dbname
@@ -517,7 +527,11 @@ class PostgresExport:
         started = time.monotonic()
         settings = self.settings
         with connect(self.conninfo, autocommit=True) as conn:
-            report = preflight(conn, self.specs, settings)
+            try:
+                system_id, _ = identify_system(self.conninfo)
+            except (psycopg.Error, SourceUnreachableError):
+                system_id = None  # a role without REPLICATION, or no pg_hba replication entry: said below
+            report = preflight(conn, self.specs, settings, system_id)
             if report.reuse is not None:
                 self.say(f"slot {settings.slot_name} and the export in {settings.export_dir} match: nothing to do")
                 return ExportResult(report.reuse, True, time.monotonic() - started, 0, 0, report.warnings)
@@ -526,12 +540,11 @@ class PostgresExport:
             self._clear_target(report)
             # Read before the slot exists, so that every change after its consistent point commits later.
             snapshot_position = conn.execute("SELECT clock_timestamp()").fetchone()[0].astimezone(UTC)
-            system_id = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
             created = False
             try:
                 with connect(self.conninfo, replication="database", autocommit=True,
                              prepare_threshold=None) as replication:
-                    _, timeline, _, _ = replication.execute("IDENTIFY_SYSTEM").fetchone()
+                    system_id, timeline, _, _ = replication.execute("IDENTIFY_SYSTEM").fetchone()
                     slot, lsn, snapshot = self._create_slot(replication)
                     created = True
                     self.say(f"created slot {slot} ({PLUGIN}) at {lsn}; exporting snapshot {snapshot} with "
@@ -542,7 +555,7 @@ class PostgresExport:
                     engine="postgres",
                     snapshot_position=snapshot_position.isoformat(),
                     cdc_start_position=lsn,
-                    source=SourceInfo(database=report.database, system_identifier=system_id,
+                    source=SourceInfo(database=report.database, system_identifier=str(system_id),
                                       timeline=int(timeline), server_version=report.server_version),
                     tables=counts,
                     files=files,
