@@ -39,7 +39,7 @@ def make_table(url: str, rows: int) -> int:
         conn.execute(f"""
             INSERT INTO bench_messages
             SELECT g, g / 4, CASE WHEN g % 2 = 0 THEN 'agent' ELSE 'customer' END,
-                   repeat(md5(g::text), 1 + g % 5) || ' line ' || g, (g * 7919) % 1000,
+                   repeat(md5(g::text), 1 + g % 5) || ' line ' || g, (g::bigint * 7919 % 1000)::int,
                    timestamptz '2026-01-01' + g * interval '1 second'
             FROM generate_series(1, {rows}) g""")
         conn.execute("VACUUM ANALYZE bench_messages")
