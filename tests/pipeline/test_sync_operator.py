@@ -29,6 +29,16 @@ from finetune_pipeline.pipeline.tasks import dms_s3_settings
 from localaws import control
 
 SHIPPED_CONTRACTS = TEMPLATE_PATH.parent.parent / "contracts"
+# The synthetic landed files cover these two tables; ticket_messages comes from the real demo source only.
+SYNTHETIC_TABLES = ("public.customers", "public.tickets")
+
+
+def synthetic_contracts(folder) -> str:
+    """The shipped contracts of the tables the synthetic files cover."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SYNTHETIC_TABLES:
+        shutil.copy(SHIPPED_CONTRACTS / f"{name}.yaml", folder / f"{name}.yaml")
+    return str(folder)
 
 
 class RecordingTaskInstance:
@@ -45,7 +55,7 @@ def make_context():
 
 def make_operator(config, asset, **kwargs):
     storage = config.storage
-    kwargs.setdefault("contracts_dir", str(config.sync.contracts_dir))
+    kwargs.setdefault("contracts_dir", synthetic_contracts(config.snowball.export_dir.parent / "contracts"))
     return DatasetSyncOperator(
         task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
         dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix,
@@ -160,8 +170,8 @@ def _create_cdc_task(pipeline_config, dms, endpoint_url: str, start: bool) -> st
 
 def strict_contracts(tmp_path, **row_count) -> str:
     """The shipped contracts with row_count settings replaced and the reconciliation checks blocking."""
-    folder = tmp_path / "contracts"
-    shutil.copytree(SHIPPED_CONTRACTS, folder)
+    folder = tmp_path / "strict-contracts"
+    synthetic_contracts(folder)
     for path in folder.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         data["row_count"] = row_count
