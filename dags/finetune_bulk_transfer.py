@@ -28,10 +28,16 @@ with DAG(
     doc_md=__doc__
     + """
 
-Trigger it once per source. The planner weighs the snapshot's size against the link
-(`transfer` in `include/config/pipeline.yaml`) and picks the **offline** route (an AWS Snowball import job)
-or the **online** route (a direct copy). Either way every exported file is verified in S3 before the
-snapshot Asset is updated, which starts CDC replication exactly at the snapshot's position.
+Trigger it once per source. `export_snapshot` runs the consistent export when Airflow reaches the source
+(`source.export_from_airflow`); otherwise the export runs on premises (`python -m finetune_pipeline.export`)
+and the task is skipped. `read_export` checks the export against its manifest, and the planner weighs the
+export's real size against the link (`transfer` in `include/config/pipeline.yaml`): the **offline** route (an
+AWS Snowball import job) or the **online** route (a direct copy). Either way every exported file is verified
+in S3 by checksum before the snapshot Asset is updated, which starts CDC replication at the snapshot's LSN.
+
+The export's replication slot keeps the source's WAL from the snapshot until DMS reads it: for the whole
+trip of the device, days to weeks. While the device travels, `snowball.watch_retained_wal` logs how much WAL
+the slot holds (through `source.wal_monitor_conn_id`) and fails if PostgreSQL invalidated the slot.
 Waiting for the device (days) is deferred to the triggerer and holds no worker slot.
 """,
     schedule=None,
@@ -43,14 +49,19 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
 ) as dag:
 
     @task(multiple_outputs=False)
-    def plan_transfer() -> dict:
-        """Decide offline (Snowball) or online from the snapshot size and the link."""
-        return pipeline_tasks.plan(config)
+    def export_snapshot() -> dict:
+        """Export a consistent snapshot and create the slot CDC starts from (skipped when run on premises)."""
+        return pipeline_tasks.export_snapshot(config)
+
+    @task(multiple_outputs=False, trigger_rule="none_failed")
+    def read_export() -> dict:
+        """Check the snapshot export against its manifest."""
+        return pipeline_tasks.read_export(config)
 
     @task(multiple_outputs=False)
-    def read_export() -> dict:
-        """Check the on-premises snapshot export against its manifest."""
-        return pipeline_tasks.read_export(config)
+    def plan_transfer() -> dict:
+        """Decide offline (Snowball) or online from the export's real size and the link."""
+        return pipeline_tasks.plan(config)
 
     @task.branch
     def choose_route(plan: dict) -> str:
@@ -113,8 +124,17 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
+        # Not deferrable: each look queries the source. Between looks it holds no worker slot (reschedule).
+
+        @task.sensor(poke_interval=config.source.wal_monitor_minutes * 60, timeout=60 * 60 * 24 * 60,
+                     mode="reschedule")
+        def watch_retained_wal(job_id: str) -> bool:
+            """Log the WAL the export's slot retains while the device travels, until the import is over."""
+            return pipeline_tasks.watch_retained_wal(config, job_id)
+
         address >> job >> device_arrived >> load >> imported
         job >> imported
+        watch_retained_wal(job.output)
 
     @task(multiple_outputs=False)
     def copy_online() -> dict:
@@ -129,10 +149,12 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
                                          "files": len(manifest.files), "bytes": manifest.total_bytes}
         return manifest.snapshot_position
 
-    plan = plan_transfer()
     export = read_export()
+    export_snapshot() >> export
+    plan = plan_transfer()
+    export >> plan
     route = choose_route(plan)
     snowball = snowball_import()
     online = copy_online()
-    export >> route >> [snowball, online]
+    route >> [snowball, online]
     [snowball, online] >> publish_snapshot(plan)

@@ -35,11 +35,20 @@ def demo_config_data(
 ) -> dict[str, Any]:
     """The demo's config as YAML data, with relative paths still relative to the template's folder."""
     data = _merged(yaml.safe_load(TEMPLATE_PATH.read_text()), yaml.safe_load(OVERLAY_PATH.read_text()))
+    data.pop("devstack", None)
     run = {"snowball": {"export_dir": str(home / "export"),
                         "device_endpoint_url": f"{localaws_url.rstrip('/')}{DEVICE_PREFIX}{_JOB_ID}"}}
     if sync_every_minutes:
         run["sync"] = {"schedule": f"*/{sync_every_minutes} * * * *"}
     return _merged(_merged(data, run), overrides or {})
+
+
+def demo_source_url() -> str | None:
+    """The existing source server the demo should use instead of the embedded one, if any."""
+    import os
+
+    overlay = yaml.safe_load(OVERLAY_PATH.read_text()).get("devstack") or {}
+    return os.environ.get("FINETUNE_DEMO_SOURCE_URL") or overlay.get("source_url") or None
 
 
 def demo_config(**kwargs: Any) -> PipelineConfig:

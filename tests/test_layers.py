@@ -29,7 +29,8 @@ VIOLATIONS = {
     "product-no-dev-tools": ("plugins/finetune_pipeline/get_provider_info.py", "import localaws.clock",
                              "localaws.clock"),
     "emulator-standalone": ("localaws/clock.py", "import finetune_pipeline.datasets", "finetune_pipeline.datasets"),
-    "dags-product-only": ("dags/finetune_training.py", "import devstack.seed", "devstack.seed"),
+    "dags-product-only": ("dags/finetune_training.py", "import devstack.config", "devstack.config"),
+    "export-on-premises": ("plugins/finetune_pipeline/export/load_files.py", "import airflow.sdk", "airflow"),
 }
 
 

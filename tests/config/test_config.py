@@ -26,7 +26,10 @@ def with_change(path: str, value):
 
 def test_shipped_config_is_a_valid_production_template():
     config = load_config(TEMPLATE_PATH)
-    assert [t.qualified_name for t in config.source.tables] == ["public.customers", "public.tickets"]
+    assert [t.qualified_name for t in config.source.tables] == ["public.customers", "public.tickets",
+                                                                "public.ticket_messages"]
+    assert config.source.slot_name == "finetune_dms" and not config.source.export_from_airflow
+    assert (config.transfer.link, config.transfer.route) == ("internet", "auto")
     # Production intervals: a Snowball job takes days, so the template must not poll every few seconds.
     assert (config.snowball.poll_seconds, config.dms.poll_seconds, config.training.hyperpod.poll_seconds) == (
         300, 30, 60)
@@ -69,6 +72,9 @@ def test_default_config_is_include_beside_the_dags_folder(monkeypatch, tmp_path:
         ("training.region", "eu-west-1", "must equal training.region (eu-west-1)"),
         ("storage.region", "us-east", "storage.region: expected an AWS region"),
         ("transfer.link_utilization", 1.5, "transfer.link_utilization"),
+        ("transfer.link_gbps", None, "link is 'internet', so link_gbps"),
+        ("transfer.direct_connect_gbps", 40, "transfer.direct_connect_gbps"),
+        ("source.slot_name", "Bad-Slot", "source.slot_name"),
         ("storage.landing_prefix", "/landing/", "storage.landing_prefix: expected an S3 key prefix"),
         ("training.backend", "ec2", "a 'ec2' section is required"),
         ("dms.task_id", "Finetune-CDC", "dms.task_id: expected a DMS identifier"),

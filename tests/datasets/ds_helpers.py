@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+from change_files import dms_sequence
 
-from devstack.seed_data import dms_sequence
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, load_file_name, write_dms_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from finetune_pipeline.datasets.contracts import (
 
 def test_demo_contracts():
     contracts = load_contracts(DEMO_CONTRACTS)
-    assert sorted(contracts) == ["public.customers", "public.tickets"]
+    assert sorted(contracts) == ["public.customers", "public.ticket_messages", "public.tickets"]
     customers, tickets = contracts["public.customers"], contracts["public.tickets"]
     assert customers.primary_key == ["customer_id"]
     assert customers.arrow_schema() == pa.schema(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from change_files import dms_sequence
 from ds_helpers import at, item_events, item_load
 
-from devstack.seed_data import dms_sequence
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS
 from finetune_pipeline.datasets.merge import key_codes, merge_events
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
+from change_files import seed_changes, seed_tables, write_seed
 from ds_helpers import T0, at, item_events, item_load, published_rows, put_cdc, put_load
 
-from devstack.seed_data import seed_changes, seed_tables, write_seed
 from finetune_pipeline.datasets.dms_format import cdc_file_name
 from finetune_pipeline.datasets.publish import read_current
 from finetune_pipeline.datasets.reconcile import DmsTableCounts, OutsideCounts

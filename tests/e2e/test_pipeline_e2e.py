@@ -1,5 +1,7 @@
 """End to end: a real Airflow (api-server, scheduler, dag-processor, triggerer) runs the whole pipeline
-against localaws, triggered through the REST API as the UI does."""
+against localaws and a real PostgreSQL source, triggered through the REST API as the UI does: the export of
+a consistent snapshot, the offline branch (Snowball), the import verified by checksum, the snapshot published,
+and a sync that publishes it as a dataset version."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import socket
 import pytest
 
 from devstack.config import write_demo_config
-from devstack.demo import PIPELINE_DAGS, PipelineWatcher, seed, start_localaws, stop_process
+from devstack.demo import PIPELINE_DAGS, PipelineWatcher, ensure_bucket, start_localaws, start_source, stop_process
 from devstack.stack import AirflowStack
+from devstack.support_desk import load_support_desk
 from finetune_pipeline.pipeline.config import load_config
 
 pytestmark = pytest.mark.e2e
@@ -28,19 +31,23 @@ def free_port() -> int:
 def running_stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("e2e")
     localaws_port = free_port()
+    source = start_source(home)
+    loaded = load_support_desk(source.conninfo, customers=3000, tickets=15_000)
     localaws_process = start_localaws(localaws_port, home / "localaws.log")
     localaws_url = f"http://127.0.0.1:{localaws_port}"
     config_path = write_demo_config(home / "pipeline.yaml", home=home, localaws_url=localaws_url)
     stack = AirflowStack(home=home / "airflow", localaws_url=localaws_url, port=free_port(), config_path=config_path)
     try:
-        seed(load_config(config_path), localaws_url)
-        stack.prepare()
+        ensure_bucket(load_config(config_path), localaws_url)
+        stack.prepare(source_conn=source.connection)
         stack.start()
         stack.wait_for_dags(PIPELINE_DAGS)
+        stack.loaded = loaded
         yield stack
     finally:
         stack.stop()
         stop_process(localaws_process)
+        source.stop()
 
 
 def assert_all_tasks(stack, dag_id: str, run: dict, log: list[str]) -> dict[str, str]:
@@ -76,7 +83,13 @@ def test_pipeline_runs_green_end_to_end(running_stack):
     assert all(result["status"] == "published" for result in published)
     trained = stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"], "dataset_version")
     assert trained in {result["version"] for result in published}
-    assert published[0]["row_counts"]["public.tickets"] > 0
+    # The version holds exactly the rows the source had at the snapshot (no CDC files until DMS replicates).
+    exported = stack.xcom("finetune_bulk_transfer", runs["finetune_bulk_transfer"]["dag_run_id"], "export_snapshot")
+    assert exported["status"] == "exported" and "/" in exported["cdc_start_position"]
+    loaded = stack.loaded
+    assert published[0]["row_counts"]["public.tickets"] == loaded.tickets
+    assert published[0]["row_counts"]["public.ticket_messages"] == loaded.messages
+    assert published[0]["row_counts"]["public.customers"] == loaded.customers
 
     # The stages were linked by Assets, not by the test: only the first DAG was triggered by hand.
     for dag_id in ("finetune_cdc_replication", "finetune_training"):

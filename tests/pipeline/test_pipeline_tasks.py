@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from manifest_helpers import make_export
 
-from finetune_pipeline.pipeline.export_manifest import build_manifest
 from finetune_pipeline.pipeline.tasks import (
     dms_cdc_position,
     read_export,
@@ -33,10 +33,7 @@ def test_manual_training_before_any_version_is_a_clear_failure(pipeline_config, 
 
 
 def _export(config) -> None:
-    folder = config.snowball.export_dir / "public" / "tickets"
-    folder.mkdir(parents=True)
-    (folder / "LOAD00000001.parquet").write_bytes(b"t" * 512)
-    build_manifest(config.snowball.export_dir, "2026-11-26T09:00:00+00:00", ["public.tickets"], False)
+    make_export(config.snowball.export_dir, {"public/tickets/LOAD00000001.parquet": b"t" * 512})
 
 
 def test_an_export_that_does_not_match_its_manifest_fails_without_retry(pipeline_config):

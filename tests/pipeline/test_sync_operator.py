@@ -15,10 +15,10 @@ import yaml
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
+from change_files import TICKETS_SCHEMA, dms_sequence
+from landed_changes import last_commit, seed_demo, write_change_batch, write_live_batch
 
 from devstack.config import TEMPLATE_PATH
-from devstack.seed import last_commit, seed_demo, write_change_batch, write_live_batch
-from devstack.seed_data import TICKETS_SCHEMA, dms_sequence
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
 from finetune_pipeline.datasets.store import S3Store
@@ -29,6 +29,16 @@ from finetune_pipeline.pipeline.tasks import dms_s3_settings
 from localaws import control
 
 SHIPPED_CONTRACTS = TEMPLATE_PATH.parent.parent / "contracts"
+# The synthetic landed files cover these two tables; ticket_messages comes from the real demo source only.
+SYNTHETIC_TABLES = ("public.customers", "public.tickets")
+
+
+def synthetic_contracts(folder) -> str:
+    """The shipped contracts of the tables the synthetic files cover."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SYNTHETIC_TABLES:
+        shutil.copy(SHIPPED_CONTRACTS / f"{name}.yaml", folder / f"{name}.yaml")
+    return str(folder)
 
 
 class RecordingTaskInstance:
@@ -45,7 +55,7 @@ def make_context():
 
 def make_operator(config, asset, **kwargs):
     storage = config.storage
-    kwargs.setdefault("contracts_dir", str(config.sync.contracts_dir))
+    kwargs.setdefault("contracts_dir", synthetic_contracts(config.snowball.export_dir.parent / "contracts"))
     return DatasetSyncOperator(
         task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
         dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix,
@@ -160,8 +170,8 @@ def _create_cdc_task(pipeline_config, dms, endpoint_url: str, start: bool) -> st
 
 def strict_contracts(tmp_path, **row_count) -> str:
     """The shipped contracts with row_count settings replaced and the reconciliation checks blocking."""
-    folder = tmp_path / "contracts"
-    shutil.copytree(SHIPPED_CONTRACTS, folder)
+    folder = tmp_path / "strict-contracts"
+    synthetic_contracts(folder)
     for path in folder.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         data["row_count"] = row_count

@@ -167,9 +167,24 @@ class SourceConfig(_Model):
     conn_id: str = Field(min_length=1)
     engine: Literal["postgres", "mysql"]
     database: SqlName
-    # The planner's size estimate; a later stage measures it from the source itself.
-    size_bytes: Count = Field(gt=0)
     tables: list[TableConfig] = Field(min_length=1)
+    # The logical replication slot the export creates and DMS reads (PostgreSQL; DMS's SlotName).
+    slot_name: str = Field(default="finetune_dms", pattern=r"^[a-z0-9_]{1,63}$")
+    # Run the export as a task (Airflow reaches the source); otherwise it runs on premises with
+    # python -m finetune_pipeline.export into snowball.export_dir, and the DAG reads its manifest.
+    export_from_airflow: bool = False
+    export_workers: Count = Field(default=2, ge=1, le=64)
+    # How long the slot must keep its WAL: the whole Snowball trip (prepare, ship, load, ship back, import)
+    # plus margin. The export refuses a max_slot_wal_keep_size that this many days of WAL would pass.
+    wal_retention_days: Number = Field(default=30, gt=0)
+    # The source's steady WAL rate; unset, the export measures it from pg_stat_wal.
+    wal_bytes_per_day: Count | None = Field(default=None, gt=0)
+    # A SQL connection to the source through which the bulk DAG logs the slot's retained WAL while the
+    # device travels; unset, nothing is logged.
+    wal_monitor_conn_id: str | None = Field(default=None, min_length=1)
+    wal_monitor_minutes: Number = Field(default=60, gt=0)
+    # An estimate before any export exists; the planner plans from the export manifest's real size.
+    size_bytes: Count | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _unique_tables(self) -> SourceConfig:
@@ -204,11 +219,30 @@ class StorageConfig(_Model):
 
 
 class TransferConfig(_Model):
-    """What the planner weighs: the link's speed, how much of it we may use, and how long is too long."""
+    """What the planner weighs: the link and how much of it we may use, the deadline, and the devices."""
 
-    link_gbps: Number = Field(gt=0)
+    # auto: the planner decides; offline/online: that route whatever the plan says (the plan is still logged).
+    route: Literal["auto", "offline", "online"] = "auto"
+    link: Literal["internet", "vpn", "direct_connect"] = "internet"
+    # internet: the bandwidth to AWS; vpn: 1.25 Gbps per tunnel; direct_connect: the port speed.
+    link_gbps: Number | None = Field(default=None, gt=0)
+    vpn_tunnels: Count = Field(default=2, ge=1, le=100)
+    direct_connect_gbps: Literal[1, 10, 100] = 10
     link_utilization: Number = Field(gt=0, le=1)
-    max_online_days: Number = Field(gt=0)
+    # The bulk copy should be in S3 within this many days.
+    deadline_days: Number = Field(gt=0)
+    # Door to door, each way; unset, from snowball.shipping_option.
+    shipping_days_each_way: Number | None = Field(default=None, gt=0)
+    # Sustained copy rate onto one device; unset, the device type's (see planning.DEVICE_COPY_MB_PER_S).
+    device_copy_mb_per_s: Number | None = Field(default=None, gt=0)
+    # Days from a device's arrival at AWS until its import starts.
+    import_handling_days: Number = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _link_has_speed(self) -> TransferConfig:
+        if self.link == "internet" and self.link_gbps is None:
+            raise ValueError("link is 'internet', so link_gbps (the bandwidth to AWS) is required")
+        return self
 
 
 class AddressConfig(_Model):

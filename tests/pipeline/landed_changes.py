@@ -1,28 +1,20 @@
-"""Labelled SEED DATA for the demo: a snapshot export and CDC files in DMS's exact S3 format.
-
-Until the local DMS replicates a real database, the demo has no source to export from or to replicate.
-This writes (1) the on-premises snapshot export, with ``seed_data: true`` in its manifest, and (2) a few
-CDC files straight into the landing prefix, with ``_seed/SEED_DATA.json`` beside them naming each one.
-It is demo scaffolding, never a stand-in for a test of replication.
-"""
+"""Synthetic landed files for the sync operator's tests: an export folder with its manifest, and change
+files written straight into the landing prefix in DMS's exact S3 format (tests/change_files.py)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import pyarrow as pa
+from change_files import as_load, seed_changes, seed_tables
+from manifest_helpers import make_export_of
 
-from devstack.seed_data import as_load, seed_changes, seed_tables
 from finetune_pipeline.datasets.dms_format import OP, cdc_file_name, cdc_name_time, load_file_name, write_dms_file
 from finetune_pipeline.datasets.store import LocalStore, S3Store, join_key
 from finetune_pipeline.pipeline.config import PipelineConfig
-from finetune_pipeline.pipeline.export_manifest import build_manifest
-
-SEED_MARKER_KEY = "_seed/SEED_DATA.json"
 
 
 def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str], None] = print,
@@ -40,9 +32,8 @@ def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str],
         schema_name, table_name = name.split(".", 1)
         write_dms_file(export_store, join_key(schema_name, table_name, load_file_name(1)),
                        as_load(table, snapshot_position))
-    manifest = build_manifest(directory, snapshot_position.isoformat(), sorted(tables), seed_data=True)
-    report(f"SEED DATA: snapshot export of {len(manifest.files)} files at {directory} "
-           f"(position {manifest.snapshot_position})")
+    manifest = make_export_of(directory, snapshot_position.isoformat())
+    report(f"synthetic export of {len(manifest.files)} files at {directory}")
 
     s3 = localaws_s3(config, endpoint_url)
     bucket, landing = config.storage.bucket, config.storage.landing_prefix
@@ -50,9 +41,8 @@ def seed_demo(config: PipelineConfig, endpoint_url: str, report: Callable[[str],
         s3.create_bucket(Bucket=bucket)
     else:
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": config.storage.region})
-    s3.delete_object(Bucket=bucket, Key=join_key(landing, SEED_MARKER_KEY))
     cdc_keys, tables = write_change_batch(config, s3, tables, snapshot_position, seed=7)
-    report(f"SEED DATA: {len(cdc_keys)} CDC files in s3://{bucket}/{landing}/ (listed in {SEED_MARKER_KEY})")
+    report(f"{len(cdc_keys)} synthetic CDC files in s3://{bucket}/{landing}/")
     return {"snapshot_position": manifest.snapshot_position, "cdc_keys": cdc_keys, "tables": tables}
 
 
@@ -79,7 +69,6 @@ def write_change_batch(
             key = join_key(landing, schema_name, table_name, cdc_file_name(file_time))
             write_dms_file(landing_store, key, events)
             keys.append(key)
-    _record_seed_files(config, s3, keys)
     keys_by_table = {table.qualified_name: table.primary_key for table in config.source.tables}
     return keys, {name: _apply(table, changes.get(name, []), keys_by_table[name]) for name, table in tables.items()}
 
@@ -95,18 +84,6 @@ def _apply(table: pa.Table, files: list, primary_key: list[str]) -> pa.Table:
             else:
                 rows[key] = {name: event[name] for name in table.column_names}
     return pa.Table.from_pylist(list(rows.values()), schema=table.schema)
-
-
-def _record_seed_files(config: PipelineConfig, s3, keys: list[str]) -> None:
-    """Keep ``_seed/SEED_DATA.json`` listing every seed change file, so nobody mistakes it for replication."""
-    marker_key = join_key(config.storage.landing_prefix, SEED_MARKER_KEY)
-    try:
-        marker = json.loads(s3.get_object(Bucket=config.storage.bucket, Key=marker_key)["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        marker = {"seed_data": True, "written_by": "devstack.seed (make demo)", "cdc_files": []}
-    marker["cdc_files"].extend(keys)
-    marker["updated_at"] = datetime.now(UTC).isoformat()
-    s3.put_object(Bucket=config.storage.bucket, Key=marker_key, Body=json.dumps(marker, indent=2).encode())
 
 
 def write_live_batch(

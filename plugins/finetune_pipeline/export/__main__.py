@@ -1,0 +1,5 @@
+import sys
+
+from finetune_pipeline.export.cli import main
+
+sys.exit(main())

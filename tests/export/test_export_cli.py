@@ -1,0 +1,53 @@
+"""``python -m finetune_pipeline.export``: a real run, and clear exits for what it cannot do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from finetune_pipeline.export.cli import main
+
+REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(REPO_PLUGINS), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "finetune_pipeline.export", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_the_cli_exports_and_a_rerun_reuses_it(source, tmp_path, capsys):
+    source.sql(f"CREATE TABLE {source.schema}.kv (k int PRIMARY KEY, v text); "
+               f"INSERT INTO {source.schema}.kv SELECT g, 'v' || g FROM generate_series(1, 25) g")
+    args = ["--dsn", source.url, "--table", f"{source.schema}.kv=k", "--export-dir", str(tmp_path),
+            "--slot", source.slot, "--wal-bytes-per-day", "1000000", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["status"] == "exported"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["status"] == "reused" and summary["rows"] == {f"{source.schema}.kv": 25}
+    assert summary["slot"] == source.slot and "/" in summary["cdc_start_position"]
+
+
+def test_cli_exit_codes_name_the_problem_without_a_traceback(tmp_path):
+    unsupported = run_cli("--engine", "oracle", "--table", "public.t", "--export-dir", str(tmp_path))
+    assert unsupported.returncode == 2 and "unsupported source engine 'oracle'" in unsupported.stderr
+    unreachable = run_cli("--dsn", "postgresql://u:hunter2@127.0.0.1:1/appdb", "--table", "public.t",
+                          "--export-dir", str(tmp_path))
+    assert unreachable.returncode == 3
+    assert "cannot reach the source database at 127.0.0.1:1/appdb" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and "hunter2" not in unreachable.stderr
+    bad_table = run_cli("--table", "no_schema", "--export-dir", str(tmp_path))
+    assert bad_table.returncode == 2 and "schema.table" in bad_table.stderr
+
+
+def test_cli_refusals_exit_1(source, tmp_path, capsys):
+    source.sql(f"CREATE TABLE {source.schema}.nokey (v text)")
+    code = main(["--dsn", source.url, "--table", f"{source.schema}.nokey", "--export-dir", str(tmp_path),
+                 "--slot", source.slot, "--wal-bytes-per-day", "1000"])
+    assert code == 1
+    assert "has no primary key" in capsys.readouterr().err

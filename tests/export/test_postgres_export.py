@@ -1,0 +1,199 @@
+"""The PostgreSQL export against a real server: one consistent snapshot, the slot that continues it, and
+files the project's reader reads back as the source's rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from finetune_pipeline.datasets.contracts import TableContract
+from finetune_pipeline.datasets.dms_format import DmsFile, FileKind, read_events
+from finetune_pipeline.export import postgres
+from finetune_pipeline.export.errors import PreflightError, SourceUnreachableError
+from finetune_pipeline.export.manifest import MANIFEST_NAME, read_manifest
+from finetune_pipeline.export.postgres import PostgresExport, retained_wal
+
+CONTRACT_COLUMNS = [
+    {"name": "id", "type": "int64", "nullable": False},
+    {"name": "note", "type": "string"},
+    {"name": "amount", "type": "float64"},
+    {"name": "flag", "type": "bool"},
+    {"name": "seen_at", "type": "timestamp[us, UTC]"},
+    {"name": "day", "type": "date32"},
+]
+
+
+def make_items(source, rows: int = 1000, name: str = "items") -> None:
+    source.sql(f"""
+        CREATE TABLE {source.schema}.{name} (id bigint PRIMARY KEY, note text, amount float8, flag bool,
+                                             seen_at timestamptz, day date);
+        INSERT INTO {source.schema}.{name}
+        SELECT g, CASE WHEN g % 7 = 0 THEN NULL WHEN g % 11 = 0 THEN '' ELSE 'line ' || g || E'\n"quoted", yes' END,
+               g / 3.0, g % 2 = 0, timestamptz '2026-11-26 09:00:00+00' + g * interval '1.5 second',
+               date '2026-01-01' + (g % 300)
+        FROM generate_series(1, {rows}) g""")
+
+
+def read_back(export_dir, manifest, source, name="items") -> list[dict]:
+    contract = TableContract.model_validate(
+        {"table": f"{source.schema}.{name}", "primary_key": ["id"], "columns": CONTRACT_COLUMNS})
+    rows = []
+    for item in manifest.files:
+        if item.key.startswith(f"{source.schema}/{name}/"):
+            f = DmsFile(item.key, FileKind.LOAD, "parquet")
+            for batch in read_events(export_dir / item.key, f, contract):
+                rows += pa.Table.from_batches([batch]).drop_columns(["Op", "_dms_ts", "_dms_seq"]).to_pylist()
+    return sorted(rows, key=lambda row: row["id"])
+
+
+def source_rows(source, name="items") -> list[dict]:
+    result = source.sql(f"SELECT id, note, amount, flag, seen_at, day FROM {source.schema}.{name} ORDER BY id")
+    keys = ["id", "note", "amount", "flag", "seen_at", "day"]
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+def test_export_reads_back_through_the_reader_exactly(source, tmp_path):
+    make_items(source)
+    result = PostgresExport(source.url, [source.table("items", "id")], source.settings(tmp_path)).run()
+    manifest = result.manifest
+    assert manifest.engine == "postgres"
+    assert manifest.slot.name == source.slot and manifest.slot.plugin == "test_decoding"
+    assert manifest.cdc_start_position.count("/") == 1
+    assert manifest.source.system_identifier.isdigit() and manifest.source.timeline >= 1
+    assert manifest.tables[f"{source.schema}.items"].rows == 1000
+    assert [f.key for f in manifest.files] == [f"{source.schema}/items/LOAD00000001.parquet"]
+    assert read_back(tmp_path, manifest, source) == source_rows(source)
+    assert read_manifest(tmp_path) == manifest
+    assert manifest.wal["retained_bytes"] >= 0 and manifest.wal["wal_status"] in ("reserved", "extended")
+    # The slot the export created is the one DMS will read: logical, test_decoding, at the manifest's LSN.
+    slot = source.sql("SELECT plugin, slot_type, confirmed_flush_lsn::text FROM pg_replication_slots "
+                      "WHERE slot_name = %s", (source.slot,))
+    assert slot == [("test_decoding", "logical", manifest.cdc_start_position)]
+
+
+def test_the_snapshot_excludes_changes_after_the_slot_and_the_slot_has_them(source, tmp_path, monkeypatch):
+    """A change committed after the slot's consistent point, while the export still runs, is not in the files,
+    and decodes from the slot: nothing lost, nothing twice."""
+    make_items(source, rows=300)
+    original = PostgresExport._export_tables
+
+    def change_then_export(self, tables, snapshot, load_time):
+        source.sql(f"INSERT INTO {source.schema}.items (id, note) VALUES (100000, 'after the snapshot')")
+        source.sql(f"UPDATE {source.schema}.items SET note = 'changed later' WHERE id = 1")
+        source.sql(f"DELETE FROM {source.schema}.items WHERE id = 2")
+        return original(self, tables, snapshot, load_time)
+
+    monkeypatch.setattr(PostgresExport, "_export_tables", change_then_export)
+    manifest = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, workers=3)).run().manifest
+    rows = {row["id"]: row for row in read_back(tmp_path, manifest, source)}
+    assert len(rows) == 300 and 100000 not in rows and 2 in rows and rows[1]["note"] != "changed later"
+    changes = [data for (data,) in source.sql(
+        "SELECT data FROM pg_logical_slot_peek_changes(%s, NULL, NULL)", (source.slot,))]
+    table = f"table {source.schema}.items"
+    assert any(c.startswith(f"{table}: INSERT: id[bigint]:100000") for c in changes)
+    assert any(c.startswith(f"{table}: UPDATE: id[bigint]:1 ") for c in changes)
+    assert any(c.startswith(f"{table}: DELETE: id[bigint]:2") for c in changes)
+
+
+def test_large_tables_are_split_across_sessions_and_files_without_losing_a_row(source, tmp_path):
+    make_items(source, rows=20_000)
+    settings = source.settings(tmp_path, workers=3, chunk_bytes=400_000, row_group_bytes=200_000,
+                               max_file_bytes=300_000)
+    manifest = PostgresExport(source.url, [source.table("items")], settings).run().manifest
+    keys = [f.key for f in manifest.files]
+    assert len(keys) > 3
+    assert keys == [f"{source.schema}/items/LOAD{n:08X}.parquet" for n in range(1, len(keys) + 1)]
+    assert read_back(tmp_path, manifest, source) == source_rows(source)
+    assert manifest.tables[f"{source.schema}.items"].files == len(keys)
+
+
+def test_a_table_without_a_primary_key_is_refused_with_the_fix(source, tmp_path):
+    make_items(source, rows=10)
+    source.sql(f"CREATE TABLE {source.schema}.events (id bigint, what text)")
+    with pytest.raises(PreflightError) as error:
+        PostgresExport(source.url, [source.table("items"), source.table("events"), source.table("missing")],
+                       source.settings(tmp_path)).run()
+    message = str(error.value)
+    assert f"table {source.schema}.events has no primary key" in message
+    assert "ADD PRIMARY KEY" in message
+    assert f"table {source.schema}.missing does not exist" in message
+    assert not source.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (source.slot,))
+
+
+def test_a_configured_key_that_is_not_the_real_one_is_refused(source, tmp_path):
+    make_items(source, rows=10)
+    with pytest.raises(PreflightError, match=r"the config says primary key \['note'\], the database says \['id'\]"):
+        PostgresExport(source.url, [source.table("items", "note")], source.settings(tmp_path)).run()
+
+
+def test_a_wal_keep_limit_the_trip_would_pass_is_refused(source, tmp_path):
+    make_items(source, rows=10)
+    # The embedded server keeps at most 4 GB for a slot; 30 days at 1 GiB/day would invalidate it.
+    settings = source.settings(tmp_path, wal_bytes_per_day=2**30, wal_retention_days=30)
+    with pytest.raises(PreflightError, match=r"max_slot_wal_keep_size is 4\.0 GiB, but 30 days at 1\.0 GiB/day"):
+        PostgresExport(source.url, [source.table("items")], settings).run()
+    # Unknown rate (the server's WAL statistics cover less than a day): refused too, with what to give.
+    with pytest.raises(PreflightError, match="the source's WAL rate is unknown"):
+        PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, wal_bytes_per_day=None)).run()
+
+
+def test_an_export_target_without_room_is_refused(source, tmp_path, monkeypatch):
+    make_items(source, rows=10)
+    monkeypatch.setattr(postgres, "_free_bytes", lambda path: 1024)
+    with pytest.raises(PreflightError, match=r"the export target .* has 1\.0 KiB free, but the tables take"):
+        PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+
+
+def test_an_unreachable_source_is_reported_as_such():
+    with pytest.raises(SourceUnreachableError, match=r"cannot reach the source database at 127\.0\.0\.1:1/appdb"):
+        PostgresExport("postgresql://u:secret-pw@127.0.0.1:1/appdb", [postgres.TableSpec("public", "t")],
+                       postgres.ExportSettings(export_dir=__import__("pathlib").Path("/nonexistent"))).run()
+
+
+def test_a_rerun_reuses_a_matching_slot_and_refuses_a_stale_one(source, tmp_path):
+    make_items(source, rows=50)
+    first = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+    again = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+    assert again.reused and again.manifest == first.manifest
+
+    # A slot left without its manifest (an export killed mid-way): refused, with how to get out of it.
+    (tmp_path / MANIFEST_NAME).unlink()
+    with pytest.raises(PreflightError, match=rf"slot {source.slot} was left by an earlier export .* "
+                                             rf"pg_drop_replication_slot\('{source.slot}'\)"):
+        PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+    replaced = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, replace=True)).run()
+    assert not replaced.reused
+    assert replaced.manifest.cdc_start_position != first.manifest.cdc_start_position
+
+    # An export whose slot is gone cannot start CDC at its LSN: refused unless replaced.
+    source.sql("SELECT pg_drop_replication_slot(%s)", (source.slot,))
+    with pytest.raises(PreflightError, match="does not exist: CDC cannot start at that export's position"):
+        PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+
+
+def test_an_export_that_fails_drops_its_slot_and_leaves_no_manifest(source, tmp_path, monkeypatch):
+    make_items(source, rows=50)
+
+    def explode(self, *args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(PostgresExport, "_export_tables", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run()
+    assert not source.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (source.slot,))
+    assert not (tmp_path / MANIFEST_NAME).exists()
+
+
+def test_retained_wal_grows_while_nobody_reads_the_slot(source, tmp_path):
+    make_items(source, rows=10)
+    manifest = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path)).run().manifest
+    import psycopg
+
+    with psycopg.connect(source.url, autocommit=True) as conn:
+        before = retained_wal(conn, source.slot)["retained_bytes"]
+        conn.execute(f"INSERT INTO {source.schema}.items (id, note) SELECT g, repeat('x', 200) "
+                     "FROM generate_series(10000, 20000) g")
+        after = retained_wal(conn, source.slot)
+        assert retained_wal(conn, "no_such_slot") is None
+    assert manifest.wal["retained_bytes"] <= before < after["retained_bytes"]
+    assert after["restart_lsn"] and after["max_slot_wal_keep_size"] == "4GB"
