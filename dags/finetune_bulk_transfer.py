@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task, task_group
 
@@ -15,7 +15,7 @@ from finetune_pipeline.aws.sensors.snowball import SnowballJobStateSensor
 from finetune_pipeline.pipeline import tasks as pipeline_tasks
 from finetune_pipeline.pipeline.assets import snapshot_asset
 from finetune_pipeline.pipeline.config import load_config
-from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
+from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS, DEVICE_DELIVERY, DEVICE_IMPORT, beyond
 
 config = load_config()
 SNAPSHOT = snapshot_asset(config)
@@ -48,7 +48,8 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
     tags=["finetune", "bulk-transfer", "snowball"],
 ) as dag:
 
-    @task(multiple_outputs=False)
+    # A consistent export of a large database streams every row once: hours to days.
+    @task(multiple_outputs=False, execution_timeout=timedelta(days=7))
     def export_snapshot() -> dict:
         """Export a consistent snapshot and create the slot CDC starts from (skipped when run on premises)."""
         return pipeline_tasks.export_snapshot(config)
@@ -98,7 +99,8 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             # awaited, and publish_snapshot verifies every file landed.
             skip_when_past=True,
             poke_interval=config.snowball.poll_seconds,
-            timeout=60 * 60 * 24 * 30,
+            timeout=DEVICE_DELIVERY.total_seconds(),
+            execution_timeout=beyond(DEVICE_DELIVERY),
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
@@ -110,6 +112,8 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             key_prefix=config.storage.landing_prefix,
             device_endpoint_url=config.snowball.device_endpoint_url,
             device_aws_conn_id=config.snowball.device_conn_id,
+            # Terabytes at a device's few hundred MB/s: a day or more; a retry resumes where it stopped.
+            execution_timeout=timedelta(days=3),
             aws_conn_id=config.aws.conn_id,
         )
         imported = SnowballJobStateSensor(
@@ -120,13 +124,14 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
             # the online route, where create_job itself was skipped.
             trigger_rule="none_failed_min_one_success",
             poke_interval=config.snowball.poll_seconds,
-            timeout=60 * 60 * 24 * 60,
+            timeout=DEVICE_IMPORT.total_seconds(),
+            execution_timeout=beyond(DEVICE_IMPORT),
             deferrable=True,
             aws_conn_id=config.aws.conn_id,
         )
         # Not deferrable: each look queries the source. Between looks it holds no worker slot (reschedule).
 
-        @task.sensor(poke_interval=config.source.wal_monitor_minutes * 60, timeout=60 * 60 * 24 * 60,
+        @task.sensor(poke_interval=config.source.wal_monitor_minutes * 60, timeout=DEVICE_IMPORT.total_seconds(),
                      mode="reschedule")
         def watch_retained_wal(job_id: str) -> bool:
             """Log the WAL the export's slot retains while the device travels, until the import is over."""
@@ -136,7 +141,8 @@ Waiting for the device (days) is deferred to the triggerer and holds no worker s
         job >> imported
         watch_retained_wal(job.output)
 
-    @task(multiple_outputs=False)
+    # The planner chose the link only if the copy fits the deadline; allow that, and a day's margin.
+    @task(multiple_outputs=False, execution_timeout=timedelta(days=config.transfer.deadline_days + 1))
     def copy_online() -> dict:
         """Copy the export straight to the landing prefix (resumes where a retry left off)."""
         return pipeline_tasks.copy_online(config)

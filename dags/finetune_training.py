@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
 
@@ -68,6 +68,8 @@ run the entrypoint from their user data and terminate when it ends. Every wait i
             waiter_delay=hyperpod.poll_seconds,
             aws_conn_id=config.aws.conn_id,
             deferrable=True,
+            # Creating a cluster (instances, lifecycle scripts, health checks) can take most of an hour.
+            execution_timeout=timedelta(hours=3),
         )
         submit = HyperPodSubmitJobOperator(
             task_id="submit_training_job",

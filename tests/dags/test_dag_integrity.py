@@ -66,6 +66,17 @@ def test_tasks_retry_with_exponential_backoff(dagbag, dag_id):
         assert task.max_retry_delay is not None, f"{dag_id}.{task.task_id} has no max_retry_delay"
 
 
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
+def test_every_task_has_an_execution_timeout_beyond_its_own_wait(dagbag, dag_id):
+    """One run at a time: a task without a bound could hold every later run; a wait must end on its own terms."""
+    for task in dagbag.dags[dag_id].tasks:
+        assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+        wait = getattr(task, "timeout", None)
+        if wait is not None and getattr(task, "mode", "poke") != "reschedule":
+            assert task.execution_timeout.total_seconds() > float(wait), (
+                f"{dag_id}.{task.task_id}: execution_timeout {task.execution_timeout} would cut its {wait} s wait")
+
+
 def scheduling_uris(dag) -> set[str]:
     return {asset.uri for asset in dag.timetable.asset_condition.objects}
 

@@ -1,4 +1,4 @@
-"""Defaults shared by every pipeline DAG: ownership and the retry policy for AWS-calling tasks."""
+"""Defaults shared by every pipeline DAG: ownership, the retry policy, and how long a task may run."""
 
 from __future__ import annotations
 
@@ -14,4 +14,18 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=10),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
+    # Every task has a bound: the DAGs run one at a time (max_active_runs=1), so a hung task would hold
+    # every later run. A deferred task's trigger times out at the same bound, so the tasks that wait for
+    # days (a Snowball trip, a training job) set their own.
+    "execution_timeout": timedelta(hours=1),
 }
+
+# The bounds of the long waits, each a little longer than the wait's own timeout, so the wait (with its
+# clear message) ends first.
+DEVICE_DELIVERY = timedelta(days=30)
+DEVICE_IMPORT = timedelta(days=60)
+
+
+def beyond(wait: timedelta) -> timedelta:
+    """An execution_timeout for a wait of ``wait``: that, plus an hour for the work around it."""
+    return wait + timedelta(hours=1)
