@@ -1,9 +1,11 @@
 """The localaws server: moto's server behind a small WSGI router, on one port, many threads.
 
 Routing, in order:
+- ``/_localaws/...`` (but the two below): the control endpoint (health, virtual clock, timing profile,
+  fault rules); never faulted;
 - ``/_localaws/snowball-device/{JobId}/...``: S3 on a simulated Snowball device;
 - ``/_localaws/snowball/manifest/{JobId}``: manifests handed out by ``GetJobManifest``;
-- ``/_localaws/...``: the control endpoint (health, virtual clock, timing profile);
+- every other request is an AWS API call: it goes through the fault rules (:mod:`localaws.faults`), then:
 - ``X-Amz-Target: AWSIESnowballJobManagementService.*``: the Snowball job API (moto has none);
 - ``X-Amz-Target: AmazonDMSv20160101.*``: moto's DMS, with statuses moving on the virtual clock;
 - ``X-Amz-Target: SageMaker.<cluster operation>``: moto's HyperPod clusters, created and deleted on the clock;
@@ -23,42 +25,55 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from localaws import dms
 from localaws.clock import VirtualClock
+from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
 from localaws.snowball.models import SnowballBackend
 from localaws.ssm import SsmCommandLifecycle
 from localaws.timing import TimingProfile, get_profile
-from localaws.wsgi import Response, json_response, read_body
+from localaws.wsgi import Response, call_app, json_response, read_body, request_service
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_localaws/"
+STATEFUL = ("snowball", "dms", "hyperpod", "ssm")  # the simulations beside moto (attributes of LocalAWSApp)
 
 
 class LocalAWSApp:
-    """The WSGI app: the control endpoint, the Snowball, DMS, HyperPod and SSM lifecycles, then moto."""
+    """The WSGI app: the control endpoint, the fault rules, the Snowball, DMS, HyperPod and SSM lifecycles,
+    then moto."""
 
     def __init__(self, clock: VirtualClock, profile: TimingProfile):
         self.clock = clock
         self.profile = profile
         self.moto = DomainDispatcherApplication(create_backend_app)
+        self.faults = FaultInjector()
         self.snowball = SnowballBackend(clock, profile.snowball)
-        self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
-        self.snowball_device = SnowballDevice(self.snowball, self.moto)
         self.dms = dms.DmsLifecycle(clock, profile.dms)
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
+        self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
+        self.snowball_device = SnowballDevice(self.snowball, self.moto)
+
+    # Requests
 
     def __call__(self, environ: dict, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(DEVICE_PREFIX) or path.startswith(snowball_responses.MANIFEST_PATH):
+            return self._serve(environ)(environ, start_response)
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(environ, path)(environ, start_response)
+        return self.faults.handle(environ, start_response, self._serve)
+
+    def _serve(self, environ: dict) -> Response:
+        """Process one request to the end and return its buffered answer."""
         try:
-            app = self._route(environ)
+            return call_app(self._route(environ), environ)
         except Exception:
             log.exception("localaws failed on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            app = json_response(
-                {"__type": "InternalFailure", "message": "localaws hit an internal error"}, 500
-            )
-        return app(environ, start_response)
+            # In the shape of the caller's protocol, so that its client reads a 500, not a parse error.
+            return server_error(500, environ, request_service(environ))
 
     def _route(self, environ: dict):
         path = environ.get("PATH_INFO", "")
@@ -69,8 +84,6 @@ class LocalAWSApp:
             return self.snowball_device.handle(environ)
         if path.startswith(snowball_responses.MANIFEST_PATH):
             return snowball_responses.manifest_response(self.snowball, environ)
-        if path.startswith(CONTROL_PREFIX):
-            return self._control(environ, path)
         if target.startswith(snowball_responses.TARGET_PREFIX):
             return self.snowball_api.handle(environ)
         if target.startswith(dms.TARGET_PREFIX):
@@ -81,10 +94,8 @@ class LocalAWSApp:
             return self.ssm.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
-            self.snowball.reset()
-            self.dms.reset()
-            self.hyperpod.reset()
-            self.ssm.reset()
+            for name in STATEFUL:
+                getattr(self, name).reset()
         return self.moto
 
     def _control(self, environ: dict, path: str) -> Response:
@@ -97,7 +108,29 @@ class LocalAWSApp:
             return self._set_clock(read_body(environ))
         if path == "/_localaws/timing" and method == "GET":
             return json_response(self.profile.to_dict())
+        if path == "/_localaws/faults":
+            return self._faults(method, environ)
         return json_response({"error": f"no control endpoint {method} {path}"}, 404)
+
+    def _faults(self, method: str, environ: dict) -> Response:
+        """GET: rules and counters; POST ``{"rules": [...]}`` (or one rule): switch on; DELETE: all off."""
+        if method == "GET":
+            return json_response(self.faults.view())
+        if method == "DELETE":
+            return json_response(self.faults.clear())
+        if method != "POST":
+            return json_response({"error": f"no control endpoint {method} /_localaws/faults"}, 404)
+        try:
+            request = json.loads(read_body(environ) or b"{}")
+        except ValueError:
+            return json_response({"error": "the body must be a JSON object"}, 400)
+        specs = request.get("rules", [request]) if isinstance(request, dict) else None
+        if not isinstance(specs, list) or not specs:
+            return json_response({"error": 'give a rule, or {"rules": [rule, ...]}'}, 400)
+        try:
+            return json_response({"rules": self.faults.add(specs)})
+        except FaultRuleError as error:
+            return json_response({"error": str(error)}, 400)
 
     def _set_clock(self, body: bytes) -> Response:
         """POST /_localaws/clock with ``{"advance_seconds": n}`` and/or ``{"speed": x}``."""

@@ -39,6 +39,16 @@ def localaws():
 
 
 @pytest.fixture
+def faults(localaws):
+    """Switch localaws fault rules on for one test: ``faults(rule, ...)``; all off, counters reset, after it."""
+    from localaws import control
+
+    control.clear_faults(localaws.endpoint_url)
+    yield lambda *rules: control.add_faults(localaws.endpoint_url, *rules)
+    control.clear_faults(localaws.endpoint_url)
+
+
+@pytest.fixture
 def boto_client(localaws):
     """Factory for real boto3 clients that talk to localaws over HTTP, parameter validation on."""
     import boto3
