@@ -10,6 +10,7 @@ Routing, in order:
 - ``X-Amz-Target: AmazonDMSv20160101.*``: moto's DMS, with statuses moving on the virtual clock;
 - ``X-Amz-Target: SageMaker.<cluster operation>``: moto's HyperPod clusters, created and deleted on the clock;
 - ``X-Amz-Target: AmazonSSM.<Run Command operation>``: moto's SSM commands, run on the clock;
+- EC2 ``RunInstances`` with a ``ClientToken``: launched once per token (:mod:`localaws.ec2_client_tokens`);
 - everything else: straight to moto.
 """
 
@@ -25,6 +26,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from localaws import dms
 from localaws.clock import VirtualClock
+from localaws.ec2_client_tokens import Ec2ClientTokens
 from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
@@ -32,17 +34,18 @@ from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
 from localaws.snowball.models import SnowballBackend
 from localaws.ssm import SsmCommandLifecycle
 from localaws.timing import TimingProfile, get_profile
-from localaws.wsgi import Response, call_app, json_response, read_body, request_service
+from localaws.wsgi import Response, call_app, json_response, read_body, request_operation, request_service
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_localaws/"
-STATEFUL = ("snowball", "dms", "hyperpod", "ssm")  # the simulations beside moto (attributes of LocalAWSApp)
+# The simulations beside moto's backends (attributes of LocalAWSApp).
+STATEFUL = ("snowball", "dms", "hyperpod", "ssm", "ec2_client_tokens")
 
 
 class LocalAWSApp:
-    """The WSGI app: the control endpoint, the fault rules, the Snowball, DMS, HyperPod and SSM lifecycles,
-    then moto."""
+    """The WSGI app: the control endpoint, the fault rules, the Snowball, DMS, HyperPod, SSM and EC2
+    simulations, then moto."""
 
     def __init__(self, clock: VirtualClock, profile: TimingProfile):
         self.clock = clock
@@ -53,6 +56,7 @@ class LocalAWSApp:
         self.dms = dms.DmsLifecycle(clock, profile.dms)
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
+        self.ec2_client_tokens = Ec2ClientTokens(clock)
         self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
         self.snowball_device = SnowballDevice(self.snowball, self.moto)
 
@@ -92,6 +96,9 @@ class LocalAWSApp:
             return self.hyperpod.handle(environ, self.moto)
         if self.ssm.handles(target):
             return self.ssm.handle(environ, self.moto)
+        service = request_service(environ)
+        if self.ec2_client_tokens.handles(service, request_operation(environ, service)):
+            return self.ec2_client_tokens.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
             for name in STATEFUL:
