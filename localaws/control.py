@@ -47,6 +47,11 @@ def clear_faults(endpoint_url: str) -> dict:
     return _call(endpoint_url, "DELETE", "/_localaws/faults")
 
 
+def save_state(endpoint_url: str) -> dict:
+    """Snapshot the server's AWS state to its ``--state-file`` now; returns the file, its size and the clock."""
+    return _call(endpoint_url, "POST", "/_localaws/state", {})
+
+
 def wait_until_healthy(endpoint_url: str, timeout: float = 30.0) -> None:
     """Poll GET /_localaws/health until it answers ok; raises TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
