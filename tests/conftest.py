@@ -119,12 +119,18 @@ def boto_client(localaws):
 
 @pytest.fixture
 def aws_conn(localaws, monkeypatch):
-    """Point Airflow's ``aws_default`` connection at localaws, as ``make demo`` does."""
+    """Point Airflow's ``aws_default`` connection at localaws, with the retry policy, as ``make demo`` does."""
+    from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
+
     conn = {
         "conn_type": "aws",
         "login": "testing",
         "password": "testing",
-        "extra": {"endpoint_url": localaws.endpoint_url, "region_name": "us-east-1"},
+        "extra": {
+            "endpoint_url": localaws.endpoint_url,
+            "region_name": "us-east-1",
+            "config_kwargs": {"retries": CONNECTION_RETRIES},
+        },
     }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
     return "aws_default"

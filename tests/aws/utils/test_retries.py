@@ -129,3 +129,21 @@ def test_attempts_run_out(no_sleep):
     with pytest.raises(ClientError, match="ThrottlingException"):
         create_once(api.create, api.find, what="a job", log=log, attempts=3)
     assert api.attempts == 3 and api.created == []
+
+
+def test_the_connections_retry_policy_reaches_every_client(aws_conn):
+    """AwsBaseHook builds its botocore Config from the connection extra's ``config_kwargs``."""
+    import asyncio
+
+    from finetune_pipeline.aws.hooks.snowball import SnowballHook
+    from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
+
+    hook = SnowballHook(aws_conn_id=aws_conn)
+    assert hook.conn.meta.config.retries == CONNECTION_RETRIES
+    assert hook.single_attempt_conn.meta.config.retries == {"mode": "standard", "total_max_attempts": 1}
+
+    async def async_retries() -> dict:  # what a trigger's client gets
+        async with await hook.get_async_conn() as client:
+            return client.meta.config.retries
+
+    assert asyncio.run(async_retries()) == CONNECTION_RETRIES

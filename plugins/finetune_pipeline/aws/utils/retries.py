@@ -27,6 +27,15 @@ from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, T
 
 T = TypeVar("T")
 
+# The retry policy every AWS connection of the pipeline carries, in its extra:
+# ``{"config_kwargs": {"retries": CONNECTION_RETRIES}}`` (AwsBaseHook builds its botocore Config from it).
+# botocore's standard mode (https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html)
+# retries throttling, 5xx and dropped connections with jittered exponential backoff capped at 20 s, and
+# spends a retry quota so that an outage does not multiply the load; legacy mode, botocore's default,
+# retries fewer errors. Ten attempts ride out a throttled minute or an endpoint restarting; a task that is
+# still failing after them is one for Airflow's task retries.
+CONNECTION_RETRIES = {"mode": "standard", "total_max_attempts": 10}
+
 # botocore's own checkers of standard retry mode: throttling codes (ThrottlingException, SlowDown,
 # RequestLimitExceeded, ...), transient codes and status codes (500, 502, 503, 504), connection errors.
 _RETRYABLE = (ThrottledRetryableChecker(), TransientRetryableChecker())
