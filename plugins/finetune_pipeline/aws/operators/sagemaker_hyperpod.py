@@ -13,6 +13,7 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from botocore.exceptions import ClientError
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
@@ -331,21 +332,27 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
             return None
         keep = live[0]
         for duplicate in live[1:]:
-            if duplicate["Status"] in SsmCommandHook.UNFINISHED_STATES:
+            if duplicate["Status"] not in SsmCommandHook.UNFINISHED_STATES:
+                self.log.warning(
+                    "SSM command %s duplicated %s (job %s) and already ran; the submit script skips sbatch "
+                    "for a job already queued.",
+                    duplicate["CommandId"],
+                    keep["CommandId"],
+                    self.job_key,
+                )
+                continue
+            try:
                 self.ssm_hook.cancel_command(duplicate["CommandId"])
-                self.log.warning(
-                    "Cancelled SSM command %s: a duplicate of %s (job %s).",
-                    duplicate["CommandId"],
-                    keep["CommandId"],
-                    self.job_key,
-                )
-            else:
-                self.log.warning(
-                    "SSM command %s duplicated %s (job %s) and already ran; its script found the job queued.",
-                    duplicate["CommandId"],
-                    keep["CommandId"],
-                    self.job_key,
-                )
+            except ClientError:
+                # Best-effort: it may have just finished, and the script's squeue check still holds.
+                self.log.exception("Could not cancel SSM command %s, a duplicate.", duplicate["CommandId"])
+                continue
+            self.log.warning(
+                "Cancelled SSM command %s: a duplicate of %s (job %s).",
+                duplicate["CommandId"],
+                keep["CommandId"],
+                self.job_key,
+            )
         return keep
 
     def execute(self, context: Context) -> str:
