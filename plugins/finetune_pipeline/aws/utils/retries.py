@@ -125,7 +125,8 @@ def create_once(
                 raise AirflowFailException(f"AWS refused to create {what}: {error}") from error
             if not is_retryable(error) or attempt == attempts:
                 raise
-            delay = random.uniform(0, min(MAX_BACKOFF_SECONDS, 2**attempt))
+            # botocore's own backoff: random up to 1 s, 2 s, 4 s, ... capped at 20 s.
+            delay = random.uniform(0, min(MAX_BACKOFF_SECONDS, 2 ** (attempt - 1)))
             log.info(
                 "Creating %s failed (%s) and it was not created; trying again in %.1fs (%d/%d).",
                 what,
