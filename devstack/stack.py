@@ -112,11 +112,18 @@ class AirflowStack:
             self.password_file.write_text(json.dumps({ADMIN_USER: secrets.token_urlsafe(12)}))
             self.password_file.chmod(0o600)
         self._airflow("db", "migrate")
+        from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
+
         aws_conn = {
             "conn_type": "aws",
             "login": "localaws",
             "password": "localaws",
-            "extra": {"endpoint_url": self.localaws_url, "region_name": "us-east-1"},
+            "extra": {
+                "endpoint_url": self.localaws_url,
+                "region_name": "us-east-1",
+                # The retry policy a real deployment's connection carries too (README, "Retries").
+                "config_kwargs": {"retries": CONNECTION_RETRIES},
+            },
         }
         source_conn = source_conn or {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432,
                                       "login": "replicator", "password": secrets.token_urlsafe(12), "schema": "appdb"}

@@ -28,6 +28,30 @@ def get_timing(endpoint_url: str) -> dict:
     return _call(endpoint_url, "GET", "/_localaws/timing")
 
 
+def add_faults(endpoint_url: str, *rules: dict) -> list[dict]:
+    """Switch fault rules on (see :mod:`localaws.faults`); returns them with their ids and counters.
+
+    e.g. ``add_faults(url, {"service": "*", "kind": "throttle", "rate": 0.3, "seed": 7})`` or
+    ``{"service": "snowball", "operation": "CreateJob", "kind": "lost_response", "limit": 1}``.
+    """
+    return _call(endpoint_url, "POST", "/_localaws/faults", {"rules": list(rules)})["rules"]
+
+
+def get_faults(endpoint_url: str) -> dict:
+    """GET /_localaws/faults -> ``{"rules": [...with matched/injected], "calls": {...}, "injected": {...}}``."""
+    return _call(endpoint_url, "GET", "/_localaws/faults")
+
+
+def clear_faults(endpoint_url: str) -> dict:
+    """Switch every fault rule off and reset the counters; returns what they had counted."""
+    return _call(endpoint_url, "DELETE", "/_localaws/faults")
+
+
+def save_state(endpoint_url: str) -> dict:
+    """Snapshot the server's AWS state to its ``--state-file`` now; returns the file, its size and the clock."""
+    return _call(endpoint_url, "POST", "/_localaws/state", {})
+
+
 def wait_until_healthy(endpoint_url: str, timeout: float = 30.0) -> None:
     """Poll GET /_localaws/health until it answers ok; raises TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

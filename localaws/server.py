@@ -1,14 +1,20 @@
 """The localaws server: moto's server behind a small WSGI router, on one port, many threads.
 
 Routing, in order:
+- ``/_localaws/...`` (but the two below): the control endpoint (health, virtual clock, timing profile,
+  fault rules, state snapshots); never faulted, never held by a snapshot;
 - ``/_localaws/snowball-device/{JobId}/...``: S3 on a simulated Snowball device;
 - ``/_localaws/snowball/manifest/{JobId}``: manifests handed out by ``GetJobManifest``;
-- ``/_localaws/...``: the control endpoint (health, virtual clock, timing profile);
+- every other request is an AWS API call: it goes through the fault rules (:mod:`localaws.faults`), then:
 - ``X-Amz-Target: AWSIESnowballJobManagementService.*``: the Snowball job API (moto has none);
 - ``X-Amz-Target: AmazonDMSv20160101.*``: moto's DMS, with statuses moving on the virtual clock;
 - ``X-Amz-Target: SageMaker.<cluster operation>``: moto's HyperPod clusters, created and deleted on the clock;
 - ``X-Amz-Target: AmazonSSM.<Run Command operation>``: moto's SSM commands, run on the clock;
+- EC2 ``RunInstances`` with a ``ClientToken``: launched once per token (:mod:`localaws.ec2_client_tokens`);
 - everything else: straight to moto.
+
+Every request but the control endpoint's is processed inside the request gate, so a state snapshot
+(:mod:`localaws.persistence`) never sees one half-done.
 """
 
 from __future__ import annotations
@@ -17,48 +23,96 @@ import json
 import logging
 import math
 import threading
+from pathlib import Path
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from localaws import dms
+from localaws import dms, persistence
 from localaws.clock import VirtualClock
+from localaws.ec2_client_tokens import Ec2ClientTokens
+from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
 from localaws.snowball.models import SnowballBackend
 from localaws.ssm import SsmCommandLifecycle
 from localaws.timing import TimingProfile, get_profile
-from localaws.wsgi import Response, json_response, read_body
+from localaws.wsgi import Response, call_app, json_response, read_body, request_operation, request_service
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_localaws/"
+# The simulations whose state a snapshot keeps, beside moto's backends (attributes of LocalAWSApp).
+STATEFUL = ("snowball", "dms", "hyperpod", "ssm", "ec2_client_tokens")
 
 
 class LocalAWSApp:
-    """The WSGI app: the control endpoint, the Snowball, DMS, HyperPod and SSM lifecycles, then moto."""
+    """The WSGI app: the control endpoint, the fault rules, the Snowball, DMS, HyperPod, SSM and EC2
+    simulations, then moto."""
 
-    def __init__(self, clock: VirtualClock, profile: TimingProfile):
+    def __init__(self, clock: VirtualClock, profile: TimingProfile, state_file: str | None = None):
         self.clock = clock
         self.profile = profile
+        self.state_file = state_file
         self.moto = DomainDispatcherApplication(create_backend_app)
+        self.faults = FaultInjector()
+        self.gate = persistence.RequestGate()
         self.snowball = SnowballBackend(clock, profile.snowball)
-        self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
-        self.snowball_device = SnowballDevice(self.snowball, self.moto)
         self.dms = dms.DmsLifecycle(clock, profile.dms)
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
+        self.ec2_client_tokens = Ec2ClientTokens(clock)
+        self.clock_changes = 0  # moves of the clock through the control endpoint
+        self._wire()
+
+    def _wire(self) -> None:
+        self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
+        self.snowball_device = SnowballDevice(self.snowball, self.moto)
+
+    # State
+
+    def state(self) -> dict:
+        """The simulations a snapshot keeps (see :mod:`localaws.persistence`)."""
+        return {name: getattr(self, name) for name in STATEFUL}
+
+    def adopt(self, state: dict) -> None:
+        """Take over restored simulations (before serving)."""
+        for name in STATEFUL:
+            if name in state:
+                setattr(self, name, state[name])
+        self._wire()
+
+    def activity(self) -> tuple[int, int]:
+        """Changes so far (requests admitted, clock moves): equal twice, the state has not changed between."""
+        return self.gate.admitted, self.clock_changes
+
+    def save_state(self) -> int:
+        if not self.state_file:
+            raise RuntimeError("localaws runs without --state-file: there is nowhere to save its state")
+        return persistence.save_state(self.state_file, self.gate, self.clock, self.profile, self.state())
+
+    # Requests
 
     def __call__(self, environ: dict, start_response):
-        try:
-            app = self._route(environ)
-        except Exception:
-            log.exception("localaws failed on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            app = json_response(
-                {"__type": "InternalFailure", "message": "localaws hit an internal error"}, 500
-            )
-        return app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(DEVICE_PREFIX) or path.startswith(snowball_responses.MANIFEST_PATH):
+            return self._serve(environ)(environ, start_response)
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(environ, path)(environ, start_response)
+        return self.faults.handle(environ, start_response, self._serve)
+
+    def _serve(self, environ: dict) -> Response:
+        """Process one request to the end, inside the gate, and return its buffered answer."""
+        with self.gate.shared():
+            try:
+                return call_app(self._route(environ), environ)
+            except Exception:
+                log.exception(
+                    "localaws failed on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+                )
+                # In the shape of the caller's protocol, so that its client reads a 500, not a parse error.
+                return server_error(500, environ, request_service(environ))
 
     def _route(self, environ: dict):
         path = environ.get("PATH_INFO", "")
@@ -69,8 +123,6 @@ class LocalAWSApp:
             return self.snowball_device.handle(environ)
         if path.startswith(snowball_responses.MANIFEST_PATH):
             return snowball_responses.manifest_response(self.snowball, environ)
-        if path.startswith(CONTROL_PREFIX):
-            return self._control(environ, path)
         if target.startswith(snowball_responses.TARGET_PREFIX):
             return self.snowball_api.handle(environ)
         if target.startswith(dms.TARGET_PREFIX):
@@ -79,12 +131,13 @@ class LocalAWSApp:
             return self.hyperpod.handle(environ, self.moto)
         if self.ssm.handles(target):
             return self.ssm.handle(environ, self.moto)
+        service = request_service(environ)
+        if self.ec2_client_tokens.handles(service, request_operation(environ, service)):
+            return self.ec2_client_tokens.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
-            self.snowball.reset()
-            self.dms.reset()
-            self.hyperpod.reset()
-            self.ssm.reset()
+            for name in STATEFUL:
+                getattr(self, name).reset()
         return self.moto
 
     def _control(self, environ: dict, path: str) -> Response:
@@ -97,7 +150,38 @@ class LocalAWSApp:
             return self._set_clock(read_body(environ))
         if path == "/_localaws/timing" and method == "GET":
             return json_response(self.profile.to_dict())
+        if path == "/_localaws/faults":
+            return self._faults(method, environ)
+        if path == "/_localaws/state" and method == "POST":
+            return self._save_state()
         return json_response({"error": f"no control endpoint {method} {path}"}, 404)
+
+    def _faults(self, method: str, environ: dict) -> Response:
+        """GET: rules and counters; POST ``{"rules": [...]}`` (or one rule): switch on; DELETE: all off."""
+        if method == "GET":
+            return json_response(self.faults.view())
+        if method == "DELETE":
+            return json_response(self.faults.clear())
+        if method != "POST":
+            return json_response({"error": f"no control endpoint {method} /_localaws/faults"}, 404)
+        try:
+            request = json.loads(read_body(environ) or b"{}")
+        except ValueError:
+            return json_response({"error": "the body must be a JSON object"}, 400)
+        specs = request.get("rules", [request]) if isinstance(request, dict) else None
+        if not isinstance(specs, list) or not specs:
+            return json_response({"error": 'give a rule, or {"rules": [rule, ...]}'}, 400)
+        try:
+            return json_response({"rules": self.faults.add(specs)})
+        except FaultRuleError as error:
+            return json_response({"error": str(error)}, 400)
+
+    def _save_state(self) -> Response:
+        """POST /_localaws/state: snapshot now (the server must run with ``--state-file``)."""
+        if not self.state_file:
+            return json_response({"error": "localaws runs without --state-file"}, 409)
+        size = self.save_state()
+        return json_response({"state_file": str(self.state_file), "bytes": size, "clock": self.clock.snapshot()})
 
     def _set_clock(self, body: bytes) -> Response:
         """POST /_localaws/clock with ``{"advance_seconds": n}`` and/or ``{"speed": x}``."""
@@ -120,6 +204,7 @@ class LocalAWSApp:
             self.clock.set_speed(request["speed"])
         if "advance_seconds" in request:
             self.clock.advance(request["advance_seconds"])
+        self.clock_changes += 1
         log.info("Virtual clock now %s", self.clock.snapshot())
         return json_response(self.clock.snapshot())
 
@@ -133,28 +218,49 @@ class _RequestHandler(MotoRequestHandler):
 
 
 class LocalAWS:
-    """A local AWS endpoint on ``host:port`` (``port=0`` picks a free port), served by a background thread."""
+    """
+    A local AWS endpoint on ``host:port`` (``port=0`` picks a free port), served by a background thread.
+
+    With ``state_file``, the AWS state is restored from that file on start (when it exists), saved to it
+    every ``state_interval`` seconds in which requests came in (0: never), and saved on stop.
+    """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, clock_speed: float = 1.0, timing: str = "realistic"
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock_speed: float = 1.0,
+        timing: str = "realistic",
+        state_file: str | Path | None = None,
+        state_interval: float = 10.0,
     ):
         self.host = host
         self.port = port
         self.clock = VirtualClock(speed=clock_speed)
         self.profile = get_profile(timing)
+        self.state_file = Path(state_file) if state_file else None
+        self.state_interval = state_interval
         self.app: LocalAWSApp | None = None
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._saver: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LocalAWS:
-        """Bind the port and serve in a daemon thread; returns self once requests are accepted."""
+        """Restore the state file if there is one, bind the port and serve in a daemon thread."""
         if self._server is not None:
             raise RuntimeError("localaws is already running")
-        self.app = LocalAWSApp(self.clock, self.profile)
+        restored = None
+        if self.state_file and self.state_file.exists():
+            self.clock = persistence.read_clock(self.state_file)  # raises StateFileError on a foreign file
+        self.app = LocalAWSApp(self.clock, self.profile, self.state_file)
+        if self.state_file and self.state_file.exists():
+            restored = persistence.load_state(self.state_file, self.clock, self.profile)
+            self.app.adopt(restored)
         # threaded=True: one thread per connection, so pipeline tasks, sensors and tests can call at once.
         self._server = make_server(
             self.host, self.port, self.app, threaded=True, request_handler=_RequestHandler
@@ -162,23 +268,46 @@ class LocalAWS:
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="localaws", daemon=True)
         self._thread.start()
+        if self.state_file and self.state_interval > 0:
+            self._stopping.clear()
+            self._saver = threading.Thread(target=self._save_periodically, name="localaws-state", daemon=True)
+            self._saver.start()
         log.info(
-            "localaws serving on %s (timing %s, clock speed %s)",
+            "localaws serving on %s (timing %s, clock %s at speed %s%s)",
             self.endpoint_url,
             self.profile.name,
+            self.clock.now().isoformat(),
             self.clock.speed,
+            f", state restored from {self.state_file}" if restored is not None else "",
         )
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving, save the state (with a state file) and release the port."""
         if self._server is None:
             return
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join()
-        self._server = self._thread = None
+        self._stopping.set()
+        if self._saver is not None:
+            self._saver.join()
+        if self.state_file and self.app is not None:
+            self.app.save_state()
+        self._server = self._thread = self._saver = None
+
+    def _save_periodically(self) -> None:
+        saved_after = None
+        while not self._stopping.wait(self.state_interval):
+            activity = self.app.activity()
+            if activity == saved_after:
+                continue  # nothing came in: the file already holds this state
+            try:
+                self.app.save_state()
+                saved_after = activity
+            except Exception:
+                log.exception("localaws could not save its state to %s", self.state_file)
 
     def __enter__(self) -> LocalAWS:
         return self.start()

@@ -11,12 +11,32 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
+# A presigned URL carries the same credential scope in its query string (``X-Amz-Credential=...%2Faws4_request``).
+_QUERY_CREDENTIAL = re.compile(r"X-Amz-Credential=[^&%/]+(?:%2F|/)\d{8}(?:%2F|/)([^&%/]+)(?:%2F|/)([^&%/]+)")
 DEFAULT_REGION = "us-east-1"
+# S3 subresources that name an operation of their own on a bucket (``GET /bucket?tagging`` is GetBucketTagging).
+_S3_BUCKET_SUBRESOURCES = {
+    "acl": "Acl",
+    "cors": "Cors",
+    "encryption": "Encryption",
+    "lifecycle": "LifecycleConfiguration",
+    "location": "Location",
+    "logging": "Logging",
+    "notification": "NotificationConfiguration",
+    "ownershipControls": "OwnershipControls",
+    "policy": "Policy",
+    "publicAccessBlock": "PublicAccessBlock",
+    "replication": "Replication",
+    "tagging": "Tagging",
+    "versioning": "Versioning",
+    "website": "Website",
+}
 
 
 @dataclass
@@ -94,6 +114,73 @@ def request_region(environ: dict) -> str:
     """The region the client signed for (SigV4 credential scope)."""
     match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
     return match.group(2) if match else DEFAULT_REGION
+
+
+def request_service(environ: dict) -> str:
+    """The service the client signed for: the SigV4 credential scope's service (``s3``, ``snowball``, ...)."""
+    match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if match:
+        return match.group(3)
+    match = _QUERY_CREDENTIAL.search(environ.get("QUERY_STRING", ""))
+    return match.group(2) if match else "unknown"
+
+
+def request_operation(environ: dict, service: str) -> str:
+    """
+    The API operation a request calls, as botocore's service model names it.
+
+    JSON protocols name it in ``X-Amz-Target`` (``AmazonSSM.SendCommand``), query protocols (EC2, IAM, STS)
+    in the ``Action`` parameter, and S3's REST protocol through the method, the path and the subresource.
+    """
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if "Action" in query:
+        return query["Action"][0]
+    if service == "s3":
+        return _s3_operation(environ, query)
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        action = parse_qs(read_body(environ).decode("utf-8", "replace")).get("Action")
+        if action:
+            return action[0]
+    return f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '/')}"
+
+
+def _s3_operation(environ: dict, query: dict[str, list[str]]) -> str:
+    """S3 REST (path-style addressing, as boto3 uses against an IP endpoint): method + path -> operation."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    bucket, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
+    verb = {"GET": "Get", "PUT": "Put", "DELETE": "Delete", "HEAD": "Head", "POST": "Post"}.get(method, method)
+    if not bucket:
+        return "ListBuckets" if method == "GET" else f"{method} /"
+    if not key:
+        sub = next((_S3_BUCKET_SUBRESOURCES[name] for name in query if name in _S3_BUCKET_SUBRESOURCES), None)
+        if sub:
+            return f"{verb}Bucket{sub}"
+        if method == "GET":
+            if "uploads" in query:
+                return "ListMultipartUploads"
+            if "versions" in query:
+                return "ListObjectVersions"
+            return "ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"
+        if method == "POST" and "delete" in query:
+            return "DeleteObjects"
+        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "DELETE": "DeleteBucket"}.get(method, f"{verb}Bucket")
+    if "tagging" in query:
+        return f"{verb}ObjectTagging"
+    if method == "PUT":
+        copy = bool(environ.get("HTTP_X_AMZ_COPY_SOURCE"))
+        if "uploadId" in query:
+            return "UploadPartCopy" if copy else "UploadPart"
+        return "CopyObject" if copy else "PutObject"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "GET":
+        return "ListParts" if "uploadId" in query else "GetObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return f"{verb}Object"
 
 
 def request_account(environ: dict) -> str:

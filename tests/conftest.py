@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +42,70 @@ def localaws():
     server.stop()
 
 
+class LocalAWSProcess:
+    """``python -m localaws`` in a process of its own, on one port across restarts (``--port`` stays fixed)."""
+
+    def __init__(self, log_path: Path, *args: str):
+        self.log_path = log_path
+        self.args = args
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> LocalAWSProcess:
+        from localaws.control import wait_until_healthy
+
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "localaws", "--port", str(self.port), *self.args],
+                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until_healthy(self.url, timeout=60)
+        except TimeoutError:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"localaws did not start:\n{self.log_path.read_text()[-3000:]}") from None
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Signal the server and wait for it; returns its exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=60)
+
+    def restart(self, signum: int = signal.SIGTERM) -> LocalAWSProcess:
+        self.stop(signum)
+        return self.start()
+
+
+@pytest.fixture
+def localaws_process(tmp_path):
+    """Start ``python -m localaws <args>`` in its own process: ``localaws_process("--state-file", path)``."""
+    started: list[LocalAWSProcess] = []
+
+    def start(*args: str) -> LocalAWSProcess:
+        server = LocalAWSProcess(tmp_path / f"localaws-{len(started)}.log", *args)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def faults(localaws):
+    """Switch localaws fault rules on for one test: ``faults(rule, ...)``; all off, counters reset, after it."""
+    from localaws import control
+
+    control.clear_faults(localaws.endpoint_url)
+    yield lambda *rules: control.add_faults(localaws.endpoint_url, *rules)
+    control.clear_faults(localaws.endpoint_url)
+
+
 @pytest.fixture
 def boto_client(localaws):
     """Factory for real boto3 clients that talk to localaws over HTTP, parameter validation on."""
@@ -51,12 +119,18 @@ def boto_client(localaws):
 
 @pytest.fixture
 def aws_conn(localaws, monkeypatch):
-    """Point Airflow's ``aws_default`` connection at localaws, as ``make demo`` does."""
+    """Point Airflow's ``aws_default`` connection at localaws, with the retry policy, as ``make demo`` does."""
+    from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
+
     conn = {
         "conn_type": "aws",
         "login": "testing",
         "password": "testing",
-        "extra": {"endpoint_url": localaws.endpoint_url, "region_name": "us-east-1"},
+        "extra": {
+            "endpoint_url": localaws.endpoint_url,
+            "region_name": "us-east-1",
+            "config_kwargs": {"retries": CONNECTION_RETRIES},
+        },
     }
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(conn))
     return "aws_default"

@@ -32,6 +32,13 @@ def test_compose_runs_the_same_components_as_the_local_stack(compose):
     assert "python -m localaws" in " ".join(commands["localaws"])
 
 
+def test_compose_connection_carries_the_retry_policy(compose):
+    from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
+
+    connection = json.loads(compose["x-airflow-common"]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
+    assert connection["extra"]["config_kwargs"] == {"retries": CONNECTION_RETRIES}
+
+
 def test_compose_mounts_dags_plugins_and_include(compose):
     volumes = compose["x-airflow-common"]["volumes"]
     for folder in ("dags", "plugins", "include"):

@@ -58,22 +58,23 @@ def test_unlock_code_and_manifest_are_masked(hook, snowball_job, advance_job_to)
     assert url not in str(redact(f"manifest at {url}"))
 
 
-def test_find_job_by_description_skips_cancelled_jobs(hook, snowball_job, unique):
+def test_find_live_jobs_by_description_skips_cancelled_jobs_oldest_first(hook, snowball_job, unique):
     description = unique("pipeline-key")
     cancelled = snowball_job(description)
     hook.cancel_job(cancelled)
-    assert hook.find_job_by_description(description) is None
-    live = snowball_job(description)
-    assert hook.find_job_by_description(description)["JobId"] == live
-    assert {job["JobId"] for job in hook.find_jobs_by_description(description)} == {cancelled, live}
-
-
-def test_find_job_by_description_refuses_ambiguity(hook, snowball_job, unique):
-    description = unique("pipeline-key")
+    assert hook.find_live_jobs_by_description(description) == []
     first, second = snowball_job(description), snowball_job(description)
-    with pytest.raises(RuntimeError, match="Several Snowball jobs") as error:
-        hook.find_job_by_description(description)
-    assert first in str(error.value) and second in str(error.value)
+    assert [job["JobId"] for job in hook.find_live_jobs_by_description(description)] == [first, second]
+    assert {job["JobId"] for job in hook.find_jobs_by_description(description)} == {cancelled, first, second}
+
+
+def test_creates_are_sent_once_without_botocores_retries(hook, faults):
+    from botocore.exceptions import ClientError
+
+    faults({"service": "snowball", "operation": "CreateAddress", "kind": "throttle", "limit": 1})
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        hook.create_address({"Name": "n", "Street1": "s", "City": "c", "Country": "US", "PostalCode": "1"})
+    assert hook.single_attempt_conn.meta.config.retries["total_max_attempts"] == 1
 
 
 def test_states_after():

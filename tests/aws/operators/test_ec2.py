@@ -4,7 +4,7 @@ import base64
 
 import pytest
 from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from finetune_pipeline.aws.operators.ec2 import (
     ABORTED_TAG,
@@ -79,6 +79,29 @@ def test_launches_once_per_task_run(ec2, image_id, user_data, context):
     assert tags == {"Name": "ftp", LAUNCH_TOKEN_TAG: f"{token_of(context)}-0"}
     raw = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="userData")["UserData"]["Value"]
     assert 'python3 train.py --dataset-uri "s3://b/datasets" --version "v3"' in base64.b64decode(raw).decode()
+
+
+def test_the_client_token_is_derived_from_the_dag_run(ec2, image_id, context):
+    (instance_id,) = launch(image_id, wait_for_completion=False).execute(context)
+    (instance,) = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    ti = context["ti"]
+    assert instance["ClientToken"] == f"{launch_token_base(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)}-0"
+    assert len(instance["ClientToken"]) <= 64  # EC2's limit on a client token
+
+
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_a_launch_whose_answer_is_lost_launches_once(ec2, image_id, context, faults, mode):
+    faults({"service": "ec2", "operation": "RunInstances", "kind": "lost_response", "mode": mode, "limit": 1})
+    ids = launch(image_id, wait_for_completion=False, min_count=2, max_count=2).execute(context)
+    assert sorted(i["InstanceId"] for i in tagged(ec2, token_of(context))) == ids
+
+
+def test_a_launch_changed_between_tries_fails_without_retry(ec2, image_id, context):
+    """Same task run, other parameters: EC2 refuses the token (IdempotentParameterMismatch)."""
+    token = f"{token_of(context)}-0"
+    ec2.run_instances(ImageId=image_id, InstanceType="t3.micro", MinCount=1, MaxCount=1, ClientToken=token)
+    with pytest.raises(AirflowFailException, match="earlier try of this task run launched with other"):
+        launch(image_id, wait_for_completion=False).execute(context)
 
 
 def test_another_run_launches_its_own_instances(image_id, context, unique):

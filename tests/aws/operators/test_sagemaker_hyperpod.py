@@ -130,8 +130,23 @@ def test_ensure_cluster_keeps_a_groups_own_settings(hook, context, unique):
     ],
 )
 def test_ensure_cluster_rejects_bad_input(context, unique, overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(AirflowFailException, match=message):
         ensure(unique("hp"), **overrides).execute(context)
+
+
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_ensure_cluster_whose_answer_is_lost_creates_one(hook, context, unique, faults, mode):
+    """botocore sends CreateCluster again; AWS refuses the name as taken, and the operator finds the cluster."""
+    name = unique("hp")
+    faults({"service": "sagemaker", "operation": "CreateCluster", "kind": "lost_response", "mode": mode, "limit": 1})
+    arn = ensure(name, wait_for_completion=False).execute(context)
+    assert [s["ClusterArn"] for s in hook.list_clusters(name_contains=name)] == [arn]
+
+
+def test_ensure_cluster_refused_as_invalid_fails_without_retry(context, unique):
+    groups = [{"InstanceGroupName": "controller", "InstanceType": "ml.no-such-type", "InstanceCount": 1}]
+    with pytest.raises(AirflowFailException, match="ValidationException"):
+        ensure(unique("hp"), instance_groups=groups).execute(context)
 
 
 def test_ensure_cluster_execute_complete(context, unique):
@@ -265,6 +280,44 @@ def test_submit_targets_the_controller_and_is_idempotent(aws_conn, hook, cluster
     assert commands[0]["DocumentName"] == "AWS-RunShellScript"
 
 
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_submit_whose_answer_is_lost_sends_one_command(aws_conn, hook, cluster, context, unique, faults, mode):
+    job_key = unique("ftp-train")
+    faults({"service": "ssm", "operation": "SendCommand", "kind": "lost_response", "mode": mode})
+    command_id = submit(cluster, job_key).execute(context)
+    commands = SsmCommandHook(aws_conn_id=aws_conn).list_commands(instance_id=controller_target(hook, cluster))
+    assert [c["CommandId"] for c in commands if c["Comment"] == f"finetune-job:{job_key}"] == [command_id]
+
+
+def test_submit_sends_again_after_a_refusal(aws_conn, hook, cluster, context, unique, faults):
+    job_key = unique("ftp-train")
+    faults({"service": "ssm", "operation": "SendCommand", "kind": "throttle", "limit": 2})
+    command_id = submit(cluster, job_key).execute(context)
+    commands = SsmCommandHook(aws_conn_id=aws_conn).list_commands(instance_id=controller_target(hook, cluster))
+    assert [c["CommandId"] for c in commands if c["Comment"] == f"finetune-job:{job_key}"] == [command_id]
+
+
+def test_submit_keeps_the_oldest_of_duplicates_and_cancels_the_rest(
+    aws_conn, hook, cluster, context, unique, frozen_clock, advance_clock
+):
+    job_key = unique("ftp-train")
+    ssm = SsmCommandHook(aws_conn_id=aws_conn)
+    target = controller_target(hook, cluster)
+
+    def send() -> str:
+        return ssm.send_command(
+            InstanceIds=[target], DocumentName="AWS-RunShellScript", Comment=f"finetune-job:{job_key}",
+            Parameters={"commands": ["true"]},
+        )["CommandId"]
+
+    first = send()
+    advance_clock(1)
+    second = send()
+    assert submit(cluster, job_key).execute(context) == first
+    statuses = {c["CommandId"]: c["Status"] for c in ssm.list_commands(instance_id=target)}
+    assert (statuses[first], statuses[second]) == ("Pending", "Cancelled")
+
+
 def test_submit_waits_in_the_worker(aws_conn, cluster, context, unique, fast_clock, timing):
     fast_clock((timing["ssm"]["command_pending"] + timing["ssm"]["command_in_progress"]) * 20)
     command_id = submit(cluster, unique("ftp-train"), wait_for_completion=True, deferrable=False).execute(
@@ -330,7 +383,7 @@ def test_submit_names_the_missing_controller_group(cluster, context):
 
 
 def test_submit_rejects_a_bad_job_key(cluster, context):
-    with pytest.raises(ValueError, match="job_key 'bad key!' must be"):
+    with pytest.raises(AirflowFailException, match="job_key 'bad key!' must be"):
         submit(cluster, "bad key!").execute(context)
 
 

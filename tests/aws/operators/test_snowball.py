@@ -65,8 +65,28 @@ def test_create_address_creates_a_different_address(hook, context, unique):
 
 
 def test_create_address_rejects_an_empty_address(context):
-    with pytest.raises(ValueError, match="non-empty address"):
+    with pytest.raises(AirflowFailException, match="non-empty address"):
         SnowballCreateAddressOperator(task_id="a", address={"Name": ""}, aws_conn_id=None).execute(context)
+
+
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_create_address_whose_answer_is_lost_creates_one(hook, context, unique, faults, mode):
+    address = {"Name": unique("Lost"), "Street1": "1 Main St", "City": "Seattle", "Country": "US", "PostalCode": "1"}
+    faults({"service": "snowball", "operation": "CreateAddress", "kind": "lost_response", "mode": mode})
+    address_id = SnowballCreateAddressOperator(task_id="a", address=address).execute(context)
+    assert [a["AddressId"] for a in hook.describe_addresses() if a["Name"] == address["Name"]] == [address_id]
+
+
+def test_create_address_sends_again_after_a_refusal(hook, context, unique, faults):
+    address = {"Name": unique("Again"), "Street1": "1 Main St", "City": "Seattle", "Country": "US", "PostalCode": "1"}
+    faults({"service": "snowball", "operation": "CreateAddress", "kind": "throttle", "limit": 2})
+    address_id = SnowballCreateAddressOperator(task_id="a", address=address).execute(context)
+    assert [a["AddressId"] for a in hook.describe_addresses() if a["Name"] == address["Name"]] == [address_id]
+
+
+def test_create_address_refused_as_invalid_fails_without_retry(context, unique):
+    with pytest.raises(AirflowFailException, match="InvalidAddressException"):
+        SnowballCreateAddressOperator(task_id="a", address={"Name": unique("No street")}).execute(context)
 
 
 # SnowballCreateJobOperator
@@ -106,7 +126,47 @@ def test_create_job_replaces_a_cancelled_job(hook, bucket, address_id, context, 
     hook.cancel_job(first)
     second = job_operator(bucket, address_id, key).execute(context)
     assert second != first
-    assert hook.find_job_by_description(job_description(key))["JobId"] == second
+    assert [job["JobId"] for job in hook.find_live_jobs_by_description(job_description(key))] == [second]
+
+
+@pytest.mark.parametrize("mode", ["error", "drop"])
+def test_create_job_whose_answer_is_lost_orders_one_device(hook, bucket, address_id, context, unique, faults, mode):
+    key = unique("bulk")
+    faults({"service": "snowball", "operation": "CreateJob", "kind": "lost_response", "mode": mode})
+    job_id = job_operator(bucket, address_id, key).execute(context)
+    assert [job["JobId"] for job in hook.find_jobs_by_description(job_description(key))] == [job_id]
+
+
+def test_create_job_sends_again_after_a_refusal(hook, bucket, address_id, context, unique, faults):
+    key = unique("bulk")
+    faults(
+        {"service": "snowball", "operation": "CreateJob", "kind": "throttle", "limit": 1},
+        {"service": "snowball", "operation": "CreateJob", "kind": "error", "status": 503, "limit": 1},
+    )
+    job_id = job_operator(bucket, address_id, key).execute(context)
+    assert [job["JobId"] for job in hook.find_jobs_by_description(job_description(key))] == [job_id]
+
+
+def test_create_job_keeps_the_oldest_of_duplicates_and_cancels_the_rest(
+    hook, snowball_job, bucket, address_id, context, unique
+):
+    key = unique("bulk")
+    first, second = snowball_job(job_description(key)), snowball_job(job_description(key))
+    assert job_operator(bucket, address_id, key).execute(context) == first
+    assert hook.get_job_state(second) == "Cancelled"
+    assert [job["JobId"] for job in hook.find_live_jobs_by_description(job_description(key))] == [first]
+
+
+def test_create_job_fails_on_a_duplicate_that_can_no_longer_be_cancelled(
+    hook, snowball_job, bucket, address_id, context, unique, advance_clock
+):
+    key = unique("bulk")
+    first = snowball_job(job_description(key))
+    advance_clock(2 * 3600)  # past New: PreparingAppliance
+    second = snowball_job(job_description(key))
+    advance_clock(2 * 3600)
+    with pytest.raises(AirflowFailException, match=f"{second} duplicate job {first}"):
+        job_operator(bucket, address_id, key).execute(context)
 
 
 def test_create_job_refuses_a_job_with_another_bucket(boto_client, bucket, address_id, context, unique):
@@ -134,7 +194,7 @@ def test_create_job_passes_key_range_and_extra_arguments(hook, bucket, address_i
 
 
 def test_create_job_rejects_a_bucket_name_for_an_arn(address_id, context):
-    with pytest.raises(ValueError, match="must be an S3 bucket ARN"):
+    with pytest.raises(AirflowFailException, match="must be an S3 bucket ARN"):
         job_operator("unused", address_id, "k", bucket_arn="plain-name").execute(context)
 
 
@@ -282,7 +342,7 @@ def test_load_device_refuses_a_bucket_outside_the_job(
 ):
     job_id = snowball_job()
     advance_job_to(job_id, "WithCustomer")
-    with pytest.raises(ValueError, match="would never be imported"):
+    with pytest.raises(AirflowFailException, match="would never be imported"):
         load_operator(job_id, export_dir, bucket="some-other-bucket").execute(context)
 
 

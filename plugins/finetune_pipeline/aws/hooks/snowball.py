@@ -10,12 +10,17 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.sdk.log import mask_secret
 from botocore.config import Config
 
+from finetune_pipeline.aws.utils.retries import SingleAttemptClientMixin
 from finetune_pipeline.aws.waiters import waiter_file
 
 
-class SnowballHook(AwsBaseHook):
+class SnowballHook(SingleAttemptClientMixin, AwsBaseHook):
     """
     Interact with AWS Snowball jobs; a thin wrapper around ``boto3.client("snowball")``.
+
+    ``CreateAddress`` and ``CreateJob`` take no client token, so they are sent once, without botocore's
+    retries: a retry after a lost answer would order a second device. Callers look for what they meant to
+    create before trying again (``finetune_pipeline.aws.utils.retries.create_once``).
 
     Additional arguments (such as ``aws_conn_id``) are passed down to ``AwsBaseHook``.
 
@@ -55,11 +60,11 @@ class SnowballHook(AwsBaseHook):
 
     def create_address(self, address: dict[str, Any]) -> str:
         """
-        Create a shipping address; return its ``AddressId``.
+        Create a shipping address; return its ``AddressId``. Sent once, without botocore's retries.
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/snowball/client/create_address.html
         """
-        return self.conn.create_address(Address=address)["AddressId"]
+        return self.single_attempt_conn.create_address(Address=address)["AddressId"]
 
     def describe_address(self, address_id: str) -> dict[str, Any]:
         """
@@ -80,11 +85,12 @@ class SnowballHook(AwsBaseHook):
 
     def create_job(self, **kwargs: Any) -> str:
         """
-        Create a job from ``CreateJob`` keyword arguments; return its ``JobId``.
+        Create a job from ``CreateJob`` keyword arguments; return its ``JobId``. Sent once, without
+        botocore's retries.
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/snowball/client/create_job.html
         """
-        return self.conn.create_job(**kwargs)["JobId"]
+        return self.single_attempt_conn.create_job(**kwargs)["JobId"]
 
     def describe_job(self, job_id: str) -> dict[str, Any]:
         """
@@ -153,24 +159,14 @@ class SnowballHook(AwsBaseHook):
         """
         return [job for job in self.list_jobs() if job.get("Description") == description]
 
-    def find_job_by_description(self, description: str) -> dict[str, Any] | None:
-        """
-        Return the one job with this description that is not cancelled, or ``None``.
-
-        :raises RuntimeError: if several live jobs share the description (someone created one by hand).
-        """
+    def find_live_jobs_by_description(self, description: str) -> list[dict[str, Any]]:
+        """The jobs with this description that are not cancelled, oldest first (``CreationDate``, then ID)."""
         live = [
             job
             for job in self.find_jobs_by_description(description)
             if job.get("JobState") not in self.FAILED_STATES
         ]
-        if len(live) > 1:
-            ids = ", ".join(sorted(job["JobId"] for job in live))
-            raise RuntimeError(
-                f"Several Snowball jobs that are not cancelled have the description {description!r}: {ids}. "
-                "Cancel the extra ones (aws snowball cancel-job) so that exactly one is left, then retry."
-            )
-        return live[0] if live else None
+        return sorted(live, key=lambda job: (job["CreationDate"], job["JobId"]))
 
 
 class SnowballDeviceHook(AwsBaseHook):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -14,8 +15,10 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from botocore.exceptions import ClientError
 
 from finetune_pipeline.aws.triggers.ec2 import Ec2InstancesRunningTrigger
+from finetune_pipeline.aws.utils.retries import create_once
 from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # Tag carrying the launch token, so a retry finds what the first try launched (DescribeInstances by tag).
@@ -50,8 +53,10 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
 
     A retry never launches twice: the instances carry a launch token derived from the task run (as the
     ``ClientToken`` and as a tag), and a retry first looks them up by that tag and reuses any that are not
-    terminated. ``on_kill`` and a failed wait tag what this operator launched as aborted, then terminate it
-    (best-effort; the original error is kept). Only a set that is all gone and was aborted makes a retry
+    terminated. Within a try, botocore may send ``RunInstances`` again after a lost answer: with the same
+    ``ClientToken`` EC2 returns the first reservation instead of launching again. ``on_kill`` and a failed
+    wait tag what this operator launched as aborted, then terminate it (best-effort; the original error is
+    kept). Only a set that is all gone and was aborted makes a retry
     launch again, with the next token. The user data terminates an instance when training ends, so a set
     that is gone without the aborted tag has finished: it is returned and nothing is launched, and a wait
     that sees such instances terminated succeeds.
@@ -163,11 +168,28 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
             arguments["KeyName"] = self.key_name
         return {**arguments, **self.run_instances_kwargs}
 
+    def _launch(self, token: str) -> list[dict[str, Any]]:
+        """``RunInstances`` with ``token`` as its ``ClientToken``; botocore may retry it (the token dedups)."""
+        try:
+            return self.hook.conn.run_instances(**self._run_instances_arguments(token))["Instances"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "IdempotentParameterMismatch":
+                raise
+            raise AirflowFailException(
+                f"EC2 refused launch token {token}: an earlier try of this task run launched with other "
+                "RunInstances parameters (image, instance type, user data, tags, ...), which changed since. "
+                "Terminate that try's instances (tag finetune-pipeline:aborted=true marks them as aborted) or "
+                "start a new DAG run."
+            ) from error
+
+    def _with_token(self, token: str) -> list[dict[str, Any]]:
+        return self.hook.get_instances(filters=[{"Name": f"tag:{LAUNCH_TOKEN_TAG}", "Values": [token]}])
+
     def _find_or_launch(self, base: str) -> tuple[list[str], bool]:
         """Return the instance IDs of this task run and whether its training already finished."""
         for generation in range(MAX_GENERATIONS):
             token = f"{base}-{generation}"
-            found = self.hook.get_instances(filters=[{"Name": f"tag:{LAUNCH_TOKEN_TAG}", "Values": [token]}])
+            found = self._with_token(token)
             live = sorted(i["InstanceId"] for i in found if i["State"]["Name"] not in GONE_STATES)
             if live:
                 self.log.info("Reusing EC2 instances %s launched by an earlier try (token %s).", live, token)
@@ -187,7 +209,12 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[EC2Hook]):
                     token,
                 )
                 return ended, True
-            instances = self.hook.conn.run_instances(**self._run_instances_arguments(token))["Instances"]
+            instances = create_once(
+                functools.partial(self._launch, token),
+                lambda token=token: self._with_token(token) or None,
+                what=f"EC2 instances with launch token {token}",
+                log=self.log,
+            )
             launched = sorted(instance["InstanceId"] for instance in instances)
             self.log.info("Launched EC2 instances %s (%s, token %s).", launched, self.instance_type, token)
             return launched, False

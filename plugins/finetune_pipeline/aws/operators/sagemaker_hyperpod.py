@@ -13,11 +13,13 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from botocore.exceptions import ClientError
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
 from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
 from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
+from finetune_pipeline.aws.utils.retries import create_once
 from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # The execution role's managed policy (AmazonSageMakerClusterInstanceRolePolicy) only reads buckets
@@ -35,6 +37,10 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
     fills in ``LifeCycleConfig`` (``lifecycle_s3_uri`` + ``lifecycle_on_create``), ``ExecutionRole`` and
     ``ThreadsPerCore`` (1) where a group does not set them. An existing cluster is reused as it is;
     a ``Failed`` one fails the task without retries, a ``Deleting`` one fails this try.
+
+    The name is unique in the account and Region, so a ``CreateCluster`` that botocore sends again after
+    its answer was lost cannot make a second cluster: AWS refuses it (``ResourceInUse``). That refusal, like
+    any other error of the create, sends the operator to look for the cluster by name before failing.
 
     :param cluster_name: The cluster name (the idempotency key).
     :param instance_groups: ``ClusterInstanceGroupSpecification`` dicts, e.g. a controller and a worker group.
@@ -89,22 +95,26 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
 
     def _instance_groups(self) -> list[dict[str, Any]]:
         if not self.lifecycle_s3_uri.startswith(LIFECYCLE_URI_PREFIX):
-            raise ValueError(
+            raise AirflowFailException(
                 f"lifecycle_s3_uri {self.lifecycle_s3_uri!r} must start with {LIFECYCLE_URI_PREFIX!r}: "
                 "HyperPod "
                 "instances can only read lifecycle scripts from buckets named sagemaker-*. Upload them there."
             )
         if not self.instance_groups:
-            raise ValueError(f"HyperPod cluster {self.cluster_name} needs at least one instance group.")
+            raise AirflowFailException(
+                f"HyperPod cluster {self.cluster_name} needs at least one instance group."
+            )
         groups, names = [], set()
         for group in self.instance_groups:
             missing = [
                 key for key in ("InstanceGroupName", "InstanceType", "InstanceCount") if not group.get(key)
             ]
             if missing:
-                raise ValueError(f"Instance group {group!r} lacks {', '.join(missing)}.")
+                raise AirflowFailException(f"Instance group {group!r} lacks {', '.join(missing)}.")
             if group["InstanceGroupName"] in names:
-                raise ValueError(f"Instance group name {group['InstanceGroupName']!r} is used twice.")
+                raise AirflowFailException(
+                    f"Instance group name {group['InstanceGroupName']!r} is used twice."
+                )
             names.add(group["InstanceGroupName"])
             lifecycle = {"SourceS3Uri": self.lifecycle_s3_uri, "OnCreate": self.lifecycle_on_create}
             groups.append(
@@ -122,12 +132,19 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
     def execute(self, context: Context) -> str:
         cluster = self.hook.find_cluster(self.cluster_name)
         if cluster is None:
-            arn = self.hook.create_cluster(
-                self.cluster_name,
-                self._instance_groups(),
-                vpc_config=self.vpc_config,
-                tags=[{"Key": k, "Value": v} for k, v in (self.tags or {}).items()],
-                **self.create_cluster_kwargs,
+            groups = self._instance_groups()
+            # botocore's retries stay on: the unique name makes a repeated create a refusal, not a twin.
+            arn = create_once(
+                lambda: self.hook.create_cluster(
+                    self.cluster_name,
+                    groups,
+                    vpc_config=self.vpc_config,
+                    tags=[{"Key": k, "Value": v} for k, v in (self.tags or {}).items()],
+                    **self.create_cluster_kwargs,
+                ),
+                lambda: (self.hook.find_cluster(self.cluster_name) or {}).get("ClusterArn"),
+                what=f"the HyperPod cluster {self.cluster_name}",
+                log=self.log,
             )
             self.log.info("Creating HyperPod cluster %s (%s).", self.cluster_name, arn)
             cluster = self.hook.describe_cluster(self.cluster_name)
@@ -204,6 +221,11 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
     ``build_submit_script``). Idempotent twice over: an SSM command of this job key (in its ``Comment``)
     that did not fail is reused instead of sending another, and the script itself skips ``sbatch`` if a
     Slurm job with this name is queued or running. The wait ends when ``sbatch`` has queued the job.
+
+    ``SendCommand`` takes no client token, so it is sent once, without botocore's retries, and after any
+    error the command is looked for by its comment before another is sent. If tries that ran at once sent
+    two, the oldest is kept and the others are cancelled while they have not finished (the script's own
+    ``squeue`` check covers one that already ran).
 
     :param cluster_name: The HyperPod cluster.
     :param job_key: Identifies the job across retries; also the Slurm job name ([A-Za-z0-9._-], <= 80).
@@ -293,20 +315,49 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
         )
 
     def _previous_command(self, target: str, comment: str) -> dict[str, Any] | None:
+        """The oldest command of this job that did not fail; later duplicates are cancelled if unfinished."""
         commands = [c for c in self.ssm_hook.list_commands(instance_id=target) if c.get("Comment") == comment]
-        live = [c for c in commands if c["Status"] not in SsmCommandHook.FAILED_STATES]
-        for failed in (c for c in commands if c not in live):
+        live = sorted(
+            (c for c in commands if c["Status"] not in SsmCommandHook.FAILED_STATES),
+            key=lambda c: (c["RequestedDateTime"], c["CommandId"]),
+        )
+        for failed in (c for c in commands if c["Status"] in SsmCommandHook.FAILED_STATES):
             self.log.info(
                 "Earlier SSM command %s for job %s ended %s.",
                 failed["CommandId"],
                 self.job_key,
                 failed["Status"],
             )
-        return max(live, key=lambda c: c["RequestedDateTime"]) if live else None
+        if not live:
+            return None
+        keep = live[0]
+        for duplicate in live[1:]:
+            if duplicate["Status"] not in SsmCommandHook.UNFINISHED_STATES:
+                self.log.warning(
+                    "SSM command %s duplicated %s (job %s) and already ran; the submit script skips sbatch "
+                    "for a job already queued.",
+                    duplicate["CommandId"],
+                    keep["CommandId"],
+                    self.job_key,
+                )
+                continue
+            try:
+                self.ssm_hook.cancel_command(duplicate["CommandId"])
+            except ClientError:
+                # Best-effort: it may have just finished, and the script's squeue check still holds.
+                self.log.exception("Could not cancel SSM command %s, a duplicate.", duplicate["CommandId"])
+                continue
+            self.log.warning(
+                "Cancelled SSM command %s: a duplicate of %s (job %s).",
+                duplicate["CommandId"],
+                keep["CommandId"],
+                self.job_key,
+            )
+        return keep
 
     def execute(self, context: Context) -> str:
         if not JOB_KEY_PATTERN.match(self.job_key):
-            raise ValueError(
+            raise AirflowFailException(
                 f"job_key {self.job_key!r} must be 1-80 characters of letters, digits, '.', '_' or '-' "
                 "(it is the Slurm job name and part of the SSM command comment)."
             )
@@ -331,15 +382,22 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
                 working_directory=self.working_directory,
                 slurm_user=self.slurm_user,
             )
-            command = self.ssm_hook.send_command(
-                InstanceIds=[target],
-                DocumentName="AWS-RunShellScript",
-                Comment=comment,
-                Parameters={
-                    "commands": [script],
-                    "executionTimeout": [str(int(self.command_timeout_seconds))],
-                },
+            command = create_once(
+                lambda: self.ssm_hook.send_command(
+                    InstanceIds=[target],
+                    DocumentName="AWS-RunShellScript",
+                    Comment=comment,
+                    Parameters={
+                        "commands": [script],
+                        "executionTimeout": [str(int(self.command_timeout_seconds))],
+                    },
+                ),
+                lambda: self._previous_command(target, comment),
+                what=f"the SSM command that submits job {self.job_key}",
+                log=self.log,
             )
+            # Another try may have sent one at the same moment: settle on the oldest.
+            command = self._previous_command(target, comment) or command
             self.log.info(
                 "Sent SSM command %s to %s: submit job %s.", command["CommandId"], target, self.job_key
             )

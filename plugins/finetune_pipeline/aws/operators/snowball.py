@@ -13,9 +13,11 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 from s3transfer.utils import ChunksizeAdjuster
 
 from finetune_pipeline.aws.hooks.snowball import SnowballDeviceHook, SnowballHook
+from finetune_pipeline.aws.utils.retries import create_once
 
 # Every job this package creates carries this description prefix plus the caller's key, so a retry can
 # find the job the first try created (CreateJob takes no client token).
@@ -37,7 +39,9 @@ class SnowballCreateAddressOperator(AwsBaseOperator[SnowballHook]):
     Return the ``AddressId`` of a shipping address, creating it only if no identical one exists.
 
     An existing address matches when every field given here has the same value (ignoring case and
-    extra whitespace), so retries and later runs reuse one address.
+    extra whitespace), so retries and later runs reuse one address. Snowball has no ``DeleteAddress``, so
+    a duplicate could never be removed: ``CreateAddress`` is sent once, and after any error the address is
+    looked for again before another is sent.
 
     :param address: The ``Address`` shape of ``CreateAddress`` (Name, Company, Street1, City,
         StateOrProvince, PostalCode, Country, PhoneNumber, ...), templated.
@@ -51,6 +55,12 @@ class SnowballCreateAddressOperator(AwsBaseOperator[SnowballHook]):
         super().__init__(**kwargs)
         self.address = address
 
+    def _matching_address(self, wanted: dict[str, str]) -> str | None:
+        for existing in self.hook.describe_addresses():
+            if all(_normalized(existing.get(key, "")) == value for key, value in wanted.items()):
+                return existing["AddressId"]
+        return None
+
     def execute(self, context: Context) -> str:
         wanted = {
             key: _normalized(value)
@@ -58,12 +68,19 @@ class SnowballCreateAddressOperator(AwsBaseOperator[SnowballHook]):
             if key != "AddressId" and value not in (None, "")
         }
         if not wanted:
-            raise ValueError("SnowballCreateAddressOperator needs a non-empty address (Name, Street1, ...).")
-        for existing in self.hook.describe_addresses():
-            if all(_normalized(existing.get(key, "")) == value for key, value in wanted.items()):
-                self.log.info("Reusing Snowball shipping address %s.", existing["AddressId"])
-                return existing["AddressId"]
-        address_id = self.hook.create_address(self.address)
+            raise AirflowFailException(
+                "SnowballCreateAddressOperator needs a non-empty address (Name, Street1, ...)."
+            )
+        existing = self._matching_address(wanted)
+        if existing:
+            self.log.info("Reusing Snowball shipping address %s.", existing)
+            return existing
+        address_id = create_once(
+            lambda: self.hook.create_address(self.address),
+            lambda: self._matching_address(wanted),
+            what="the Snowball shipping address",
+            log=self.log,
+        )
         self.log.info("Created Snowball shipping address %s.", address_id)
         return address_id
 
@@ -74,6 +91,12 @@ class SnowballCreateJobOperator(AwsBaseOperator[SnowballHook]):
 
     The job's description is ``finetune-pipeline:<description_key>``. If a job that is not cancelled
     already has it, that job is returned instead of ordering a second device.
+
+    ``CreateJob`` takes no client token, and a second job ships a second device, so it is sent once,
+    without botocore's retries; after any error the job is looked for by its description before another
+    is sent. Tries that ran at once (a zombie worker) can still have made two: then the oldest is kept and
+    the others are cancelled while they are ``New`` (``CancelJob`` works only then); one past ``New``
+    fails the task for a person to decide.
 
     :param description_key: Identifies this job across retries, e.g. ``"<project>-bulk-{{ run_id }}"``.
     :param bucket_arn: ARN of the bucket the device's data is imported into.
@@ -152,26 +175,56 @@ class SnowballCreateJobOperator(AwsBaseOperator[SnowballHook]):
             arguments["Notification"] = self.notification
         return {**arguments, **self.create_job_kwargs}
 
+    def _live_job(self, description: str) -> str | None:
+        """The one live job with ``description``: the oldest, once any later duplicates are cancelled."""
+        live = self.hook.find_live_jobs_by_description(description)
+        if not live:
+            return None
+        keep, stuck = live[0]["JobId"], []
+        for duplicate in (job["JobId"] for job in live[1:]):
+            try:
+                self.hook.cancel_job(duplicate)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "InvalidJobStateException":
+                    raise
+                # Cancelled already (a retried CancelJob), or past New: only the latter is stuck.
+                if self.hook.get_job_state(duplicate) not in SnowballHook.FAILED_STATES:
+                    stuck.append(duplicate)
+                    continue
+            self.log.warning("Cancelled Snowball job %s: a duplicate of %s (%s).", duplicate, keep, description)
+        if stuck:
+            raise AirflowFailException(
+                f"Snowball jobs {', '.join(stuck)} duplicate job {keep} ({description!r}) and can no longer be "
+                "cancelled: they are past New, so a device may be on its way for each. Decide which job to "
+                "keep, have the other cancelled (AWS Support), then clear this task."
+            )
+        return keep
+
     def execute(self, context: Context) -> str:
         if not self.bucket_arn.startswith("arn:"):
-            raise ValueError(
+            raise AirflowFailException(
                 f"bucket_arn must be an S3 bucket ARN (arn:aws:s3:::name), got {self.bucket_arn!r}."
             )
         description = job_description(self.description_key)
-        existing = self.hook.find_job_by_description(description)
-        if existing:
-            job_id = existing["JobId"]
-            job = self.hook.describe_job(job_id)
-            buckets = [item.get("BucketArn") for item in job.get("Resources", {}).get("S3Resources", [])]
-            if self.bucket_arn not in buckets:
-                raise AirflowFailException(
-                    f"Snowball job {job_id} already has the description {description!r} but imports into "
-                    f"{buckets}, not {self.bucket_arn}. Use another description_key, or cancel that job."
-                )
-            self.log.info("Reusing Snowball job %s (%s), now %s.", job_id, description, job["JobState"])
-            return job_id
-        job_id = self.hook.create_job(**self._create_job_arguments(description))
-        self.log.info("Created Snowball IMPORT job %s (%s) into %s.", job_id, description, self.bucket_arn)
+        job_id = self._live_job(description)
+        if job_id is None:
+            created = create_once(
+                lambda: self.hook.create_job(**self._create_job_arguments(description)),
+                lambda: self._live_job(description),
+                what=f"the Snowball job {description!r}",
+                log=self.log,
+            )
+            # Another try may have created one at the same moment: settle on the oldest.
+            job_id = self._live_job(description) or created
+            self.log.info("Created Snowball IMPORT job %s (%s) into %s.", job_id, description, self.bucket_arn)
+        job = self.hook.describe_job(job_id)
+        buckets = [item.get("BucketArn") for item in job.get("Resources", {}).get("S3Resources", [])]
+        if self.bucket_arn not in buckets:
+            raise AirflowFailException(
+                f"Snowball job {job_id} already has the description {description!r} but imports into "
+                f"{buckets}, not {self.bucket_arn}. Use another description_key, or cancel that job."
+            )
+        self.log.info("Snowball job %s (%s) is %s.", job_id, description, job["JobState"])
         return job_id
 
 
@@ -279,7 +332,7 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         if self.bucket is None:
             return buckets[0]
         if self.bucket not in buckets:
-            raise ValueError(
+            raise AirflowFailException(
                 f"Bucket {self.bucket!r} is not a resource of Snowball job {self.job_id} ({buckets}): "
                 "data loaded there would never be imported."
             )
