@@ -5,7 +5,10 @@ and a sync that publishes it as a dataset version."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +31,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def running_stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("e2e")
+def running_stack():
+    # Not under pytest's temp root: pytest keeps that 0700, and the embedded source runs as an unprivileged
+    # user that must reach its data folder there.
+    home = Path(tempfile.mkdtemp(prefix="ftp-e2e-"))
     localaws_port = free_port()
     source = start_source(home)
     loaded = load_support_desk(source.conninfo, customers=3000, tickets=15_000)
@@ -48,6 +53,7 @@ def running_stack(tmp_path_factory):
         stack.stop()
         stop_process(localaws_process)
         source.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def assert_all_tasks(stack, dag_id: str, run: dict, log: list[str]) -> dict[str, str]:
