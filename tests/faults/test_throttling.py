@@ -246,8 +246,9 @@ def test_s3_slowdown_on_30_percent_of_calls_the_sync_publishes_every_row(
     from collections import defaultdict
     from types import SimpleNamespace
 
+    from landed_changes import seed_demo
+
     from devstack.config import demo_config
-    from devstack.seed import seed_demo
     from finetune_pipeline.pipeline import landing
     from finetune_pipeline.pipeline.export_manifest import read_manifest
     from finetune_pipeline.pipeline.sync_operator import DatasetSyncOperator
@@ -267,6 +268,7 @@ def test_s3_slowdown_on_30_percent_of_calls_the_sync_publishes_every_row(
             task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
             dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix, retention=3,
             contracts_dir=str(config.sync.contracts_dir), outlets=[Asset("s3://x/current")],
+            tables=sorted(expected),  # the tables the landed files cover
         )  # fmt: skip
         context = {"ti": SimpleNamespace(xcom_push=lambda **_: None),
                    "outlet_events": defaultdict(lambda: SimpleNamespace(extra=None))}  # fmt: skip
