@@ -152,3 +152,15 @@ def source_db():
     yield server
     stop_source_database(server)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def restart_source_db(source_db):
+    """Stop the session's source server (``mode``: fast, or immediate as a crash would) and start it again."""
+    from devstack.source_db import start_source_database, stop_source_database
+
+    def restart(mode: str = "fast") -> None:
+        stop_source_database(source_db, mode)
+        start_source_database(source_db.data_dir, source_db.port, source_db.database)
+
+    return restart
