@@ -286,6 +286,8 @@ class LocalAWS:
         """Stop serving, save the state (with a state file) and release the port."""
         if self._server is None:
             return
+        if self.app is not None:
+            self.app.dms.shutdown()  # end the replication threads before the port goes
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -8,6 +8,7 @@ account: each test makes its own resources (unique names) and moves the clock re
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import uuid
@@ -143,22 +144,28 @@ def make_task(dms):
     """CreateReplicationTask between fresh endpoints on a fresh instance; returns the task ARN.
 
     ``s3_settings`` are added to the target endpoint's (bucket ``landing``); ``table_mappings`` is the
-    TableMappings document (no rules by default).
+    TableMappings document (no rules by default); ``engine`` is the source's (a MySQL server that does not exist,
+    unless the test says otherwise).
     """
 
     def make(
-        migration_type: str = "cdc", s3_settings: dict | None = None, table_mappings: dict | None = None, **extra
+        migration_type: str = "cdc",
+        s3_settings: dict | None = None,
+        table_mappings: dict | None = None,
+        engine: str = "mysql",
+        **extra,
     ) -> str:
         suffix = uuid.uuid4().hex[:10]
         instance = dms.create_replication_instance(
             ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
         )["ReplicationInstance"]
+        # A MySQL source by default: localaws replicates PostgreSQL only, so these tasks just change status.
         source = dms.create_endpoint(
             EndpointIdentifier=f"src-{suffix}",
             EndpointType="source",
-            EngineName="postgres",
+            EngineName=engine,
             ServerName="db.internal",
-            Port=5432,
+            Port=3306 if engine == "mysql" else 5432,
             DatabaseName="appdb",
             Username="replicator",
             Password="secret",
@@ -199,6 +206,48 @@ def ready_task(dms, make_task, advance, dms_timing):
         return arn
 
     return make
+
+
+@pytest.fixture
+def source(source_db):
+    """A database of its own in the session's PostgreSQL server; its slots and itself are dropped afterwards."""
+    import psycopg
+    from replication_helpers import SourceDb
+
+    name = f"src_{uuid.uuid4().hex[:10]}"
+    admin = {"host": str(source_db.data_dir), "port": source_db.port, "user": "postgres", "autocommit": True}
+    with psycopg.connect(dbname="postgres", **admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" OWNER replicator')
+    yield SourceDb(source_db, name)
+    with psycopg.connect(dbname="postgres", **admin) as conn:
+        conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                     "WHERE database = %s AND active_pid IS NOT NULL", (name,))  # fmt: skip
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT temporary", (name,)
+        ).fetchall():
+            with contextlib.suppress(psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def replication(dms, s3, localaws, dms_timing, source):
+    """make_task from replication_helpers, on this test's source database: returns a Task. Tasks still running at
+    the end are stopped, so that no replication thread outlives its test."""
+    from replication_helpers import make_task
+
+    tasks = []
+
+    def make(**kwargs):
+        tasks.append(make_task(dms, s3, localaws, dms_timing, source, **kwargs))
+        return tasks[-1]
+
+    yield make
+    for task in tasks:
+        with contextlib.suppress(Exception):  # deleted, or not running
+            if task.status() in ("starting", "running"):
+                task.stop()
 
 
 @pytest.fixture
