@@ -30,8 +30,16 @@ from moto.moto_api import state_manager
 
 from localaws import dms_statistics
 from localaws.clock import VirtualClock
+from localaws.dms_postgres import POSTGRES_ENGINES
 from localaws.dms_replication import Replication, TaskProgress
-from localaws.dms_start import INVALID_COMBINATION, INVALID_STATE, DmsError, plan_start, replicates
+from localaws.dms_start import (
+    INVALID_COMBINATION,
+    INVALID_STATE,
+    DmsError,
+    check_start_position,
+    plan_start,
+    replicates,
+)
 from localaws.timing import DmsTiming
 from localaws.wsgi import (
     Response,
@@ -56,6 +64,23 @@ FATAL_ERROR = "Stop Reason FATAL_ERROR"
 PASSWORD_MEMBERS = ("Password", "AsmPassword", "SecurityDbEncryption", "SaslPassword", "SslClientKeyPassword",
                     "AuthPassword")
 WORKER_JOIN_SECONDS = 30
+# ModifyEndpoint's members and the attribute of moto's Endpoint each sets.
+ENDPOINT_MEMBERS = {
+    "EndpointType": "endpoint_type",
+    "EngineName": "engine_name",
+    "Username": "username",
+    "Password": "password",
+    "ServerName": "server_name",
+    "Port": "port",
+    "DatabaseName": "database_name",
+    "ExtraConnectionAttributes": "extra_connection_attributes",
+    "CertificateArn": "certificate_arn",
+    "SslMode": "ssl_mode",
+    "ServiceAccessRoleArn": "service_access_role_arn",
+    "S3Settings": "s3_settings",
+    "PostgreSQLSettings": "postgre_sql_settings",
+    "MySQLSettings": "my_sql_settings",
+}
 # Describe calls whose filters matching nothing is an error on AWS (botocore's "deleted" waiters rely on it).
 DESCRIBE_LISTS = {
     "DescribeReplicationTasks": "ReplicationTasks",
@@ -126,6 +151,7 @@ class DmsLifecycle:
             "StartReplicationTask": self._start_task,
             "StopReplicationTask": self._stop_task,
             "ModifyReplicationTask": self._modify_task,
+            "ModifyEndpoint": self._modify_endpoint,
             "DescribeTableStatistics": self._describe_table_statistics,
         }.get(operation)
         with self._lock:
@@ -136,6 +162,8 @@ class DmsLifecycle:
                     return json_response(own(backend, params, now), content_type=CONTENT_TYPE)
                 if operation == "DeleteReplicationTask":
                     self._check_deletable(backend, params)
+                if operation == "CreateEndpoint":
+                    _check_credentials(params)
                 response = call_app(moto_app, environ)
                 self._advance(now)  # start the clock on whatever this request created
                 if response.status == 200:
@@ -167,6 +195,8 @@ class DmsLifecycle:
         )
         start_type = params.get("StartReplicationTaskType") or "start-replication"
         worker = None
+        if source is not None and source.engine_name in POSTGRES_ENGINES:
+            check_start_position(params, track.cdc_start_position)
         if replicates(source, target):
             progress = track.progress
             if start_type != "resume-processing":
@@ -270,6 +300,24 @@ class DmsLifecycle:
         track.previous_status = task.status
         self._set_status(task, track, "modifying", now)
         return {"ReplicationTask": self._task_view(task.to_dict(), track, now)}
+
+    def _modify_endpoint(self, backend: DatabaseMigrationServiceBackend, params: dict, now: datetime) -> dict:
+        """ModifyEndpoint (moto lacks it). Settings given replace the stored ones of the same name and add new
+        ones; with ExactSettings they replace all of them (API_ModifyEndpoint, ExactSettings)."""
+        endpoint = self._endpoint(backend, params.get("EndpointArn", ""))
+        if endpoint is None:
+            raise DmsError("ResourceNotFoundFault", "Endpoint could not be found.")
+        merged = {**_credentials_of(endpoint), **params}
+        _check_credentials(merged)
+        for member, attribute in ENDPOINT_MEMBERS.items():
+            if member not in params:
+                continue
+            value = params[member]
+            if member.endswith("Settings") and not params.get("ExactSettings"):
+                value = {**(getattr(endpoint, attribute) or {}), **value}
+            setattr(endpoint, attribute, value)
+        payload = {"Endpoint": endpoint.to_dict()}
+        return json.loads(self._after_moto("ModifyEndpoint", {}, Response(200, json.dumps(payload).encode())).body)
 
     def _describe_table_statistics(
         self, backend: DatabaseMigrationServiceBackend, params: dict, now: datetime
@@ -549,3 +597,33 @@ def _secret_reader(account_id: str, region: str):
         return value.get("SecretString") or ""
 
     return read
+
+
+def _credentials_of(endpoint) -> dict:
+    """An endpoint's stored connection members, as CreateEndpoint would have taken them."""
+    stored = {"Username": endpoint.username, "Password": endpoint.password, "ServerName": endpoint.server_name,
+              "Port": endpoint.port, "PostgreSQLSettings": endpoint.postgre_sql_settings,
+              "MySQLSettings": endpoint.my_sql_settings}  # fmt: skip
+    return {key: value for key, value in stored.items() if value}
+
+
+def _check_credentials(params: dict) -> None:
+    """A database endpoint takes clear-text credentials or a secret, "one of the following sets of values, but not
+    both", and a secret needs the role DMS reads it with (security_iam_secretsmanager)."""
+    for settings in (params.get("PostgreSQLSettings"), params.get("MySQLSettings")):
+        settings = settings or {}
+        if not settings.get("SecretsManagerSecretId"):
+            continue
+        plain = [name for name in ("Username", "Password", "ServerName", "Port")
+                 if params.get(name) or settings.get(name)]  # fmt: skip
+        if plain:
+            raise DmsError(
+                INVALID_COMBINATION,
+                f"SecretsManagerSecretId cannot be combined with {', '.join(plain)}: the secret holds the "
+                "connection details.",
+            )
+        if not settings.get("SecretsManagerAccessRoleArn"):
+            raise DmsError(
+                "InvalidParameterValueException",
+                "SecretsManagerSecretId needs SecretsManagerAccessRoleArn, the role DMS reads the secret with.",
+            )

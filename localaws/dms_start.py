@@ -85,6 +85,20 @@ def start_position(text: str) -> int:
         ) from None
 
 
+def check_start_position(params: dict, stored_position: str | None) -> int | None:
+    """The refusals that need no connection, for any task on a PostgreSQL source: a time start, and a position
+    that is not an LSN or a checkpoint. Returns the position given (or stored on the task) as an LSN."""
+    if params.get("CdcStartTime") is not None:
+        raise DmsError(
+            INVALID_VALUE,
+            "CdcStartTime is not supported for a PostgreSQL source: \"PostgreSQL as a source doesn't support a "
+            "custom CDC start time\". Give CdcStartPosition as an LSN.",
+        )
+    resume = params.get("StartReplicationTaskType") == "resume-processing"
+    given = params.get("CdcStartPosition") or (stored_position if not resume else None)
+    return start_position(given) if given else None
+
+
 def plan_start(
     *,
     task,
@@ -111,12 +125,7 @@ def plan_start(
             f"Replication task {task.id} has never run: resume-processing is only available for previously "
             "executed tasks. Start it with start-replication.",
         )
-    if params.get("CdcStartTime") is not None:
-        raise DmsError(
-            INVALID_VALUE,
-            "CdcStartTime is not supported for a PostgreSQL source: \"PostgreSQL as a source doesn't support a "
-            "custom CDC start time\". Give CdcStartPosition as an LSN.",
-        )
+    lsn = check_start_position(params, stored_position)
     try:
         source = resolve_source(source_endpoint, secret_value)
     except SourceError as error:
@@ -124,8 +133,6 @@ def plan_start(
     if source.plugin_name is not None and source.plugin_name not in PLUGINS:
         raise DmsError(INVALID_VALUE, f"PluginName {source.plugin_name!r} is not one of {sorted(PLUGINS)}.")
 
-    given = params.get("CdcStartPosition") or (stored_position if start_type != "resume-processing" else None)
-    lsn = start_position(given) if given else None
     if start_type == "resume-processing" and lsn is None:
         # Resume from the last checkpoint; a task stopped before it acknowledged anything resumes where it began.
         lsn = progress.checkpoint_lsn
