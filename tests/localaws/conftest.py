@@ -209,29 +209,6 @@ def ready_task(dms, make_task, advance, dms_timing):
 
 
 @pytest.fixture
-def source(source_db):
-    """A database of its own in the session's PostgreSQL server; its slots and itself are dropped afterwards."""
-    import psycopg
-    from replication_helpers import SourceDb
-
-    name = f"src_{uuid.uuid4().hex[:10]}"
-    admin = {"host": str(source_db.data_dir), "port": source_db.port, "user": "postgres", "autocommit": True}
-    with psycopg.connect(dbname="postgres", **admin) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" OWNER replicator')
-    yield SourceDb(source_db, name)
-    with psycopg.connect(dbname="postgres", **admin) as conn:
-        conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                     "WHERE database = %s AND active_pid IS NOT NULL", (name,))  # fmt: skip
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        for (slot,) in conn.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT temporary", (name,)
-        ).fetchall():
-            with contextlib.suppress(psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
 def replication(dms, s3, localaws, dms_timing, source):
     """make_task from replication_helpers, on this test's source database: returns a Task. Tasks still running at
     the end are stopped, so that no replication thread outlives its test."""
