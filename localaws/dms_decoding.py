@@ -47,6 +47,7 @@ class RowChange:
     types: tuple[str, ...]
     values: list  # str | None | UNCHANGED, aligned with names
     key_changed: bool = False  # an UPDATE that changed the primary key (old-key: ... new-tuple: ...)
+    size: int = 0  # the line's length: about what the change takes in a CSV file (for CdcMinFileSize)
 
 
 @dataclass(slots=True)
@@ -153,7 +154,7 @@ def parse_change(data: str) -> RowChange | tuple[str, str] | None:
         names, types, values = (), (), []
     else:
         names, types, values = _columns(rest)
-    return RowChange(schema, table, OPS[action], names, types, values, key_changed)
+    return RowChange(schema, table, OPS[action], names, types, values, key_changed, len(data))
 
 
 def parse_commit(data: str) -> tuple[int, datetime | None] | None:

@@ -97,6 +97,19 @@ class ChangeSequenceColumns:
         return tuple(names)
 
 
+class ChangeSequence:
+    """:func:`change_sequence` for the changes of one transaction, with its prefix computed once."""
+
+    __slots__ = ("_base", "_stamp")
+
+    def __init__(self, commit_time: datetime, commit_lsn: int):
+        self._stamp = f"{commit_time:%Y%m%d%H%M%S}{commit_time.microsecond // 10000:02d}"
+        self._base = (commit_lsn & ((1 << 43) - 1)) << 20
+
+    def of(self, index: int) -> str:
+        return f"{self._stamp}{self._base | min(index, (1 << 20) - 1):019d}"
+
+
 def change_sequence(commit_time: datetime, commit_lsn: int, index: int) -> str:
     """``$AR_H_CHANGE_SEQ`` of the ``index``-th change of the transaction whose commit record ends at ``commit_lsn``.
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from localaws.clock import VirtualClock
 from localaws.dms_decoding import UNCHANGED, ColumnType, RowChange, Transaction
-from localaws.dms_mappings import ChangeSequenceColumns, SelectionRules, change_sequence
+from localaws.dms_mappings import ChangeSequence, ChangeSequenceColumns, SelectionRules
 from localaws.dms_postgres import (
     DecodingSession,
     PostgresSource,
@@ -132,7 +132,7 @@ class TableBuffer:
         self.ops: list[str] = []
         self.timestamps: list[str] = []
         self.sequences: list[str] = []
-        self.values: list[list] = [[] for _ in names]
+        self.rows: list[list] = []  # one list of values per change, turned into columns when written
         self.nbytes = 0
         self.transactions: dict[int, int] = {}  # commit end LSN -> rows of it in this buffer
         self.counts = {"I": 0, "U": 0, "D": 0}
@@ -145,8 +145,7 @@ class TableBuffer:
         self.ops.append(op)
         self.timestamps.append(stamp)
         self.sequences.append(sequence)
-        for column, value in zip(self.values, values, strict=True):
-            column.append(value)
+        self.rows.append(values)
         self.nbytes += size
         self.transactions[end_lsn] = self.transactions.get(end_lsn, 0) + 1
         self.counts[op] += 1
@@ -156,7 +155,8 @@ class TableBuffer:
             target, target.cdc_has_op(), self.ops, self.timestamps,
             {name: self.sequences for name in self.sequence_names},
         )  # fmt: skip
-        data = [(name, kind.to_arrow(values)) for name, kind, values in zip(self.names, self.types, self.values,
+        columns = [list(column) for column in zip(*self.rows, strict=True)] or [[] for _ in self.names]
+        data = [(name, kind.to_arrow(values)) for name, kind, values in zip(self.names, self.types, columns,
                                                                           strict=True)]  # fmt: skip
         return pa.table(dict(lead + data))
 
@@ -189,6 +189,7 @@ class Replication(threading.Thread):
         self._slot = plan.slot
         self._next_heartbeat: datetime | None = None
         self._read_at: datetime | None = None
+        self._selected: dict[tuple[str, str], bool] = {}
         self._warned_truncate: set[tuple[str, str]] = set()
 
     # Control
@@ -407,27 +408,34 @@ class Replication(threading.Thread):
         return rows >= MAX_BUFFERED_ROWS or sum(b.nbytes for b in self.buffers.values()) >= MAX_BUFFERED_BYTES
 
     def _apply(self, transaction: Transaction) -> None:
-        target, selection = self.plan.target, self.plan.selection
+        target = self.plan.target
         stamp = timestamp_text(transaction.commit_time)
         end_lsn = transaction.end_lsn
+        sequence = ChangeSequence(transaction.commit_time, end_lsn)
         # Every transaction takes its place in commit order, even with nothing selected: acknowledging past it
         # is what keeps an idle slot from holding WAL.
         self.pending.setdefault(end_lsn, 0)
         for index, change in enumerate(transaction.changes):
-            if not selection.selects(change.schema, change.table) or not target.keeps(change.op):
+            if not self._selects(change.schema, change.table) or not target.keeps(change.op):
                 continue
             buffer = self._buffer_for(change)
             values = self._values_for(buffer, change)
-            sequence = change_sequence(transaction.commit_time, end_lsn, index)
-            buffer.add(change.op, stamp, sequence, values, end_lsn, _size(values))
+            buffer.add(change.op, stamp, sequence.of(index), values, end_lsn, change.size)
             self.pending[end_lsn] += 1
             if buffer.nbytes >= target.cdc_min_file_size_kb * 1024:
                 self._write(buffer)
         for schema, table in transaction.truncated:
-            if selection.selects(schema, table) and (schema, table) not in self._warned_truncate:
+            if self._selects(schema, table) and (schema, table) not in self._warned_truncate:
                 # "AWS DMS doesn't support change processing of TRUNCATE operations." (CHAP_Source.PostgreSQL)
                 log.warning("DMS task %s: TRUNCATE of %s.%s is not replicated", self.plan.task_id, schema, table)
                 self._warned_truncate.add((schema, table))
+
+    def _selects(self, schema: str, table: str) -> bool:
+        key = (schema, table)
+        selected = self._selected.get(key)
+        if selected is None:
+            selected = self._selected[key] = self.plan.selection.selects(schema, table)
+        return selected
 
     def _buffer_for(self, change: RowChange) -> TableBuffer:
         key = (change.schema, change.table)
@@ -467,12 +475,12 @@ class Replication(threading.Thread):
 
     def _values_for(self, buffer: TableBuffer, change: RowChange) -> list:
         if change.names == buffer.names:
-            values = list(change.values)
+            values = change.values
         else:
             values = [None] * len(buffer.names)
             for name, value in zip(change.names, change.values, strict=True):
                 values[buffer.position[name]] = value
-        if any(value is UNCHANGED for value in values):
+        if UNCHANGED in values:
             info = self.session.table(change.schema, change.table)
             keys = {name: values[buffer.position[name]] for name in (info.primary_key if info else [])}
             for index, value in enumerate(values):
@@ -550,11 +558,6 @@ class Replication(threading.Thread):
         except SourceError as error:
             log.warning("DMS task %s: could not acknowledge on stop (%s); a resume replays", self.plan.task_id,
                         error)
-
-
-def _size(values: list) -> int:
-    """A change's size as a CSV row would take it, for CdcMinFileSize."""
-    return sum(len(value) if isinstance(value, str) else 4 for value in values) + len(values)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
