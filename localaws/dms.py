@@ -18,6 +18,7 @@ Other sources (MySQL) only move through their statuses.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import sys
@@ -31,7 +32,7 @@ from moto.moto_api import state_manager
 from localaws import dms_statistics
 from localaws.clock import VirtualClock
 from localaws.dms_postgres import POSTGRES_ENGINES
-from localaws.dms_replication import Replication, TaskProgress
+from localaws.dms_replication import Replication, ReplicationPlan, TaskProgress
 from localaws.dms_start import (
     INVALID_COMBINATION,
     INVALID_STATE,
@@ -108,7 +109,13 @@ class _TaskTrack:
     recovery_checkpoint: str | None = None
     last_failure: str | None = None
     progress: TaskProgress = field(default_factory=TaskProgress)
-    worker: Replication | None = None  # the data plane of a PostgreSQL -> S3 task, while it runs
+    plan: ReplicationPlan | None = None  # what the data plane of a PostgreSQL -> S3 task does
+    worker: Replication | None = None  # its thread, while it runs
+
+    def __getstate__(self) -> dict:
+        # A state snapshot (localaws.persistence) keeps the plan and the progress, not the thread: a restored
+        # server starts the data plane again from the task's checkpoint (resume_replications).
+        return {**self.__dict__, "worker": None}
 
 
 class DmsLifecycle:
@@ -217,17 +224,11 @@ class DmsLifecycle:
                 slot_in_use_by=self._slot_in_use_by,
             )
             track.progress = progress
-            worker = Replication(
-                plan,
-                self.clock,
-                progress,
-                on_failed=lambda message: self._task_failed(task, track, worker, message),
-                on_finished=lambda: self._full_load_finished(task, track, worker),
-            )
+            worker = self._worker(task, track, plan)
         self._record_cdc(track, params)
         self._set_status(task, track, "starting", now)
         track.start_date, track.stop_date, track.stop_reason, track.last_failure = now, None, None, None
-        track.worker = worker
+        track.plan, track.worker = (worker.plan if worker else None), worker
         if worker is not None:
             worker.start()
         log.info("DMS task %s starting (%s)", task.id, start_type)
@@ -246,6 +247,34 @@ class DmsLifecycle:
         if track.worker is not None:
             track.worker.stop(graceful=True)
         return {"ReplicationTask": self._task_view(task.to_dict(), track, now)}
+
+    def _worker(self, task: FakeReplicationTask, track: _TaskTrack, plan: ReplicationPlan) -> Replication:
+        worker: Replication | None = None
+
+        def failed(message: str) -> None:
+            self._task_failed(task, track, worker, message)
+
+        def finished() -> None:
+            self._full_load_finished(task, track, worker)
+
+        worker = Replication(plan, self.clock, track.progress, on_failed=failed, on_finished=finished)
+        return worker
+
+    def resume_replications(self) -> None:
+        """After a restored state snapshot: start again the data plane of every task that was starting or running,
+        from its checkpoint (what it acknowledged last; DMS also resumes from its checkpoint after a restart)."""
+        with self._lock:
+            for _account, _region, backend in list(dms_backends.iter_backends()):
+                for task in backend.replication_tasks.values():
+                    track = self._tasks.get(task.arn)
+                    if track is None or track.plan is None or task.status not in ("starting", "running"):
+                        continue
+                    start = track.progress.checkpoint_lsn or track.plan.start_lsn
+                    plan = dataclasses.replace(track.plan, start_lsn=start, new_own_slot=False,
+                                               full_load=track.plan.full_load and not track.progress.checkpoint_lsn)
+                    track.plan, track.worker = plan, self._worker(task, track, plan)
+                    track.worker.start()
+                    log.info("DMS task %s: replication resumed after the restart", task.id)
 
     # Reports from a task's data plane
 

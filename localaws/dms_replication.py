@@ -90,6 +90,12 @@ class TaskProgress:
     def table(self, schema: str, table: str) -> TableCounters:
         return self.counters.setdefault((schema, table), TableCounters())
 
+    def __getstate__(self) -> dict:
+        # A state snapshot may be taken while the thread counts: copy under the lock.
+        with self.lock:
+            counters = {key: TableCounters(**vars(value)) for key, value in self.counters.items()}
+            return {**self.__dict__, "counters": counters}
+
     def checkpoint(self) -> str | None:
         """RecoveryCheckpoint in DMS's PostgreSQL form (CHAP_Task.CDC, "Determining a CDC native start point":
         ``checkpoint:V1#1#000004AF/B00000D0#0#0#*#0#0``, whose LSN part is a valid CdcStartPosition)."""

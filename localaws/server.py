@@ -82,6 +82,7 @@ class LocalAWSApp:
             if name in state:
                 setattr(self, name, state[name])
         self._wire()
+        self.dms.resume_replications()  # the replication threads were not saved: they start again
 
     def activity(self) -> tuple[int, int]:
         """Changes so far (requests admitted, clock moves): equal twice, the state has not changed between."""

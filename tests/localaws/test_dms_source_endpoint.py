@@ -139,3 +139,45 @@ def test_stopping_the_server_ends_its_replication_threads(source, dms_timing):
             ).fetchone()[0]
 
     wait_for(lambda: temporary_slots() == 0, what="the decoding session to go with the thread")
+
+
+def test_a_restart_from_the_state_file_carries_on_replicating(source, dms_timing, tmp_path):
+    """localaws saved and restored (--state-file): a running task starts replicating again from its checkpoint."""
+    import boto3
+
+    source.execute("CREATE TABLE notes (id int PRIMARY KEY, title text, body text)")
+    lsn = source.create_slot("kept_slot")
+    state = tmp_path / "state.pickle"
+
+    class _Server:
+        endpoint_url = ""
+
+    server = LocalAWS(port=0, state_file=state, state_interval=0).start()
+    port = server.port
+    try:
+        control.set_clock_speed(server.endpoint_url, 0)
+        _Server.endpoint_url = server.endpoint_url
+        clients = {name: boto3.client(name, endpoint_url=server.endpoint_url, region_name="us-east-1")
+                   for name in ("dms", "s3")}  # fmt: skip
+        task = make_task(clients["dms"], clients["s3"], _Server, dms_timing, source, tables=("public.notes",),
+                         postgres={"SlotName": "kept_slot"})  # fmt: skip
+        task.start(CdcStartPosition=lsn)
+        source.execute("INSERT INTO notes VALUES (1, 'before', 'the restart')")
+        task.flush()
+        wait_for(lambda: task.events(NOTES).num_rows == 1, what="the first change")
+        source.execute("INSERT INTO notes VALUES (2, 'buffered', 'when localaws stops')")
+        task.caught_up()
+    finally:
+        server.stop()
+    source.execute("INSERT INTO notes VALUES (3, 'while', 'localaws is down')")
+
+    again = LocalAWS(port=port, state_file=state, state_interval=0).start()
+    try:
+        control.set_clock_speed(again.endpoint_url, 0)
+        assert task.status() == "running"
+        task.flush()
+        ids = wait_for(lambda: (e := task.events(NOTES)).num_rows == 3 and e.column("id").to_pylist(),
+                       what="the changes after the restart")  # fmt: skip
+        assert ids == [1, 2, 3]
+    finally:
+        again.stop()
