@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, task
 
 from finetune_pipeline.aws.operators.dms import (
     DmsEnsureEndpointOperator,
@@ -26,11 +26,14 @@ with DAG(
     doc_md=__doc__
     + """
 
-Runs when a snapshot is published (the snapshot Asset). It makes sure the replication instance, the
-source and S3 target endpoints and the CDC task exist (reusing any that a previous try created), then
-starts the task at the snapshot's position, so there is no gap and no overlap between the bulk copy and
-the change stream. DMS writes change files in its S3 layout under the landing prefix, which the
-incremental sync reads. Source credentials come from the Airflow connection named by `source.conn_id`.
+Runs when a snapshot is published (the snapshot Asset). It reads where CDC starts from the published
+manifest (the LSN of the slot the export created, or MySQL's binlog position), makes sure the replication
+instance, the source and S3 target endpoints and the CDC-only task exist (reusing what a previous try created,
+setting back drifted endpoint settings), then starts the task there: no gap and no overlap between the bulk
+copy and the change stream, on the Snowball route and the online one alike. A task that ran before is resumed
+(`resume-processing`) where it stopped; `reload_target` starts it over, and says what that costs. DMS writes
+change files in its S3 layout under the landing prefix, which the incremental sync reads. Source credentials
+come from the Airflow connection `source.conn_id`, through Secrets Manager when `dms.source_secret_id` is set.
 """,
     schedule=[snapshot_asset(config)],
     start_date=datetime(2026, 1, 1),
@@ -38,12 +41,29 @@ incremental sync reads. Source credentials come from the Airflow connection name
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["finetune", "cdc", "dms"],
+    params={
+        "reload_target": Param(
+            False,
+            type="boolean",
+            title="Reload the target",
+            description=(
+                "Leave off: a task that ran before resumes where it stopped (resume-processing) and nothing is "
+                "lost. On: the CDC task starts over at the snapshot's start position and every change since the "
+                "snapshot lands again as new files (the dataset merges the duplicates away, the next syncs take "
+                "longer). It only works while the source still holds that position: a PostgreSQL slot that has "
+                "moved on skips the changes in between, and they are lost. A running task is stopped first."
+            ),
+        )
+    },
 ) as dag:
 
-    @task
-    def snapshot_position() -> str:
-        """Read the position the published snapshot ends at."""
-        return pipeline_tasks.snapshot_position(config)
+    @task(multiple_outputs=True)
+    def cdc_start() -> dict:
+        """Read where CDC starts (position, slot) from the published snapshot manifest."""
+        return pipeline_tasks.cdc_start(config)
+
+    start_at = cdc_start()
+    postgres = config.source.engine == "postgres"
 
     instance = DmsEnsureReplicationInstanceOperator(
         task_id="ensure_replication_instance",
@@ -62,6 +82,14 @@ incremental sync reads. Source credentials come from the Airflow connection name
         engine_name=config.source.engine,
         source_conn_id=config.source.conn_id,
         database_name=config.source.database,
+        # PostgreSQL: the slot the export created, read with test_decoding, kept moving by DMS's heartbeat.
+        slot_name=start_at["slot_name"] if postgres else None,
+        plugin_name=start_at["plugin_name"] if postgres else None,
+        heartbeat_enable=postgres and dms.heartbeat_enable,
+        heartbeat_frequency=dms.heartbeat_frequency_minutes,
+        secrets_manager_secret_id=dms.source_secret_id,
+        secrets_manager_access_role_arn=dms.secrets_manager_access_role_arn,
+        create_secret_from_connection=dms.create_source_secret,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,
     )
@@ -81,6 +109,7 @@ incremental sync reads. Source credentials come from the Airflow connection name
         source_endpoint_arn=source.output,
         target_endpoint_arn=target.output,
         table_mappings=pipeline_tasks.dms_table_mappings(config),
+        migration_type=pipeline_tasks.CDC_MIGRATION_TYPE,
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,
@@ -89,7 +118,8 @@ incremental sync reads. Source credentials come from the Airflow connection name
     start = DmsStartTaskAtPositionOperator(
         task_id="start_cdc_at_snapshot",
         replication_task_arn=replication_task.output,
-        cdc_start_position=snapshot_position(),
+        cdc_start_position=start_at["cdc_start_position"],
+        reload_target="{{ params.reload_target }}",
         waiter_delay=dms.poll_seconds,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,

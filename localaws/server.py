@@ -82,6 +82,7 @@ class LocalAWSApp:
             if name in state:
                 setattr(self, name, state[name])
         self._wire()
+        self.dms.resume_replications()  # the replication threads were not saved: they start again
 
     def activity(self) -> tuple[int, int]:
         """Changes so far (requests admitted, clock moves): equal twice, the state has not changed between."""
@@ -286,6 +287,8 @@ class LocalAWS:
         """Stop serving, save the state (with a state file) and release the port."""
         if self._server is None:
             return
+        if self.app is not None:
+            self.app.dms.shutdown()  # end the replication threads before the port goes
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,38 @@ def source_db():
     yield server
     stop_source_database(server)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def restart_source_db(source_db):
+    """Stop the session's source server (``mode``: fast, or immediate as a crash would) and start it again."""
+    from devstack.source_db import start_source_database, stop_source_database
+
+    def restart(mode: str = "fast") -> None:
+        stop_source_database(source_db, mode)
+        start_source_database(source_db.data_dir, source_db.port, source_db.database)
+
+    return restart
+
+
+@pytest.fixture
+def source(source_db):
+    """A database of its own in the session's PostgreSQL server; its slots and itself are dropped afterwards."""
+    import psycopg
+    from source_db_helpers import SourceDb
+
+    name = f"src_{uuid.uuid4().hex[:10]}"
+    admin = {"host": str(source_db.data_dir), "port": source_db.port, "user": "postgres", "autocommit": True}
+    with psycopg.connect(dbname="postgres", **admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" OWNER replicator')
+    yield SourceDb(source_db, name)
+    with psycopg.connect(dbname="postgres", **admin) as conn:
+        conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                     "WHERE database = %s AND active_pid IS NOT NULL", (name,))  # fmt: skip
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT temporary", (name,)
+        ).fetchall():
+            with contextlib.suppress(psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

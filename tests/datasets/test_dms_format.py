@@ -46,6 +46,15 @@ def test_file_names_follow_dms():
     assert names == sorted(names)
 
 
+def test_the_user_guides_ten_digit_cdc_name_is_read_in_time_order():
+    # CHAP_Target.S3's example; DMS itself writes milliseconds (9 digits), as cdc_file_name does.
+    assert cdc_name_time("20141029-1134010000.csv") == datetime(2014, 10, 29, 11, 34, 1, 0, tzinfo=UTC)
+    assert cdc_name_time("20141029-1134010005.csv") == datetime(2014, 10, 29, 11, 34, 1, 500, tzinfo=UTC)
+    assert classify("p/20141029-1134010000.csv", "p/").kind is FileKind.CDC
+    names = ["20141029-113401000.csv", "20141029-1134010005.csv", "20141029-113401001.csv"]
+    assert sorted(names) == sorted(names, key=cdc_name_time)
+
+
 def test_classify_recognises_only_dms_files():
     p = "landing/shop/items/"
     assert classify(p + "LOAD00000001.csv", p).kind is FileKind.LOAD

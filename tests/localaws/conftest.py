@@ -8,6 +8,7 @@ account: each test makes its own resources (unique names) and moves the clock re
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import uuid
@@ -143,22 +144,28 @@ def make_task(dms):
     """CreateReplicationTask between fresh endpoints on a fresh instance; returns the task ARN.
 
     ``s3_settings`` are added to the target endpoint's (bucket ``landing``); ``table_mappings`` is the
-    TableMappings document (no rules by default).
+    TableMappings document (no rules by default); ``engine`` is the source's (a MySQL server that does not exist,
+    unless the test says otherwise).
     """
 
     def make(
-        migration_type: str = "cdc", s3_settings: dict | None = None, table_mappings: dict | None = None, **extra
+        migration_type: str = "cdc",
+        s3_settings: dict | None = None,
+        table_mappings: dict | None = None,
+        engine: str = "mysql",
+        **extra,
     ) -> str:
         suffix = uuid.uuid4().hex[:10]
         instance = dms.create_replication_instance(
             ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
         )["ReplicationInstance"]
+        # A MySQL source by default: localaws replicates PostgreSQL only, so these tasks just change status.
         source = dms.create_endpoint(
             EndpointIdentifier=f"src-{suffix}",
             EndpointType="source",
-            EngineName="postgres",
+            EngineName=engine,
             ServerName="db.internal",
-            Port=5432,
+            Port=3306 if engine == "mysql" else 5432,
             DatabaseName="appdb",
             Username="replicator",
             Password="secret",
@@ -199,6 +206,25 @@ def ready_task(dms, make_task, advance, dms_timing):
         return arn
 
     return make
+
+
+@pytest.fixture
+def replication(dms, s3, localaws, dms_timing, source):
+    """make_task from replication_helpers, on this test's source database: returns a Task. Tasks still running at
+    the end are stopped, so that no replication thread outlives its test."""
+    from replication_helpers import make_task
+
+    tasks = []
+
+    def make(**kwargs):
+        tasks.append(make_task(dms, s3, localaws, dms_timing, source, **kwargs))
+        return tasks[-1]
+
+    yield make
+    for task in tasks:
+        with contextlib.suppress(Exception):  # deleted, or not running
+            if task.status() in ("starting", "running"):
+                task.stop()
 
 
 @pytest.fixture

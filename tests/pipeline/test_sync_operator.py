@@ -9,23 +9,23 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
-from change_files import TICKETS_SCHEMA, dms_sequence
 from landed_changes import last_commit, seed_demo, write_change_batch, write_live_batch
+from source_db_helpers import wait_for
 
 from devstack.config import TEMPLATE_PATH
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
-from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, write_dms_file
-from finetune_pipeline.datasets.store import S3Store
+from finetune_pipeline.datasets import dms_target
+from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, cdc_name_time
 from finetune_pipeline.pipeline import landing
 from finetune_pipeline.pipeline.export_manifest import read_manifest
 from finetune_pipeline.pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
-from finetune_pipeline.pipeline.tasks import dms_s3_settings
+from finetune_pipeline.pipeline.tasks import dms_s3_settings, dms_table_mappings
 from localaws import control
 
 SHIPPED_CONTRACTS = TEMPLATE_PATH.parent.parent / "contracts"
@@ -129,9 +129,90 @@ def checks_of(result: dict, kind: str) -> dict[str, dict]:
     return {check["table"]: check for check in result["checks"] if check["check"] == kind}
 
 
+SOURCE_SCHEMA = """
+CREATE TABLE customers (customer_id bigint PRIMARY KEY, name text NOT NULL, tier text, created_at timestamptz);
+CREATE TABLE tickets (ticket_id bigint PRIMARY KEY, customer_id bigint NOT NULL, subject text NOT NULL, body text,
+                      status text, priority integer, updated_at timestamptz);
+"""
+
+
 @pytest.fixture
-def cdc_task(new_cdc_task):
-    return new_cdc_task(start=True)
+def replicated(pipeline_config, landed, source, boto_client, localaws):
+    """The seeded snapshot in a real source database, replicated by a running CDC task into the landing prefix.
+
+    The seed's own change files are removed: what changes from here on is what the test commits in the source,
+    and what localaws's DMS writes, and counts in its table statistics, from the slot made after the snapshot.
+    """
+    storage = pipeline_config.storage
+    for key in landed.cdc_keys:
+        landed.s3.delete_object(Bucket=storage.bucket, Key=key)
+    source.execute(SOURCE_SCHEMA)
+    with source.connect() as conn:
+        for table in ("customers", "tickets"):
+            load = pq.read_table(pipeline_config.snowball.export_dir / "public" / table / "LOAD00000001.parquet")
+            columns = [name for name in load.column_names if name not in (OP, TS, SEQ)]
+            with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in load.select(columns).to_pylist():
+                    copy.write_row(list(row.values()))
+    lsn = source.create_slot("finetune_dms")
+    dms = boto_client("dms")
+    suffix = uuid.uuid4().hex[:8]
+    instance = dms.create_replication_instance(
+        ReplicationInstanceIdentifier=f"ri-{suffix}", ReplicationInstanceClass="dms.t3.medium"
+    )["ReplicationInstance"]["ReplicationInstanceArn"]
+    src = dms.create_endpoint(EndpointIdentifier=f"src-{suffix}", EndpointType="source",
+                              **source.endpoint(SlotName="finetune_dms", PluginName="test-decoding"))  # fmt: skip
+    tgt = dms.create_endpoint(EndpointIdentifier=f"tgt-{suffix}", EndpointType="target", EngineName="s3",
+                              S3Settings=dms_s3_settings(pipeline_config))["Endpoint"]["EndpointArn"]  # fmt: skip
+    task_id = f"cdc-{suffix}"
+    arn = dms.create_replication_task(
+        ReplicationTaskIdentifier=task_id, SourceEndpointArn=src["Endpoint"]["EndpointArn"], TargetEndpointArn=tgt,
+        ReplicationInstanceArn=instance, MigrationType="cdc",
+        TableMappings=json.dumps(dms_table_mappings(pipeline_config)),
+    )["ReplicationTask"]["ReplicationTaskArn"]  # fmt: skip
+    timing = control.get_timing(localaws.endpoint_url)["dms"]
+    control.advance_clock(localaws.endpoint_url, timing["task_creating"])
+    dms.start_replication_task(ReplicationTaskArn=arn, StartReplicationTaskType="start-replication",
+                               CdcStartPosition=lsn)  # fmt: skip
+    control.advance_clock(localaws.endpoint_url, timing["task_starting"])
+
+    def commit(statements: str) -> None:
+        """Commit in the source, then let DMS write it (CdcMaxBatchInterval passes on the virtual clock)."""
+        before = sum(e["Inserts"] + e["Updates"] + e["Deletes"] for e in _statistics(dms, arn))
+        source.execute(statements)
+        lsn_now = source.current_lsn()
+        wait_for(lambda: source.decoded_up_to(lsn_now), what="DMS to decode the commit")
+        control.advance_clock(localaws.endpoint_url, dms_target.CDC_MAX_BATCH_INTERVAL_SECONDS + 1)
+        wait_for(lambda: sum(e["Inserts"] + e["Updates"] + e["Deletes"] for e in _statistics(dms, arn)) > before,
+                 what="DMS to write the change files")  # fmt: skip
+
+    yield SimpleNamespace(task_id=task_id, arn=arn, commit=commit)
+    dms.stop_replication_task(ReplicationTaskArn=arn)
+    control.advance_clock(localaws.endpoint_url, timing["task_stopping"])
+
+
+def _statistics(dms, arn: str) -> list[dict]:
+    return dms.describe_table_statistics(ReplicationTaskArn=arn)["TableStatistics"]
+
+
+CHANGES = """
+INSERT INTO customers VALUES (100001, 'New Co', 'pro', now());
+UPDATE tickets SET status = 'closed', updated_at = now() WHERE ticket_id IN (SELECT ticket_id FROM tickets LIMIT 3);
+DELETE FROM tickets WHERE ticket_id = (SELECT max(ticket_id) FROM tickets);
+INSERT INTO tickets VALUES (900001, 100001, 'Cannot log in', 'Since this morning', 'open', 2, now());
+"""
+
+
+def _move_file_back(config, s3, minutes: float = 30) -> str:
+    """Rename the newest tickets change file to ``minutes`` earlier: a file that landed long after it was named
+    (DMS names a file when it opens it), behind the last sync's watermark."""
+    prefix = f"{config.storage.landing_prefix}/public/tickets/"
+    newest = max(o["Key"] for o in s3.list_objects_v2(Bucket=config.storage.bucket, Prefix=prefix)["Contents"]
+                 if not o["Key"].rsplit("/", 1)[-1].startswith("LOAD"))  # fmt: skip
+    late = prefix + cdc_file_name(cdc_name_time(newest) - timedelta(minutes=minutes))
+    s3.copy_object(Bucket=config.storage.bucket, Key=late, CopySource={"Bucket": config.storage.bucket, "Key": newest})
+    s3.delete_object(Bucket=config.storage.bucket, Key=newest)
+    return late
 
 
 @pytest.fixture
@@ -180,17 +261,9 @@ def strict_contracts(tmp_path, **row_count) -> str:
     return str(folder)
 
 
-def land_late_ticket(config, s3, tickets, at: datetime) -> None:
-    """One insert in a CDC file named (and committed) at ``at``, long before the last sync's watermark."""
-    row = {**tickets.to_pylist()[0], "ticket_id": 9_000_000}
-    event = {OP: "I", TS: at, SEQ: dms_sequence(at, 1), **row}
-    schema = pa.schema([pa.field(OP, pa.string()), pa.field(TS, pa.timestamp("us", tz="UTC")),
-                        pa.field(SEQ, pa.string()), *TICKETS_SCHEMA])  # fmt: skip
-    key = f"{config.storage.landing_prefix}/public/tickets/{cdc_file_name(at)}"
-    write_dms_file(S3Store(s3, config.storage.bucket), key, pa.Table.from_pylist([event], schema=schema))
-
-
-def test_rows_reconciled_with_dms_statistics_of_the_cdc_task(pipeline_config, landed, cdc_task, capfd):
+def test_rows_reconciled_with_dms_statistics_of_the_cdc_task(pipeline_config, replicated, capfd):
+    replicated.commit(CHANGES)
+    cdc_task = replicated.task_id
     operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task)
     result = operator.execute(make_context())
 
@@ -208,18 +281,20 @@ def test_rows_reconciled_with_dms_statistics_of_the_cdc_task(pipeline_config, la
 
 
 def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
-    pipeline_config, landed, cdc_task, tmp_path, capfd
+    pipeline_config, landed, replicated, tmp_path, capfd
 ):
     """DMS counted an insert whose file landed too late for discovery: the sync says so and does not publish;
     a full rebuild picks the file up."""
+    cdc_task = replicated.task_id
     contracts = strict_contracts(tmp_path, tolerance=0.0)
     operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
                              contracts_dir=contracts)  # fmt: skip
+    replicated.commit(CHANGES)
     first = operator.execute(make_context())
     assert first["status"] == "published"
-    snapshot = datetime.fromisoformat(read_manifest(pipeline_config.snowball.export_dir).snapshot_position)
-    land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
-    write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
+    replicated.commit("INSERT INTO tickets VALUES (900002, 100001, 'Late', 'landed late', 'open', 3, now())")
+    _move_file_back(pipeline_config, landed.s3)
+    replicated.commit("UPDATE customers SET tier = 'enterprise' WHERE customer_id = 100001")
 
     capfd.readouterr()
     with pytest.raises(AirflowFailException, match="dataset not published: 1 check"):
@@ -239,7 +314,7 @@ def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
 
 
 @pytest.fixture
-def source_db(landed, monkeypatch):
+def count_db(landed, monkeypatch):
     """A real PostgreSQL database holding the source tables as the seed's changes left them."""
     psycopg = pytest.importorskip("psycopg")
     try:
@@ -263,7 +338,8 @@ def source_db(landed, monkeypatch):
             admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def test_rows_reconciled_with_a_count_in_the_source_database(pipeline_config, landed, source_db, tmp_path, capfd):
+def test_rows_reconciled_with_a_count_in_the_source_database(pipeline_config, landed, count_db, tmp_path, capfd):
+    source_db = count_db
     operator = make_operator(pipeline_config, Asset("s3://x/current"), source_count_conn_id=source_db.conn_id)
     result = operator.execute(make_context())
     source_checks = checks_of(result, "row_count_source")
@@ -311,22 +387,26 @@ def test_a_dms_task_not_started_yet_skips_the_dms_check(pipeline_config, landed,
     assert f"DMS task {task_id} has not started yet (ready)" in capfd.readouterr().out
 
 
-def test_a_wider_grace_window_picks_up_the_late_file(pipeline_config, landed, cdc_task, tmp_path):
+def test_a_wider_grace_window_picks_up_the_late_file(pipeline_config, landed, replicated, tmp_path):
     contracts = strict_contracts(tmp_path, tolerance=0.0)
-    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=replicated.task_id,
                              contracts_dir=contracts, late_file_grace_minutes=120)  # fmt: skip
-    operator.execute(make_context())
-    snapshot = datetime.fromisoformat(read_manifest(pipeline_config.snowball.export_dir).snapshot_position)
-    land_late_ticket(pipeline_config, landed.s3, landed.tables["public.tickets"], snapshot + timedelta(seconds=1))
-    _, tables = write_change_batch(pipeline_config, landed.s3, landed.tables, datetime.now(UTC), seed=202)
+    replicated.commit(CHANGES)
+    first = operator.execute(make_context())
+    replicated.commit("INSERT INTO tickets VALUES (900002, 100001, 'Late', 'landed late', 'open', 3, now())")
+    _move_file_back(pipeline_config, landed.s3)
+    replicated.commit("UPDATE customers SET tier = 'enterprise' WHERE customer_id = 100001")
 
     result = operator.execute(make_context())
     assert result["status"] == "published"
-    assert result["row_counts"]["public.tickets"] == tables["public.tickets"].num_rows + 1  # + the late insert
+    assert result["row_counts"]["public.tickets"] == first["row_counts"]["public.tickets"] + 1  # the late insert
     assert all(check["passed"] for check in checks_of(result, "row_count_dms").values())
 
 
-def test_a_dms_api_error_is_a_failed_check_not_a_crash(pipeline_config, landed, cdc_task, monkeypatch):
+def test_a_dms_api_error_is_a_failed_check_not_a_crash(pipeline_config, landed, replicated, monkeypatch):
+    cdc_task = replicated.task_id
+    replicated.commit(CHANGES)
+
     def denied(self, arn):
         error = {"Error": {"Code": "AccessDeniedFault", "Message": "not authorized"}}
         raise ClientError(error, "DescribeTableStatistics")

@@ -1,7 +1,10 @@
 """AWS DMS's S3 target format: file names, reading files as typed change events, and writing such files.
 
 Layout: ``<root>/<schema>/<table>/LOAD00000001.parquet`` (full load, hex counter) and CDC files named by time,
-``<root>/<schema>/<table>/20261126-093012345.parquet`` (yyyyMMdd-HHmmssSSS), so key order is time order.
+``<root>/<schema>/<table>/20261126-093012345.parquet`` (yyyyMMdd-HHmmssSSS), so key order is time order. DMS
+names them to the millisecond, as its transaction files (``CDC_TXN-20201117153046033.csv``) and walkthroughs
+(``20221023-013830913.parquet``) show; the user guide's one example with a tenth digit, ``20141029-1134010000.csv``,
+is read too (the extra digit as tenths of a millisecond), and sorts among 9-digit names in time order.
 Columns: ``Op`` (I/U/D; with IncludeOpForFullLoad the LOAD rows carry I), the commit timestamp added by the
 TimestampColumnName setting (a STRING ``yyyy-MM-dd HH:mm:ss.SSSSSS``, here ``_dms_ts``), the change sequence
 from the ``$AR_H_CHANGE_SEQ`` header (35 digits, here ``_dms_seq``), then the table's columns. DMS writes CSV
@@ -36,7 +39,7 @@ OPS = ("I", "U", "D")
 DMS_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 Format = Literal["parquet", "csv"]
 
-_CDC_RE = re.compile(r"^(\d{8}-\d{9})\.(parquet|csv)$")
+_CDC_RE = re.compile(r"^(\d{8}-\d{9,10})\.(parquet|csv)$")
 _LOAD_RE = re.compile(r"^LOAD([0-9A-F]{8})\.(parquet|csv)$")
 _OP_SET = pa.array(OPS, pa.string())
 _TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -109,7 +112,8 @@ def cdc_name_time(name: str) -> datetime:
     match = _CDC_RE.match(name.rsplit("/", 1)[-1])
     if not match:
         raise ValueError(f"not a DMS CDC file name: {name!r}")
-    return datetime.strptime(match.group(1) + "000", "%Y%m%d-%H%M%S%f").replace(tzinfo=UTC)
+    stamp = match.group(1)
+    return datetime.strptime(stamp.ljust(21, "0"), "%Y%m%d-%H%M%S%f").replace(tzinfo=UTC)
 
 
 def classify(key: str, table_prefix: str, size: int = 0, etag: str = "") -> DmsFile | None:

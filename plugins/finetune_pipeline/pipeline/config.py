@@ -284,12 +284,25 @@ class DmsConfig(_Model):
     task_id: DmsIdentifier
     service_access_role_arn: RoleArn
     poll_seconds: Number = Field(default=30, gt=0)
+    # The source's credentials through Secrets Manager (a secret's name or ARN) and the role DMS reads it with;
+    # unset, the source endpoint takes the connection's password in clear text (DMS encrypts it at rest).
+    source_secret_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    secrets_manager_access_role_arn: RoleArn | None = None
+    # Create the secret from the source connection when it does not exist yet; an existing one is never
+    # overwritten (Secrets Manager may be rotating it).
+    create_source_secret: bool = False
+    # DMS's WAL heartbeat: a small write every few minutes, so that an idle slot does not hold WAL.
+    heartbeat_enable: bool = True
+    heartbeat_frequency_minutes: Count = Field(default=5, ge=1)
 
     @model_validator(mode="after")
     def _distinct_endpoints(self) -> DmsConfig:
         if self.source_endpoint_id == self.target_endpoint_id:
             raise ValueError(f"source_endpoint_id and target_endpoint_id must differ, both are "
                              f"{self.source_endpoint_id!r}: one identifier names one endpoint")
+        if self.source_secret_id and not self.secrets_manager_access_role_arn:
+            raise ValueError("source_secret_id needs secrets_manager_access_role_arn, the role DMS reads the "
+                             "secret with")
         return self
 
 

@@ -7,14 +7,15 @@ XCom); nothing here ever returns or logs a credential.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from botocore.exceptions import ClientError
 
 from finetune_pipeline.datasets import dms_target
 from finetune_pipeline.pipeline import landing
+from finetune_pipeline.pipeline.cdc_start import CdcStartError, parse_cdc_start
 from finetune_pipeline.pipeline.config import PipelineConfig
 from finetune_pipeline.pipeline.export_manifest import ExportManifest, ExportManifestError, read_manifest
 from finetune_pipeline.pipeline.planning import plan_transfer
@@ -216,22 +217,34 @@ def verify_and_publish_snapshot(config: PipelineConfig) -> ExportManifest:
     return manifest
 
 
-def snapshot_position(config: PipelineConfig) -> str:
-    """Where CDC must start: read from the published snapshot manifest, never guessed."""
-    manifest = landing.read_snapshot_manifest(
-        _s3_client(config), config.storage.bucket, config.storage.landing_prefix
-    )
-    position = dms_cdc_position(manifest.snapshot_position)
-    log.info("CDC will start at the snapshot position %s", position)
-    return position
+# How changes are captured after the bulk copy, on both routes: the consistent export (files plus the slot's LSN
+# in its manifest) is copied, by Snowball or online, and then a CDC-only task starts at that LSN. The alternative
+# for the online route, DMS full-load-and-cdc straight from the source, would load the tables a second way: no
+# manifest with row counts and checksums to verify the landed copy by, a full load of the whole database through
+# DMS as long as the online copy itself, and a replication path the offline route never exercises. One export and
+# one way into CDC keep both routes equal, and each verified the same way.
+CDC_MIGRATION_TYPE = "cdc"
 
 
-def dms_cdc_position(snapshot_position: str) -> str:
-    """A snapshot time as DMS's CdcStartPosition date form (UTC, ``2018-03-08T12:12:12``)."""
-    moment = datetime.fromisoformat(snapshot_position.replace("Z", "+00:00"))
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+def cdc_start(config: PipelineConfig) -> dict:
+    """Where CDC starts: DMS's CdcStartPosition and the slot, read from the published snapshot manifest."""
+    bucket, key = config.storage.bucket, f"{config.storage.landing_prefix}/{landing.SNAPSHOT_MANIFEST_KEY}"
+    try:
+        body = _s3_client(config).get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            raise AirflowFailException(
+                f"no snapshot published at s3://{bucket}/{key}: run finetune_bulk_transfer first"
+            ) from None
+        raise
+    try:
+        # The export creates the slot under the configured name; a manifest with another is another export's.
+        slot_name = config.source.slot_name if config.source.engine == "postgres" else None
+        start = parse_cdc_start(body, f"s3://{bucket}/{key}", config.source.engine, slot_name)
+    except CdcStartError as error:
+        raise AirflowFailException(str(error)) from None
+    log.info("CDC will start at %s%s", start.position, f" from slot {start.slot_name}" if start.slot_name else "")
+    return start.as_dict()
 
 
 def dms_s3_settings(config: PipelineConfig) -> dict:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
@@ -188,6 +189,106 @@ def test_ensure_postgres_source_reads_the_connection_and_never_logs_the_password
     assert not any("s3cr3t" in str(value) for value in vars(operator).values())
 
 
+def postgres_source(identifier: str, conn_id: str, **overrides) -> DmsEnsureEndpointOperator:
+    arguments = {
+        "task_id": "source",
+        "endpoint_identifier": identifier,
+        "endpoint_type": "source",
+        "engine_name": "postgres",
+        "source_conn_id": conn_id,
+        "slot_name": "finetune_dms",
+        "plugin_name": "test-decoding",
+        "heartbeat_enable": True,
+        "heartbeat_frequency": 5,
+    }
+    return DmsEnsureEndpointOperator(**{**arguments, **overrides})
+
+
+def test_a_postgres_source_names_its_slot_plugin_heartbeat_and_the_connections_ssl_mode(
+    hook, monkeypatch, context, unique
+):
+    conn = {"conn_type": "postgres", "host": "db.internal", "login": "replicator", "password": "pw",
+            "schema": "appdb", "extra": {"sslmode": "verify-full"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_SSL_DB", json.dumps(conn))
+    identifier = unique("src")
+    postgres_source(identifier, "ssl_db").execute(context)
+    endpoint = hook.find_endpoint(identifier)
+    assert endpoint["PostgreSQLSettings"] == {
+        "SlotName": "finetune_dms",
+        "PluginName": "test-decoding",
+        "HeartbeatEnable": True,
+        "HeartbeatFrequency": 5,
+    }
+    assert (endpoint["SslMode"], endpoint["Port"]) == ("verify-full", 5432)
+
+
+@pytest.mark.parametrize(("sslmode", "dms_mode"), [("disable", "none"), ("prefer", "require"), ("require", "require")])
+def test_libpq_ssl_modes_map_to_dms_ones(monkeypatch, sslmode, dms_mode):
+    monkeypatch.setenv("AIRFLOW_CONN_SSL_DB", json.dumps({"conn_type": "postgres", "extra": {"sslmode": sslmode}}))
+    operator = postgres_source("x", "ssl_db")
+    assert operator._ssl_mode(operator._source_connection()) == dms_mode
+
+
+def test_drifted_source_settings_are_set_back(hook, source_conn, context, unique, capsys):
+    identifier = unique("src")
+    arn = postgres_source(identifier, source_conn).execute(context)
+    hook.modify_endpoint(EndpointArn=arn, PostgreSQLSettings={"SlotName": "someone_elses", "HeartbeatEnable": False})
+    assert postgres_source(identifier, source_conn).execute(context) == arn
+    settings = hook.find_endpoint(identifier)["PostgreSQLSettings"]
+    assert (settings["SlotName"], settings["HeartbeatEnable"]) == ("finetune_dms", True)
+    assert "HeartbeatEnable, SlotName set back" in capsys.readouterr().out
+
+
+def test_the_source_password_goes_through_secrets_manager_when_configured(
+    hook, source_conn, context, unique, boto_client
+):
+    identifier, name = unique("src"), unique("dms/source")
+    secret_role = "arn:aws:iam::123456789012:role/dms-secrets"
+    operator = postgres_source(identifier, source_conn, secrets_manager_secret_id=name,
+                               secrets_manager_access_role_arn=secret_role, create_secret_from_connection=True)
+    arn = operator.execute(context)
+    secrets = boto_client("secretsmanager")
+    stored = json.loads(secrets.get_secret_value(SecretId=name)["SecretString"])
+    assert stored == {"username": "replicator", "password": "s3cr3t-Pa55", "port": 6543, "host": "db.internal"}
+    endpoint = hook.find_endpoint(identifier)
+    assert endpoint["PostgreSQLSettings"]["SecretsManagerSecretId"] == secrets.describe_secret(SecretId=name)["ARN"]
+    assert endpoint["PostgreSQLSettings"]["SecretsManagerAccessRoleArn"] == secret_role
+    assert "ServerName" not in endpoint and "Username" not in endpoint  # one set of credentials, not both
+    # A retry reuses the endpoint and the secret; an existing secret is never overwritten (it may be rotating).
+    secrets.put_secret_value(SecretId=name, SecretString=json.dumps({**stored, "password": "rotated"}))
+    assert postgres_source(identifier, source_conn, secrets_manager_secret_id=name,
+                           secrets_manager_access_role_arn=secret_role,
+                           create_secret_from_connection=True).execute(context) == arn  # fmt: skip
+    assert json.loads(secrets.get_secret_value(SecretId=name)["SecretString"])["password"] == "rotated"
+
+
+def test_a_missing_secret_is_a_clear_failure_unless_it_may_be_created(source_conn, context, unique):
+    operator = postgres_source(unique("src"), source_conn, secrets_manager_secret_id=unique("missing"),
+                               secrets_manager_access_role_arn="arn:aws:iam::123456789012:role/r")  # fmt: skip
+    with pytest.raises(AirflowFailException, match="does not exist. Create it with the keys username, password"):
+        operator.execute(context)
+
+
+def test_the_password_never_reaches_a_log_even_with_botocore_at_debug(
+    hook, source_conn, context, unique, caplog, capsys
+):
+    """botocore logs each request's body at DEBUG; the calls that carry a password log it redacted."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("botocore", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    plain = postgres_source(unique("src"), source_conn)
+    plain.execute(context)
+    secret = postgres_source(unique("src"), source_conn, secrets_manager_secret_id=unique("dms/source"),
+                             secrets_manager_access_role_arn="arn:aws:iam::123456789012:role/r",
+                             create_secret_from_connection=True)  # fmt: skip
+    secret.execute(context)
+    logged = caplog.text + capsys.readouterr().out
+    assert "Making request for OperationModel(name=CreateEndpoint)" in logged  # DEBUG was on
+    assert "Making request for OperationModel(name=CreateSecret)" in logged
+    assert "<redacted" in logged
+    assert "s3cr3t-Pa55" not in logged
+
+
 def test_ensure_source_refuses_an_endpoint_on_another_server(source_conn, monkeypatch, context, unique):
     identifier = unique("src")
     arguments = {
@@ -221,7 +322,7 @@ def test_ensure_source_reports_what_the_connection_lacks(monkeypatch, context, u
         engine_name="postgres",
         source_conn_id="broken_db",
     )
-    with pytest.raises(ValueError, match="'broken_db' lacks password, database"):
+    with pytest.raises(AirflowFailException, match="'broken_db' lacks password, database"):
         operator.execute(context)
 
 
@@ -332,32 +433,108 @@ def ready_task(pieces, context, unique, advance_clock) -> str:
     return arn
 
 
+LSN = "0/1AF7CB8"
+
+
 def start_task(arn: str, **overrides) -> DmsStartTaskAtPositionOperator:
-    arguments = {"task_id": "start", "replication_task_arn": arn, "cdc_start_position": "2026-01-31T12:00:00"}
+    arguments = {"task_id": "start", "replication_task_arn": arn, "cdc_start_position": LSN}
     return DmsStartTaskAtPositionOperator(**{**arguments, **FAST, **overrides})
 
 
+@pytest.fixture
+def starts(hook, monkeypatch) -> list[dict]:
+    """Every StartReplicationTask the operators make, with its arguments (they still reach localaws)."""
+    calls: list[dict] = []
+    original = DmsResourceHook.start_replication_task
+
+    def recording(self, replication_task_arn, start_replication_task_type, **kwargs):
+        calls.append({"type": start_replication_task_type, **kwargs})
+        return original(self, replication_task_arn, start_replication_task_type, **kwargs)
+
+    monkeypatch.setattr(DmsResourceHook, "start_replication_task", recording)
+    return calls
+
+
 def test_start_at_position_defers_then_a_retry_reuses_the_running_task(
-    hook, ready_task, context, advance_clock, run_trigger, capsys
+    hook, ready_task, context, advance_clock, run_trigger, capsys, starts
 ):
     operator = start_task(ready_task, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
     assert deferred.value.trigger.waiter_name == "replication_task_running"
     task = hook.get_task_description(ready_task)
-    assert (task["Status"], task["CdcStartPosition"]) == ("starting", "2026-01-31T12:00:00")
+    assert (task["Status"], task["CdcStartPosition"]) == ("starting", LSN)
+    assert starts == [{"type": "start-replication", "CdcStartPosition": LSN}]  # a first start: at the position
     event = run_trigger(deferred.value.trigger, during=lambda: advance_clock(120))
     assert operator.execute_complete(context, event) == ready_task
     # A retry (e.g. the worker died after the trigger fired) finds it running and does not start it again.
     assert start_task(ready_task, deferrable=True).execute(context) == ready_task
     assert "is already running; not starting it again" in capsys.readouterr().out
     assert hook.get_task_description(ready_task)["Status"] == "running"
+    assert len(starts) == 1
 
 
 def test_start_at_position_waits_in_the_worker(hook, ready_task, context, fast_clock):
     fast_clock(600)  # starting takes 60 virtual seconds
     assert start_task(ready_task, deferrable=False).execute(context) == ready_task
     assert hook.get_task_status(ready_task) == "running"
+
+
+def _stop(hook, arn: str, advance_clock) -> None:
+    hook.stop_replication_task(replication_task_arn=arn)
+    advance_clock(60)
+    assert hook.get_task_status(arn) == "stopped"
+
+
+def test_a_stopped_task_resumes_where_it_stopped(hook, ready_task, context, advance_clock, starts, fast_clock):
+    fast_clock(600)
+    start_task(ready_task, deferrable=False).execute(context)
+    _stop(hook, ready_task, advance_clock)
+    assert start_task(ready_task, deferrable=False).execute(context) == ready_task
+    assert [call["type"] for call in starts] == ["start-replication", "resume-processing"]
+    assert "CdcStartPosition" not in starts[1]  # DMS resumes from the task's recovery checkpoint
+
+
+@pytest.mark.parametrize("reload_target", ["True", True])
+def test_reload_restarts_a_cdc_task_at_the_position_stopping_it_first(
+    hook, ready_task, context, starts, fast_clock, reload_target
+):
+    fast_clock(600)
+    start_task(ready_task, deferrable=False).execute(context)
+    assert start_task(ready_task, deferrable=False, reload_target=reload_target).execute(context) == ready_task
+    # A CDC-only task reloads by starting again at the position (DMS: "For a cdc only task, to start from a
+    # specific position, you must use start-replication").
+    assert starts[-1] == {"type": "start-replication", "CdcStartPosition": LSN}
+    assert hook.get_task_status(ready_task) == "running"
+
+
+def test_reload_of_a_full_load_and_cdc_task_is_reload_target(
+    hook, pieces, context, unique, advance_clock, starts, fast_clock
+):
+    arn = ensure_task(unique("flc"), pieces, migration_type="full-load-and-cdc", wait_for_completion=False).execute(
+        context
+    )
+    advance_clock(120)
+    fast_clock(600)
+    start_task(arn, deferrable=False).execute(context)
+    _stop(hook, arn, advance_clock)
+    start_task(arn, deferrable=False, reload_target="true").execute(context)
+    assert [call["type"] for call in starts] == ["start-replication", "reload-target"]
+
+
+def test_reload_deferred_stops_then_starts(hook, ready_task, context, advance_clock, run_trigger, fast_clock):
+    fast_clock(600)
+    start_task(ready_task, deferrable=False).execute(context)
+    fast_clock(0)
+    operator = start_task(ready_task, deferrable=True, reload_target=True)
+    with pytest.raises(TaskDeferred) as stopping:
+        operator.execute(context)
+    assert stopping.value.trigger.waiter_name == "replication_task_stopped"
+    assert stopping.value.method_name == "execute_after_stop"
+    event = run_trigger(stopping.value.trigger, during=lambda: advance_clock(60))
+    with pytest.raises(TaskDeferred) as starting:
+        operator.execute_after_stop(context, event)
+    assert starting.value.trigger.waiter_name == "replication_task_running"
 
 
 def test_start_at_position_refuses_a_task_being_created(pieces, context, unique):
@@ -368,11 +545,22 @@ def test_start_at_position_refuses_a_task_being_created(pieces, context, unique)
         start_task(arn).execute(context)
 
 
-def test_start_at_position_needs_a_position_and_a_task(aws_conn, context):
-    with pytest.raises(ValueError, match="cdc_start_position is empty"):
-        start_task("arn:aws:dms:us-east-1:123456789012:task:X", cdc_start_position="").execute(context)
-    with pytest.raises(RuntimeError, match="task:NOPE does not exist"):
+def test_a_first_start_needs_a_position_and_a_task(ready_task, context):
+    with pytest.raises(AirflowFailException, match="cdc_start_position is empty"):
+        start_task(ready_task, cdc_start_position="").execute(context)
+    with pytest.raises(AirflowFailException, match="task:NOPE does not exist"):
         start_task("arn:aws:dms:us-east-1:123456789012:task:NOPE").execute(context)
+
+
+def test_a_time_start_position_is_refused_for_a_postgresql_source(ready_task, context):
+    # DMS: "PostgreSQL as a source doesn't support a custom CDC start time" (localaws refuses it the same way).
+    with pytest.raises(Exception, match="PostgreSQL as a source doesn't support a custom CDC start time"):
+        start_task(ready_task, cdc_start_position="2026-01-31T12:00:00").execute(context)
+
+
+def test_reload_target_must_be_a_boolean(ready_task):
+    with pytest.raises(ValueError, match="reload_target must be true or false"):
+        _ = start_task(ready_task, reload_target="maybe").reloading
 
 
 def test_start_at_position_execute_complete_raises_on_failure(context):

@@ -67,7 +67,7 @@ def test_task_trigger_serialize_round_trip():
 
 def test_task_trigger_rejects_other_statuses():
     with pytest.raises(ValueError, match="target_status must be one of"):
-        DmsTaskStatusTrigger(replication_task_arn="arn:task", target_status="stopped")
+        DmsTaskStatusTrigger(replication_task_arn="arn:task", target_status="failed")
 
 
 def test_instance_trigger_serialize_round_trip():
@@ -90,7 +90,7 @@ def test_task_trigger_fires_when_running(dms, task_arn, advance_clock, run_trigg
     dms.start_replication_task(
         ReplicationTaskArn=task_arn,
         StartReplicationTaskType="start-replication",
-        CdcStartPosition="2026-01-01T00:00:00",
+        CdcStartPosition="0/1AF7CB8",
     )
     trigger = DmsTaskStatusTrigger(
         replication_task_arn=task_arn, target_status="running", waiter_delay=0.01, waiter_max_attempts=2000

@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
+from finetune_pipeline.aws.hooks.secrets_manager import SecretsManagerSecretHook
 from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
 from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
@@ -24,6 +25,18 @@ DB_SOURCE_ENGINES: dict[str, tuple[str, int]] = {
     "mysql": ("MySQLSettings", 3306),
     "aurora": ("MySQLSettings", 3306),
     "mariadb": ("MySQLSettings", 3306),
+}
+POSTGRES_ENGINES = ("postgres", "aurora-postgresql")
+# libpq's sslmode values (an Airflow Postgres connection's ``sslmode`` extra) as DMS's SslMode. ``prefer`` asks for
+# encryption when the server offers it; DMS has no such middle ground, and a silent downgrade to ``none`` would
+# drop it, so it becomes ``require`` (a server without SSL then fails DMS's connection test, loudly).
+LIBPQ_SSL_MODES = {
+    "disable": "none",
+    "allow": "none",
+    "prefer": "require",
+    "require": "require",
+    "verify-ca": "verify-ca",
+    "verify-full": "verify-full",
 }
 
 
@@ -167,13 +180,29 @@ class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
 
 class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
     """
-    Return the ARN of a DMS endpoint, creating it only if none has this identifier.
+    Return the ARN of a DMS endpoint, creating it only if none has this identifier, correcting its settings if
+    they drifted.
 
     Two kinds are supported: an S3 target (``engine_name="s3"`` with its ``s3_settings``) and a
-    PostgreSQL/MySQL source whose host, port, user and password come from the Airflow
-    connection ``source_conn_id``. The password is masked and only ever sent to ``CreateEndpoint``: it is
-    never logged, stored on the operator or returned. An existing endpoint is reused as it is, after
-    checking it points at the same bucket/folder or server/database; to change it, delete it first.
+    PostgreSQL/MySQL source whose host, port, user and password come from the Airflow connection
+    ``source_conn_id``. The source's credentials reach DMS one of two ways (DMS takes "one of the following sets
+    of values, but not both"):
+
+    - through Secrets Manager, with ``secrets_manager_secret_id`` and ``secrets_manager_access_role_arn``: the
+      endpoint names the secret, and no password is sent to DMS. With ``create_secret_from_connection``, a
+      missing secret is created from the connection (``username``, ``password``, ``port``, ``host``, the keys DMS
+      reads); an existing secret is never overwritten, since Secrets Manager may be rotating it;
+    - in clear text (``Password``, which DMS stores encrypted), as a fallback when no secret is configured.
+
+    Either way the password is masked in Airflow's logs and kept out of botocore's DEBUG log
+    (:mod:`finetune_pipeline.aws.utils.redaction`); it is never stored on the operator or returned.
+
+    A PostgreSQL source also takes what DMS needs for CDC from a native start point (CHAP_Source.PostgreSQL):
+    ``slot_name`` (the slot created beforehand), ``plugin_name`` (``test-decoding`` for a test_decoding slot) and
+    the WAL heartbeat. ``ssl_mode`` defaults to the connection's ``sslmode`` extra.
+
+    An existing endpoint must point at the same bucket/folder or database (and server, or secret); otherwise this
+    fails. Settings that drifted (slot, plugin, heartbeat, SSL mode) are set back with ``ModifyEndpoint``.
 
     :param endpoint_identifier: The endpoint identifier (the idempotency key).
     :param endpoint_type: ``source`` or ``target``.
@@ -183,16 +212,31 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
         ``ServiceAccessRoleArn`` required.
     :param source_conn_id: Airflow connection with the source database's host, port, login and password.
     :param database_name: Database to replicate; defaults to the connection's schema.
-    :param engine_settings: Extra ``PostgreSQLSettings`` / ``MySQLSettings`` (e.g. ``SlotName``).
-    :param ssl_mode: ``none`` | ``require`` | ``verify-ca`` | ``verify-full``.
+    :param slot_name: PostgreSQL: the logical replication slot CDC reads (``PostgreSQLSettings.SlotName``).
+    :param plugin_name: PostgreSQL: ``test-decoding`` or ``pglogical`` (``PostgreSQLSettings.PluginName``).
+    :param heartbeat_enable: PostgreSQL: DMS's WAL heartbeat, which keeps an idle slot from holding WAL.
+    :param heartbeat_frequency: PostgreSQL: minutes between heartbeats (DMS's default: 5).
+    :param secrets_manager_secret_id: Name or ARN of the secret with the source's credentials.
+    :param secrets_manager_access_role_arn: The role DMS reads that secret with.
+    :param create_secret_from_connection: Create the secret from ``source_conn_id`` if it does not exist.
+    :param secret_kms_key_id: KMS key of a secret this operator creates.
+    :param engine_settings: Further ``PostgreSQLSettings`` / ``MySQLSettings``.
+    :param ssl_mode: ``none`` | ``require`` | ``verify-ca`` | ``verify-full``; from the connection if ``None``.
     :param kms_key_id: KMS key that encrypts the endpoint's connection parameters.
-    :param tags: Tags of a new endpoint.
+    :param tags: Tags of a new endpoint (and of a secret this operator creates).
     :param create_endpoint_kwargs: Further ``CreateEndpoint`` arguments.
     """
 
     aws_hook_class = DmsResourceHook
     template_fields: Sequence[str] = aws_template_fields(
-        "endpoint_identifier", "s3_settings", "source_conn_id", "database_name", "engine_settings"
+        "endpoint_identifier",
+        "s3_settings",
+        "source_conn_id",
+        "database_name",
+        "engine_settings",
+        "slot_name",
+        "plugin_name",
+        "secrets_manager_secret_id",
     )
     template_fields_renderers = {"s3_settings": "json", "engine_settings": "json"}
 
@@ -205,6 +249,14 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
         s3_settings: dict[str, Any] | None = None,
         source_conn_id: str | None = None,
         database_name: str | None = None,
+        slot_name: str | None = None,
+        plugin_name: str | None = None,
+        heartbeat_enable: bool = False,
+        heartbeat_frequency: int | None = None,
+        secrets_manager_secret_id: str | None = None,
+        secrets_manager_access_role_arn: str | None = None,
+        create_secret_from_connection: bool = False,
+        secret_kms_key_id: str | None = None,
         engine_settings: dict[str, Any] | None = None,
         ssl_mode: str | None = None,
         kms_key_id: str | None = None,
@@ -219,6 +271,14 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
         self.s3_settings = s3_settings
         self.source_conn_id = source_conn_id
         self.database_name = database_name
+        self.slot_name = slot_name
+        self.plugin_name = plugin_name
+        self.heartbeat_enable = heartbeat_enable
+        self.heartbeat_frequency = heartbeat_frequency
+        self.secrets_manager_secret_id = secrets_manager_secret_id
+        self.secrets_manager_access_role_arn = secrets_manager_access_role_arn
+        self.create_secret_from_connection = create_secret_from_connection
+        self.secret_kms_key_id = secret_kms_key_id
         self.engine_settings = engine_settings
         self.ssl_mode = ssl_mode
         self.kms_key_id = kms_key_id
@@ -251,27 +311,89 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             mask_secret(conn.password)
         return conn
 
-    def _source_arguments(self) -> dict[str, Any]:
-        """Connection details of a database source; the only place the password is read."""
-        conn = self._source_connection()
-        database = self.database_name or conn.schema
-        required = {"host": conn.host, "login": conn.login, "password": conn.password, "database": database}
-        missing = [name for name, value in required.items() if not value]
-        if missing:
+    def _ssl_mode(self, conn: Connection | None) -> str | None:
+        """DMS's SslMode: the one given, else the connection's libpq ``sslmode`` extra, as DMS names it."""
+        if self.ssl_mode is not None or conn is None:
+            return self.ssl_mode
+        sslmode = (conn.extra_dejson or {}).get("sslmode")
+        if sslmode is None:
+            return None
+        if sslmode not in LIBPQ_SSL_MODES:
+            raise AirflowFailException(
+                f"Airflow connection {self.source_conn_id!r}: sslmode {sslmode!r} is not one of "
+                f"{', '.join(LIBPQ_SSL_MODES)}."
+            )
+        return LIBPQ_SSL_MODES[sslmode]
+
+    def _postgres_settings(self) -> dict[str, Any]:
+        """The CDC settings of a PostgreSQL source: slot, plugin, heartbeat."""
+        settings: dict[str, Any] = {
+            "SlotName": self.slot_name or None,
+            "PluginName": self.plugin_name,
+            "HeartbeatEnable": True if self.heartbeat_enable else None,
+            "HeartbeatFrequency": self.heartbeat_frequency if self.heartbeat_enable else None,
+        }
+        settings = {key: value for key, value in settings.items() if value is not None}
+        if settings and self.engine_name not in POSTGRES_ENGINES:
             raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: slot, plugin and heartbeat are PostgreSQL settings, not "
+                f"{self.engine_name} ones."
+            )
+        return settings
+
+    def _secret_arn(self, conn: Connection) -> str:
+        """The ARN of the secret the endpoint names; created from the connection when asked and missing."""
+        hook = SecretsManagerSecretHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        found = hook.describe_secret(self.secrets_manager_secret_id)
+        if found is not None:
+            self.log.info("Using Secrets Manager secret %s for the DMS source's credentials.", found["ARN"])
+            return found["ARN"]
+        if not self.create_secret_from_connection:
+            raise AirflowFailException(
+                f"Secrets Manager secret {self.secrets_manager_secret_id} does not exist. Create it with the keys "
+                "username, password, port and host, or set create_secret_from_connection, then retry."
+            )
+        value = self._connection_values(conn)
+        secret = {"username": value["login"], "password": value["password"], "port": value["port"],
+                  "host": value["host"]}  # fmt: skip
+        arn = hook.create_secret(self.secrets_manager_secret_id, secret, self.secret_kms_key_id, self.tags)
+        self.log.info("Created Secrets Manager secret %s from Airflow connection %s.", arn, self.source_conn_id)
+        return arn
+
+    def _connection_values(self, conn: Connection) -> dict[str, Any]:
+        database = self.database_name or conn.schema
+        values = {"host": conn.host, "login": conn.login, "password": conn.password, "database": database}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise AirflowFailException(
                 f"Airflow connection {self.source_conn_id!r} lacks {', '.join(missing)} for DMS endpoint "
                 f"{self.endpoint_identifier}."
             )
-        settings_key, default_port = DB_SOURCE_ENGINES[self.engine_name]
-        arguments: dict[str, Any] = {
-            "ServerName": conn.host,
-            "Port": int(conn.port or default_port),
-            "Username": conn.login,
-            "Password": conn.password,
-            "DatabaseName": database,
-        }
-        if self.engine_settings:
-            arguments[settings_key] = self.engine_settings
+        return {**values, "port": int(conn.port or DB_SOURCE_ENGINES[self.engine_name][1])}
+
+    def _source_arguments(self) -> dict[str, Any]:
+        """Connection details of a database source; the only place the password is read."""
+        conn = self._source_connection()
+        values = self._connection_values(conn)
+        settings_key, _ = DB_SOURCE_ENGINES[self.engine_name]
+        settings = {**self._postgres_settings(), **(self.engine_settings or {})}
+        arguments: dict[str, Any] = {"DatabaseName": values["database"]}
+        if self.secrets_manager_secret_id:
+            if not self.secrets_manager_access_role_arn:
+                raise ValueError(
+                    f"Endpoint {self.endpoint_identifier}: secrets_manager_secret_id needs "
+                    "secrets_manager_access_role_arn, the role DMS reads the secret with."
+                )
+            settings["SecretsManagerSecretId"] = self._secret_arn(conn)
+            settings["SecretsManagerAccessRoleArn"] = self.secrets_manager_access_role_arn
+        else:
+            arguments.update({"ServerName": values["host"], "Port": values["port"], "Username": values["login"],
+                              "Password": values["password"]})  # fmt: skip
+        if settings:
+            arguments[settings_key] = settings
+        ssl_mode = self._ssl_mode(conn)
+        if ssl_mode:
+            arguments["SslMode"] = ssl_mode
         return arguments
 
     def _create_arguments(self) -> dict[str, Any]:
@@ -286,6 +408,8 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             settings = self._s3_settings()
             arguments["S3Settings"] = settings
             arguments["ServiceAccessRoleArn"] = settings["ServiceAccessRoleArn"]
+            if self.ssl_mode:
+                arguments["SslMode"] = self.ssl_mode
         elif self.engine_name in DB_SOURCE_ENGINES:
             arguments.update(self._source_arguments())
         else:
@@ -293,17 +417,19 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
                 f"Endpoint {self.endpoint_identifier}: engine {self.engine_name!r} is not supported; "
                 f"use 's3' or one of {sorted(DB_SOURCE_ENGINES)}."
             )
-        optional = {"SslMode": self.ssl_mode, "KmsKeyId": self.kms_key_id, "Tags": _tags(self.tags) or None}
+        optional = {"KmsKeyId": self.kms_key_id, "Tags": _tags(self.tags) or None}
         arguments.update({key: value for key, value in optional.items() if value is not None})
         return {**arguments, **self.create_endpoint_kwargs}
 
-    def _check_existing(self, endpoint: dict[str, Any]) -> None:
-        """Refuse to reuse an endpoint with the same identifier that points somewhere else."""
+    def _check_existing(self, endpoint: dict[str, Any]) -> dict[str, Any]:
+        """Refuse an endpoint with the same identifier that points somewhere else; return the settings to put
+        back (``ModifyEndpoint`` arguments) if any drifted."""
         actual = {
             "EndpointType": str(endpoint.get("EndpointType", "")).lower(),
             "EngineName": endpoint.get("EngineName"),
         }
         expected: dict[str, Any] = {"EndpointType": self.endpoint_type, "EngineName": self.engine_name}
+        drift: dict[str, Any] = {}
         if self.engine_name == "s3":
             s3 = endpoint.get("S3Settings") or {}
             actual["BucketName"] = s3.get("BucketName")
@@ -312,11 +438,22 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             expected["BucketFolder"] = ((self.s3_settings or {}).get("BucketFolder") or "").strip("/")
         elif self.engine_name in DB_SOURCE_ENGINES:
             conn = self._source_connection()
-            actual["ServerName"], actual["DatabaseName"] = (
-                endpoint.get("ServerName"),
-                endpoint.get("DatabaseName"),
-            )
-            expected["ServerName"], expected["DatabaseName"] = conn.host, self.database_name or conn.schema
+            settings_key, _ = DB_SOURCE_ENGINES[self.engine_name]
+            stored = endpoint.get(settings_key) or {}
+            actual["DatabaseName"] = endpoint.get("DatabaseName") or stored.get("DatabaseName")
+            expected["DatabaseName"] = self.database_name or conn.schema
+            # Whether the credentials come from a secret cannot change in place: DMS takes one way or the other.
+            actual["credentials"] = "secret" if stored.get("SecretsManagerSecretId") else "password"
+            expected["credentials"] = "secret" if self.secrets_manager_secret_id else "password"
+            if not self.secrets_manager_secret_id:
+                actual["ServerName"], expected["ServerName"] = endpoint.get("ServerName"), conn.host
+            wanted = {**self._postgres_settings(), **(self.engine_settings or {})}
+            changed = {key: value for key, value in wanted.items() if stored.get(key) != value}
+            if changed:
+                drift[settings_key] = changed
+            ssl_mode = self._ssl_mode(conn)
+            if ssl_mode and endpoint.get("SslMode") != ssl_mode:
+                drift["SslMode"] = ssl_mode
         differences = [
             f"{key}={actual[key]!r} (wanted {value!r})"
             for key, value in expected.items()
@@ -328,11 +465,18 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
                 f"{'; '.join(differences)}. "
                 "Delete it (or choose another identifier), then retry."
             )
+        return drift
 
     def execute(self, context: Context) -> str:
         endpoint = self.hook.find_endpoint(self.endpoint_identifier)
         if endpoint is not None:
-            self._check_existing(endpoint)
+            drift = self._check_existing(endpoint)
+            if drift:
+                self.hook.modify_endpoint(EndpointArn=endpoint["EndpointArn"], **drift)
+                fields = sorted(key for name, value in drift.items() for key in (value if isinstance(value, dict)
+                                                                                   else [name]))  # fmt: skip
+                self.log.info("Corrected DMS endpoint %s: %s set back.", endpoint["EndpointArn"], ", ".join(fields))
+                return endpoint["EndpointArn"]
             self.log.info("Reusing DMS %s endpoint %s.", self.endpoint_type, endpoint["EndpointArn"])
             return endpoint["EndpointArn"]
         endpoint = self.hook.create_endpoint(**self._create_arguments())
@@ -469,18 +613,24 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
 
 class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
     """
-    Start a replication task's CDC at ``cdc_start_position`` and wait until it runs; a running task is reused.
+    Start a replication task and wait until it runs: its first start at ``cdc_start_position``, a restart where it
+    stopped; a running task is reused.
 
-    Idempotent: if a previous try already started the task (``starting``/``running``), it is not started
-    again. A task that is ``ready``, ``stopped`` or ``failed`` is started with
-    ``StartReplicationTaskType=start-replication``; any other status is an error.
+    - ``ready`` (never run): ``start-replication`` at ``cdc_start_position`` (DMS: "start-replication is the only
+      valid action ... the first time" a task runs).
+    - ``stopped`` or ``failed``: ``resume-processing``, which continues from the task's recovery checkpoint, so
+      nothing is lost and nothing replays beyond what DMS's at-least-once delivery does.
+    - with ``reload_target``: a ``full-load``/``full-load-and-cdc`` task is started with ``reload-target`` (every
+      table loaded again); a CDC-only task with ``start-replication`` at ``cdc_start_position`` again, which replays
+      every change since that position, and only works while the source still holds it (a PostgreSQL slot that
+      has moved on forwards the start past the changes in between). A running task is stopped first.
+    - ``starting``: waited for; ``stopping``, ``modifying``, ``creating``: retried later.
 
     :param replication_task_arn: Replication task ARN (templated).
-    :param cdc_start_position: Where CDC starts (templated): a date (``2026-01-31T12:00:00``), a checkpoint
-        or an LSN.
+    :param cdc_start_position: Where a first start's CDC begins (templated): a PostgreSQL LSN (``0/1AF7CB8``), a
+        MySQL ``binlog-file:position``, or a checkpoint. Required to start a CDC task for the first time.
     :param cdc_stop_position: Optional stop position (templated).
-    :param start_replication_task_type: ``start-replication`` (default), ``resume-processing`` or
-        ``reload-target``.
+    :param reload_target: Reload instead of resuming (templated; ``"True"``/``"False"`` from a Param).
     :param wait_for_completion: Wait until the task is ``running``.
     :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
     :param waiter_delay: Seconds between status checks.
@@ -489,16 +639,16 @@ class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
 
     aws_hook_class = DmsResourceHook
     template_fields: Sequence[str] = aws_template_fields(
-        "replication_task_arn", "cdc_start_position", "cdc_stop_position"
+        "replication_task_arn", "cdc_start_position", "cdc_stop_position", "reload_target"
     )
 
     def __init__(
         self,
         *,
         replication_task_arn: str,
-        cdc_start_position: str,
+        cdc_start_position: str | None = None,
         cdc_stop_position: str | None = None,
-        start_replication_task_type: str = "start-replication",
+        reload_target: bool | str = False,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         waiter_delay: float = 30,
@@ -509,57 +659,85 @@ class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
         self.replication_task_arn = replication_task_arn
         self.cdc_start_position = cdc_start_position
         self.cdc_stop_position = cdc_stop_position
-        self.start_replication_task_type = start_replication_task_type
+        self.reload_target = reload_target
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.waiter_delay = waiter_delay
         self.waiter_max_attempts = waiter_max_attempts
 
-    def execute(self, context: Context) -> str:
-        if not self.cdc_start_position:
-            raise ValueError(
-                f"cdc_start_position is empty: cannot start {self.replication_task_arn} without one."
-            )
-        task = self.hook.describe_replication_task(self.replication_task_arn)
-        if task is None:
-            raise RuntimeError(f"DMS replication task {self.replication_task_arn} does not exist.")
-        status = task["Status"]
-        self.log.info("DMS replication task %s is %s.", self.replication_task_arn, status)
-        if status == "running":
-            self.log.info(
-                "DMS replication task %s is already running; not starting it again.",
-                self.replication_task_arn,
-            )
-            return self.replication_task_arn
-        if status in DmsResourceHook.TASK_STARTABLE_STATES:
-            extra = {"CdcStartPosition": self.cdc_start_position}
-            if self.cdc_stop_position:
-                extra["CdcStopPosition"] = self.cdc_stop_position
-            self.hook.start_replication_task(
-                replication_task_arn=self.replication_task_arn,
-                start_replication_task_type=self.start_replication_task_type,
-                **extra,
-            )
-            self.log.info(
-                "Started DMS replication task %s (%s) at CDC position %s.",
-                self.replication_task_arn,
-                self.start_replication_task_type,
-                self.cdc_start_position,
-            )
-        elif status == "starting":
-            self.log.info("DMS replication task %s is already starting.", self.replication_task_arn)
+    @property
+    def reloading(self) -> bool:
+        value = self.reload_target
+        if isinstance(value, str):
+            if value.strip().lower() not in ("true", "false", ""):
+                raise ValueError(f"reload_target must be true or false, got {value!r}.")
+            return value.strip().lower() == "true"
+        return bool(value)
+
+    def _start(self, task: dict[str, Any]) -> None:
+        """StartReplicationTask with the type and position the task's history asks for."""
+        arn, status, migration = self.replication_task_arn, task["Status"], task.get("MigrationType")
+        extra: dict[str, Any] = {}
+        if status == "ready" or (self.reloading and migration == "cdc"):
+            start_type = "start-replication"
+            if migration != "full-load":
+                if not self.cdc_start_position:
+                    raise AirflowFailException(
+                        f"cdc_start_position is empty: cannot start DMS replication task {arn} without one."
+                    )
+                extra["CdcStartPosition"] = self.cdc_start_position
+        elif self.reloading:
+            start_type = "reload-target"
         else:
-            raise RuntimeError(
-                f"DMS replication task {self.replication_task_arn} is {status}; it can be started only when "
-                f"{', '.join(sorted(DmsResourceHook.TASK_STARTABLE_STATES))}. "
-                "Wait for it to settle, then retry."
-            )
+            start_type = "resume-processing"  # continue from the task's recovery checkpoint
+        if self.cdc_stop_position:
+            extra["CdcStopPosition"] = self.cdc_stop_position
+        self.hook.start_replication_task(
+            replication_task_arn=arn, start_replication_task_type=start_type, **extra
+        )
+        where = f" at CDC position {extra['CdcStartPosition']}" if "CdcStartPosition" in extra else ""
+        self.log.info("Started DMS replication task %s (%s%s).", arn, start_type, where)
+
+    def _wait_running(self, context: Context) -> str:
         if not self.wait_for_completion:
             return self.replication_task_arn
         trigger = DmsTaskStatusTrigger(
             replication_task_arn=self.replication_task_arn, target_status="running", **trigger_arguments(self)
         )
         return defer_or_wait(self, context, trigger)
+
+    def execute(self, context: Context) -> str:
+        arn = self.replication_task_arn
+        task = self.hook.describe_replication_task(arn)
+        if task is None:
+            raise AirflowFailException(f"DMS replication task {arn} does not exist.")
+        status = task["Status"]
+        self.log.info("DMS replication task %s is %s.", arn, status)
+        if status == "running" and self.reloading:
+            self.log.info("Stopping DMS replication task %s to reload it.", arn)
+            self.hook.stop_replication_task(replication_task_arn=arn)
+            trigger = DmsTaskStatusTrigger(replication_task_arn=arn, target_status="stopped",
+                                           **trigger_arguments(self))  # fmt: skip
+            return defer_or_wait(self, context, trigger, method_name="execute_after_stop")
+        if status == "running":
+            self.log.info("DMS replication task %s is already running; not starting it again.", arn)
+            return arn
+        if status in DmsResourceHook.TASK_STARTABLE_STATES:
+            self._start(task)
+        elif status == "starting":
+            self.log.info("DMS replication task %s is already starting.", arn)
+        else:
+            raise RuntimeError(
+                f"DMS replication task {arn} is {status}; it can be started only when "
+                f"{', '.join(sorted(DmsResourceHook.TASK_STARTABLE_STATES))}. Wait for it to settle, then retry."
+            )
+        return self._wait_running(context)
+
+    def execute_after_stop(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        _check_event(event, "replication_task_arn", f"Stopping DMS replication task {self.replication_task_arn}")
+        task = self.hook.describe_replication_task(self.replication_task_arn)
+        self._start(task)
+        return self._wait_running(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         return _check_event(

@@ -11,16 +11,16 @@ from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 
 class DmsTaskStatusTrigger(AwsBaseWaiterTrigger):
     """
-    Fire when a replication task is ``ready`` or ``running`` (waiters ``replication_task_<status>``).
+    Fire when a replication task is ``ready``, ``running`` or ``stopped`` (waiters ``replication_task_<status>``).
 
     botocore's waiters fail at once on states that cannot lead there (e.g. ``failed``, ``stopped``).
 
     :param replication_task_arn: The replication task ARN.
-    :param target_status: ``ready`` (created) or ``running`` (started).
+    :param target_status: ``ready`` (created), ``running`` (started) or ``stopped``.
     """
 
     aws_hook_class = DmsResourceHook
-    TARGET_STATUSES = ("ready", "running")
+    TARGET_STATUSES = ("ready", "running", "stopped")
 
     def __init__(
         self,

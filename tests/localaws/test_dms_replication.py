@@ -1,0 +1,483 @@
+"""localaws's DMS data plane against a real PostgreSQL (wal_level=logical): what the source commits lands in S3
+exactly as DMS writes it, read back with the pipeline's own reader (finetune_pipeline.datasets.dms_format)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections import Counter
+from datetime import UTC
+
+import psycopg
+import pytest
+from replication_helpers import FOLDER, wait_for
+
+from finetune_pipeline.datasets.contracts import TableContract
+from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, CsvSettings, FileKind
+
+ACCOUNTS = TableContract.model_validate(
+    {
+        "table": "public.accounts",
+        "primary_key": ["id"],
+        "columns": [
+            {"name": "id", "type": "int64", "nullable": False},
+            {"name": "owner", "type": "string", "nullable": False},
+            {"name": "balance", "type": "float64"},
+            {"name": "active", "type": "string"},  # DMS writes PostgreSQL booleans as 'true'/'false'
+            {"name": "updated_at", "type": "timestamp[us, UTC]"},
+            {"name": "note", "type": "string"},  # added by ALTER TABLE half-way through
+        ],
+    }
+)
+TRANSFERS = TableContract.model_validate(
+    {
+        "table": "public.transfers",
+        "primary_key": ["id"],
+        "columns": [
+            {"name": "id", "type": "int64", "nullable": False},
+            {"name": "account_id", "type": "int64"},
+            {"name": "amount", "type": "float64"},
+            {"name": "memo", "type": "string"},
+        ],
+    }
+)
+SCHEMA = """
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance double precision, active boolean,
+                       updated_at timestamptz);
+CREATE TABLE transfers (id bigint PRIMARY KEY, account_id bigint, amount double precision, memo text);
+"""
+BOTH = ("public.accounts", "public.transfers")
+
+
+def _row(contract: TableContract, values: dict) -> dict:
+    """A row as the reader returns it: every contract column, booleans as DMS's strings, times in UTC."""
+    out = {}
+    for column in contract.column_names:
+        value = values.get(column)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif hasattr(value, "astimezone"):
+            value = value.astimezone(UTC)
+        out[column] = value
+    return out
+
+
+class Workload:
+    """Random transactions on the source that remember exactly what they committed, in commit order."""
+
+    def __init__(self, source, seed: int = 7, newlines: bool = True):
+        self.source = source
+        self.newline = "\n" if newlines else ""
+        self.conn = source.connect()
+        self.random = random.Random(seed)
+        self.live: dict[str, dict[int, dict]] = {"public.accounts": {}, "public.transfers": {}}
+        self.committed: list[tuple[str, str, int, dict | None]] = []  # (table, op, key, row after or None)
+        self.next_id = 1
+        self.has_note = False
+
+    def _values(self, table: str, update: bool) -> dict:
+        pick = self.random
+        if table == "public.accounts":
+            values = {"owner": f"owner {pick.randrange(10_000)}, \"it's\"{self.newline}",
+                      "balance": pick.uniform(-1e4, 1e4), "active": pick.random() < 0.7}  # fmt: skip
+            if self.has_note:
+                values["note"] = pick.choice([None, "vip", "watch, list"])
+            if update and pick.random() < 0.5:
+                values = {"balance": values["balance"]}
+            return values
+        return {"account_id": pick.randrange(100), "amount": round(pick.uniform(0, 500), 2),
+                "memo": pick.choice([None, "", "rent", "a " * 50])}  # fmt: skip
+
+    def _statement(self, table: str, op: str, key: int) -> tuple:
+        short = table.split(".")[1]
+        if op == "D":
+            self.conn.execute(f"DELETE FROM {short} WHERE id = %s", [key])
+            return table, "D", key, None
+        values = self._values(table, update=op == "U")
+        stamp = table == "public.accounts"  # accounts.updated_at = now(): the same for the whole transaction
+        if op == "I":
+            names = ["id", *values] + (["updated_at"] if stamp else [])
+            marks = ["%s"] * (len(values) + 1) + (["now()"] if stamp else [])
+            sql = f"INSERT INTO {short} ({', '.join(names)}) VALUES ({', '.join(marks)}) RETURNING *"
+            cursor = self.conn.execute(sql, [key, *values.values()])
+        else:
+            assignments = [f"{name} = %s" for name in values] + (["updated_at = now()"] if stamp else [])
+            sql = f"UPDATE {short} SET {', '.join(assignments)} WHERE id = %s RETURNING *"
+            cursor = self.conn.execute(sql, [*values.values(), key])
+        names = [column.name for column in cursor.description]
+        return table, op, key, dict(zip(names, cursor.fetchone(), strict=True))
+
+    def transaction(self, size: int | None = None) -> None:
+        """One transaction of 1-6 statements over both tables: inserts, updates (often of the row just changed)
+        and deletes."""
+        pick = self.random
+        txn: list = []
+        with self.conn.transaction():
+            last = None
+            for _ in range(size or pick.randint(1, 6)):
+                table = pick.choice(BOTH)
+                live = self._live_after(table, txn)
+                op = pick.choices(["I", "U", "D"], [4, 4, 1])[0] if live else "I"
+                if op == "I":
+                    key, self.next_id = self.next_id, self.next_id + 1
+                elif last is not None and last[0] == table and last[1] in live and pick.random() < 0.6:
+                    key = last[1]  # the same row changed again within the transaction
+                else:
+                    key = pick.choice(sorted(live))
+                txn.append(self._statement(table, op, key))
+                last = (table, key)
+        for table, op, key, row in txn:
+            if op == "D":
+                self.live[table].pop(key)
+            else:
+                self.live[table][key] = row
+        self.committed.extend(txn)
+
+    def _live_after(self, table: str, txn: list) -> set[int]:
+        keys = set(self.live[table])
+        for name, op, key, _ in txn:
+            if name == table:
+                (keys.discard if op == "D" else keys.add)(key)
+        return keys
+
+    def add_note_column(self) -> None:
+        self.conn.execute("ALTER TABLE accounts ADD COLUMN note text")
+        self.has_note = True
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = wait_for(lambda: _connect(self.source), what="the server back")
+
+    def expected(self, since: int = 0) -> list[tuple]:
+        """The committed changes from the ``since``-th on, as the reader returns them."""
+        contracts = {"public.accounts": ACCOUNTS, "public.transfers": TRANSFERS}
+        return [(table, op, key, None if row is None else _row(contracts[table], row))
+                for table, op, key, row in self.committed[since:]]  # fmt: skip
+
+    def final_state(self) -> dict:
+        contracts = {"public.accounts": ACCOUNTS, "public.transfers": TRANSFERS}
+        return {table: {key: _row(contracts[table], row) for key, row in rows.items()}
+                for table, rows in self.live.items()}  # fmt: skip
+
+
+def _connect(source):
+    try:
+        return source.connect()
+    except psycopg.OperationalError:
+        return None
+
+
+def landed(task, contracts=(ACCOUNTS, TRANSFERS)) -> list[tuple]:
+    """Every landed CDC change of the tables, in commit order ((_dms_ts, _dms_seq), as the merge orders them)."""
+    events = []
+    for contract in contracts:
+        for event in task.events(contract).to_pylist():
+            key = event["id"]
+            row = None if event[OP] == "D" else {name: event[name] for name in contract.column_names}
+            events.append(((event[TS], event[SEQ]), (contract.table, event[OP], key, row)))
+    events.sort(key=lambda item: item[0])
+    return [change for _, change in events]
+
+
+@pytest.fixture
+def workload(source):
+    source.execute(SCHEMA)
+    load = Workload(source)
+    yield load
+    load.conn.close()
+
+
+@pytest.fixture
+def cdc(replication, source, workload):
+    """A running CDC task from a slot created now, at the slot's consistent point."""
+
+    def start(**kwargs):
+        lsn = source.create_slot("dms_slot")
+        task = replication(tables=BOTH, postgres={"SlotName": "dms_slot", "PluginName": "test-decoding"}, **kwargs)
+        task.start(CdcStartPosition=lsn)
+        task.start_lsn = lsn
+        return task
+
+    return start
+
+
+def test_random_transactions_land_as_the_committed_change_stream(cdc, workload):
+    task = cdc()
+    for number in range(40):
+        if number == 20:
+            workload.add_note_column()  # a nullable column added while CDC runs
+        workload.transaction()
+    task.flush()
+    expected = workload.expected()
+    wait_for(lambda: len(landed(task)) >= len(expected), what="every change to land")
+
+    assert landed(task) == expected
+    ops = Counter(op for _, op, _, _ in expected)
+    assert ops["I"] and ops["U"] and ops["D"]
+    keys_changed = Counter((table, key) for table, _, key, _ in expected)
+    assert max(keys_changed.values()) >= 3  # one key changed many times, within and across transactions
+
+
+def test_files_are_dms_files_under_bucket_folder_schema_table(cdc, workload):
+    task = cdc()
+    workload.transaction(4)
+    task.flush()
+    keys = wait_for(lambda: task.files(), what="files")
+    for key in keys:
+        folder, schema, table, name = key.split("/")
+        assert (folder, schema) == (FOLDER, "public") and table in ("accounts", "transfers")
+        assert len(name) == len("20261201-071154149.parquet") and name[8] == "-"  # yyyyMMdd-HHmmssSSS
+    events = task.events(ACCOUNTS)
+    assert events.column_names[:3] == [OP, TS, SEQ]
+    assert all(len(seq) == 35 and seq.isdigit() for seq in events.column(SEQ).to_pylist())
+
+
+def test_a_cdc_file_is_written_at_cdc_max_batch_interval(cdc, workload):
+    task = cdc(s3_settings={"CdcMaxBatchInterval": 30})
+    workload.transaction(3)
+    task.caught_up()
+    task.advance(29)
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_for(lambda: task.files(), timeout=1.5, what="a file before the interval")
+    task.advance(1)
+    wait_for(lambda: task.files(), what="a file at the interval")
+
+
+def test_a_cdc_file_is_written_at_cdc_min_file_size_without_waiting(cdc, workload):
+    task = cdc(s3_settings={"CdcMaxBatchInterval": 3600, "CdcMinFileSize": 1})
+    for _ in range(30):
+        workload.transaction(6)
+    keys = wait_for(lambda: len(task.files()) >= 3 and task.files(), what="files written by size")
+    assert keys == sorted(set(keys))  # names never repeat, even with the clock frozen
+
+
+def test_the_slot_moves_only_after_s3_took_the_file(cdc, workload, source, s3):
+    task = cdc()
+    workload.transaction(3)
+    task.flush()
+    wait_for(lambda: task.files(), what="the first file")
+    acknowledged = wait_for(
+        lambda: (lsn := source.slot("dms_slot")["confirmed_flush_lsn"]) != task.start_lsn and lsn,
+        what="an acknowledgement",
+    )
+    checkpoint = wait_for(lambda: task.describe().get("RecoveryCheckpoint"), what="a checkpoint")
+    assert checkpoint.startswith("checkpoint:V1#") and _checkpoint_lsn(checkpoint) == _lsn(acknowledged)
+
+    for key in task.files():
+        s3.delete_object(Bucket=task.bucket, Key=key)
+    s3.delete_bucket(Bucket=task.bucket)  # every PUT fails from now on
+    since = len(workload.committed)
+    workload.transaction(3)
+    task.flush()
+    time.sleep(1.5)
+    assert source.slot("dms_slot")["confirmed_flush_lsn"] == acknowledged
+    assert task.status() == "running"  # a target error is retried, as DMS retries it
+
+    s3.create_bucket(Bucket=task.bucket)
+    wait_for(lambda: task.files(), what="the retried PUT")
+    wait_for(lambda: source.slot("dms_slot")["confirmed_flush_lsn"] != acknowledged, what="the slot to move")
+    assert landed(task) == workload.expected(since)
+
+
+def _lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _checkpoint_lsn(checkpoint: str) -> int:
+    return _lsn(checkpoint.split("#")[2])
+
+
+def test_stop_and_resume_lose_nothing(cdc, workload):
+    task = cdc()
+    for _ in range(10):
+        workload.transaction()
+    task.stop()  # writes what it buffered and acknowledges it
+    for _ in range(10):
+        workload.transaction()  # while the task is stopped
+    task.start("resume-processing")
+    for _ in range(10):
+        workload.transaction()
+    task.flush()
+    expected = workload.expected()
+    wait_for(lambda: len(landed(task)) >= len(expected), what="every change")
+    assert landed(task) == expected
+
+
+def test_a_source_restart_during_cdc_loses_no_change(cdc, workload, restart_source_db):
+    task = cdc()
+    for _ in range(8):
+        workload.transaction()
+    task.flush()
+    wait_for(lambda: task.files(), what="the first files")
+    for _ in range(8):
+        workload.transaction()  # decoded, still buffered when the server goes down
+    workload.conn.close()
+    restart_source_db("immediate")  # as a crash would: the slot keeps its last checkpointed state
+    workload.reconnect()
+    for _ in range(8):
+        workload.transaction()
+    task.flush()
+    expected = workload.expected()
+    wait_for(lambda: len(landed(task)) >= len(expected), timeout=60, what="every change after the restart")
+    assert task.status() == "running"
+    assert landed(task) == expected
+
+
+def _csv_round_trip(replication, source, workload, header: bool) -> None:
+    slot = f"csv_{int(header)}"
+    lsn = source.create_slot(slot)
+    task = replication(tables=BOTH, postgres={"SlotName": slot},
+                       s3_settings={"DataFormat": "csv", "AddColumnName": header})  # fmt: skip
+    task.start(CdcStartPosition=lsn)
+    since = len(workload.committed)
+    for _ in range(6):
+        workload.transaction()
+    task.flush()
+    expected = workload.expected(since)
+    csv = CsvSettings(header=header)
+
+    def events() -> list[tuple]:
+        found = []
+        for contract in (ACCOUNTS, TRANSFERS):
+            for event in task.events(contract, csv).to_pylist():
+                row = None if event[OP] == "D" else {n: event[n] for n in contract.column_names}
+                found.append(((event[TS], event[SEQ]), (contract.table, event[OP], event["id"], row)))
+        return [change for _, change in sorted(found, key=lambda e: e[0])]
+
+    wait_for(lambda: len(events()) >= len(expected), what="the CSV files")
+    assert events() == expected
+    assert all(key.endswith(".csv") for key in task.files())
+    task.stop()
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["no-header", "AddColumnName"])
+def test_csv_files_read_back_with_and_without_a_header(replication, source, header):
+    # A CSV file without a header row carries no column names: its columns must be the contract's, all of them.
+    source.execute(SCHEMA + "ALTER TABLE accounts ADD COLUMN note text;")
+    workload = Workload(source, newlines=False)
+    workload.has_note = True
+    _csv_round_trip(replication, source, workload, header)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="datasets.dms_format reads CSV without pyarrow's newlines_in_values, so a quoted value holding a newline "
+    "(which DMS writes as RFC 4180 allows) breaks the row; the pipeline reads Parquet, which is unaffected",
+)
+def test_csv_values_holding_newlines_read_back(replication, source, workload):
+    _csv_round_trip(replication, source, workload, header=False)
+
+
+def test_snapshot_at_the_exported_snapshot_plus_cdc_from_its_lsn_is_the_final_state(replication, source, workload):
+    for _ in range(10):
+        workload.transaction()  # before the slot: in the snapshot, never in CDC
+    replication_conn = psycopg.connect(source.server.url(database=source.name), autocommit=True,
+                                       replication="database")  # fmt: skip
+    _, lsn, snapshot, _ = replication_conn.execute(
+        "CREATE_REPLICATION_SLOT snap_slot LOGICAL test_decoding (SNAPSHOT 'export')"
+    ).fetchone()
+    after_slot = len(workload.committed)
+    for _ in range(10):
+        workload.transaction()  # after the consistent point: in CDC, not in the snapshot
+    with source.connect() as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        reader.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        state = {}
+        for contract in (ACCOUNTS, TRANSFERS):
+            cursor = reader.execute(f"SELECT * FROM {contract.table}")
+            names = [c.name for c in cursor.description]
+            state[contract.table] = {row[0]: _row(contract, dict(zip(names, row, strict=True))) for row in cursor}
+        reader.execute("COMMIT")
+    replication_conn.close()
+    for _ in range(10):
+        workload.transaction()
+
+    task = replication(tables=BOTH, postgres={"SlotName": "snap_slot", "PluginName": "test-decoding"})
+    task.start(CdcStartPosition=lsn)
+    task.flush()
+    expected = workload.expected(since=after_slot)
+    wait_for(lambda: len(landed(task)) >= len(expected), what="the changes after the consistent point")
+
+    assert landed(task) == expected  # nothing from before the LSN, nothing missing after it
+    for table, op, key, row in landed(task):
+        if op == "D":
+            state[table].pop(key, None)
+        else:
+            state[table][key] = row
+    assert state == workload.final_state()
+
+
+def test_full_load_and_cdc_from_dms_own_slot_is_the_final_state(replication, source, workload):
+    for _ in range(15):
+        workload.transaction()
+    task = replication(migration_type="full-load-and-cdc", tables=BOTH)
+    task.start()
+    wait_for(lambda: task.describe()["ReplicationTaskStats"].get("TablesLoaded") == 2, what="the full load")
+    for _ in range(15):
+        workload.transaction()
+    task.flush()
+
+    def state() -> dict:
+        tables = {}
+        for contract in (ACCOUNTS, TRANSFERS):
+            rows = {}
+            events = task.events(contract, kinds=(FileKind.LOAD,)).to_pylist()
+            events += sorted(task.events(contract).to_pylist(), key=lambda e: (e[TS], e[SEQ]))
+            for event in events:
+                if event[OP] == "D":
+                    rows.pop(event["id"], None)
+                else:
+                    rows[event["id"]] = {n: event[n] for n in contract.column_names}
+            tables[contract.table] = rows
+        return tables
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: state() == workload.final_state(), what="load plus changes to equal the source")
+    assert state() == workload.final_state()
+    own = [name for name in _slots(source) if name != "dms_slot"]
+    assert len(own) == 1  # DMS made a slot of its own for the task
+    statistics = task.statistics()
+    assert statistics["public.accounts"]["FullLoadRows"] > 0
+    assert statistics["public.accounts"]["TableState"] == "Table completed"
+
+
+def _slots(source) -> list[str]:
+    with source.connect() as conn:
+        return [name for (name,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database() AND NOT temporary"
+        )]  # fmt: skip
+
+
+def test_a_full_load_task_writes_load_files_then_stops(replication, source):
+    source.execute("CREATE TABLE big (id bigint PRIMARY KEY, body text); CREATE TABLE empty (id int PRIMARY KEY);"
+                   "INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 3000) g")  # fmt: skip
+    task = replication(migration_type="full-load", tables=("public.big", "public.empty"),
+                       s3_settings={"MaxFileSize": 64})  # fmt: skip
+    task.start(run=False)
+    task.advance(task.timing["task_starting"])
+    wait_for(lambda: task.status() == "stopped", what="the full load to finish")
+    described = task.describe()
+    assert described["StopReason"] == "Stop Reason FULL_LOAD_ONLY_FINISHED"
+    keys = task.files()
+    assert len(keys) > 1 and keys[0].endswith("/public/big/LOAD00000001.parquet")  # split at MaxFileSize (KB)
+    assert not any("/empty/" in key for key in keys)  # DMS makes no folder for an empty table
+    statistics = task.statistics()
+    assert statistics["public.big"]["FullLoadRows"] == 3000
+    assert statistics["public.empty"]["FullLoadRows"] == 0
+
+
+def test_statistics_count_what_was_written(cdc, workload):
+    task = cdc()
+    for _ in range(20):
+        workload.transaction()
+    task.flush()
+    expected = workload.expected()
+    wait_for(lambda: len(landed(task)) >= len(expected), what="every change")
+    statistics = task.statistics()
+    for table in BOTH:
+        counts = Counter(op for name, op, _, _ in expected if name == table)
+        entry = statistics[table]
+        assert (entry["Inserts"], entry["Updates"], entry["Deletes"]) == (counts["I"], counts["U"], counts["D"])
+        assert (entry["AppliedInserts"], entry["FullLoadRows"]) == (counts["I"], 0)
