@@ -357,3 +357,22 @@ def test_a_dms_api_error_is_a_failed_check_not_a_crash(pipeline_config, landed, 
     assert not check["passed"] and check["severity"] == "warning"
     assert check["detail"].startswith(f"not compared: DMS table statistics of task {cdc_task} unavailable")
     assert "AccessDeniedFault" in check["detail"]
+
+
+# ---------------------------------------------------------------- training's version, through the reader
+
+
+def test_training_opens_the_version_of_the_asset_event_or_the_newest(pipeline_config, landed):
+    from finetune_pipeline.pipeline.assets import dataset_asset
+    from finetune_pipeline.pipeline.tasks import triggered_dataset_version
+
+    first = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())
+    write_live_batch(pipeline_config, landed.s3, landed.tables, last_commit(landed.cdc_keys), seed=7)
+    second = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())
+    assert (first["version"], second["version"]) == ("v000001", "v000002")
+    event = SimpleNamespace(extra={"version": first["version"]})
+    assert triggered_dataset_version(pipeline_config, {dataset_asset(pipeline_config): [event]}) == "v000001"
+    assert triggered_dataset_version(pipeline_config, {}) == "v000002"
+    missing = SimpleNamespace(extra={"version": "v000009"})
+    with pytest.raises(AirflowFailException, match="no dataset version v000009"):
+        triggered_dataset_version(pipeline_config, {dataset_asset(pipeline_config): [missing]})
