@@ -226,10 +226,11 @@ def plan(
     lagging: list[str] = []
     if newest is not None and newest.version not in done:
         spans = members(newest.table, newest.version)
-        lagging = sorted(t for t in spans if newest.version not in heads.get(t, newest).tags())
+        lagging = sorted(t for t in spans if t not in heads or newest.version not in heads[t].tags())
         if any(t not in contracts for t in lagging):
-            log.warning("version %s spans tables without a contract now %s; it stays unpublished",
-                        newest.version, lagging)
+            # A table the version spans has lost its contract: it cannot be completed, so it stays unpublished.
+            log.warning("version %s spans tables without a contract now (%s); it stays unpublished",
+                        newest.version, sorted(t for t in lagging if t not in contracts))
             lagging = []
     if lagging:
         version = newest.version
