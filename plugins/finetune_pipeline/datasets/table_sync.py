@@ -484,8 +484,10 @@ class TableSync:
         key = self.contract.primary_key
         if len(key) == 1 and range_key_type(self.contract.column(key[0]).arrow_type):
             span = key_range(good, self.contract, settings.csv) or (0, 0)
-            bucketing = Bucketing.for_range(key[0], span[0], span[1], delta_rows, settings.rows_per_bucket)
-            buckets = max(1, math.ceil(delta_rows / max(1, settings.rows_per_bucket)))
+            # Rows the table will hold: at most one per key in the span, at most one per event.
+            rows = max(1, min(delta_rows, span[1] - span[0] + 1))
+            bucketing = Bucketing.for_range(key[0], span[0], span[1], rows, settings.rows_per_bucket)
+            buckets = max(1, math.ceil(rows / max(1, settings.rows_per_bucket)))
             return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget)
         return Layout.for_new_hash_table(delta_bytes, delta_rows, settings.budget, settings.rows_per_bucket)
 
