@@ -391,7 +391,7 @@ def bench_validate(work: Path, rows: int) -> dict:
     return {"ours": ours, "ours_no_statistics": full_read, "pandera": pandera}
 
 
-def bench_merge(work: Path, events: int, keys: int, memory_mb: int, repeat: int = 3) -> dict:
+def bench_merge(work: Path, events: int, keys: int, memory_mb: int, repeat: int = 5) -> dict:
     """Ours and DuckDB alternately, ``repeat`` times each on the same files (this machine is shared, so
     alternating spreads its load over both): the median run of each."""
     root = work / "merge"
