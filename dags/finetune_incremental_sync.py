@@ -23,9 +23,11 @@ with DAG(
 
 Runs on the schedule in `sync.schedule` (and whenever replication is (re)started). Each run reads only the
 files that landed after the last committed watermark, checks them against the table contracts in
-`include/contracts/`, quarantines bad files (never deletes them), merges the rest into each table's
-current state, and publishes a new version by writing the `current` manifest last. A version is
-published only when every blocking check passes; training is scheduled on the dataset Asset.
+`include/contracts/`, quarantines bad files (never deletes them), merges the rest into the touched
+buckets of each table, and commits a new version: on every Apache Iceberg table of the dataset (catalog
+in the `iceberg` section of the config), one snapshot tagged with the version, holding the data, the
+summary and the sync position together. A version is committed only when every blocking check passes;
+training is scheduled on the dataset Asset.
 
 Trigger it by hand to sync a subset of tables, or to rebuild every table from the full history.
 """,
@@ -71,6 +73,7 @@ Trigger it by hand to sync a subset of tables, or to rebuild every table from th
         replication_task_id=config.dms.task_id if config.sync.reconcile_with_dms else None,
         source_count_conn_id=config.sync.source_count_conn_id,
         late_file_grace_minutes=config.sync.late_file_grace_minutes,
+        iceberg=config.iceberg,
         aws_conn_id=config.aws.conn_id,
         region_name=config.storage.region,
         outlets=[DATASET],

@@ -31,7 +31,9 @@ with DAG(
     + """
 
 Scheduled on the dataset Asset: every published version starts one training run for exactly that
-version (read from the Asset event; a manual run uses the current version). The backend is
+version (read from the Asset event; a manual run uses the newest published one), opened through the
+dataset reader first, so a version missing from any table stops the run. The entrypoint opens the same
+version from its record under the dataset prefix (`versions/<version>.json`), with the same reader. The backend is
 `training.backend` in the pipeline config: a SageMaker HyperPod cluster (created if missing, reused
 otherwise) that runs the job through Slurm, submitted over SSM to its controller; or EC2 instances that
 run the entrypoint from their user data and terminate when it ends. Every wait is deferred.

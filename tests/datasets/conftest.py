@@ -1,4 +1,5 @@
-"""Fixtures for the dataset tests: a bucket-like local store, small contracts and a sync spec."""
+"""Fixtures for the dataset tests: a bucket-like local store, an Iceberg SQL catalog on SQLite with its
+warehouse in that store, small contracts and a sync spec."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 from ds_helpers import DEMO_CONTRACTS, ITEMS_YAML, T0
 
+from finetune_pipeline.datasets.catalog import CatalogSpec
 from finetune_pipeline.datasets.contracts import load_contract
 from finetune_pipeline.datasets.store import LocalStore
 from finetune_pipeline.datasets.sync import SyncSpec
@@ -16,6 +18,11 @@ from finetune_pipeline.datasets.sync import SyncSpec
 @pytest.fixture
 def store(tmp_path) -> LocalStore:
     return LocalStore(tmp_path / "bucket")
+
+
+@pytest.fixture
+def catalog_spec(tmp_path, store) -> CatalogSpec:
+    return CatalogSpec(uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=store.location("warehouse"))
 
 
 @pytest.fixture
@@ -39,10 +46,11 @@ def demo_contracts_dir(tmp_path) -> Path:
 
 
 @pytest.fixture
-def spec(contracts_dir) -> SyncSpec:
+def spec(contracts_dir, catalog_spec) -> SyncSpec:
     return SyncSpec(
         landing_prefix="landing",
         dataset_prefix="datasets/shop",
         contracts_dir=contracts_dir,
+        catalog=catalog_spec,
         snapshot_position=T0,
     )

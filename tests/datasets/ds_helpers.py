@@ -84,19 +84,43 @@ def put_load(store, table: pa.Table, n: int = 1, fmt: str = "parquet", table_pat
     return key
 
 
-def published_rows(store, spec, table: str = "shop.items") -> dict:
-    """The current version's rows of a table keyed by primary key value (first key column)."""
-    import pyarrow.parquet as pq
+def published(spec, version: str | None = None, access=None):
+    """A published version through the reader training and the CLI use (the newest when None)."""
+    from finetune_pipeline.datasets.catalog import load
+    from finetune_pipeline.datasets.reader import open_version
 
-    from finetune_pipeline.datasets.publish import read_current
+    return open_version(load(spec.catalog, access), spec.catalog.namespace, version)
 
-    manifest = read_current(store, spec.dataset_prefix)
-    assert manifest is not None, "nothing published"
+
+def published_rows(store, spec, table: str = "shop.items", version: str | None = None, access=None) -> dict:
+    """A published version's rows of a table keyed by primary key value (first key column), without the
+    bucket column."""
     rows = {}
-    for key in manifest.files[table]:
-        with store.local_path(key) as path:
-            for row in pq.read_table(path).to_pylist():
-                pk = next(iter(row.values()))
-                assert pk not in rows, f"duplicate key {pk} across parts"
-                rows[pk] = row
+    for row in published(spec, version, access).tables[table].to_arrow().to_pylist():
+        row.pop("_bucket")
+        pk = next(iter(row.values()))
+        assert pk not in rows, f"duplicate key {pk} across files"
+        rows[pk] = row
     return rows
+
+
+def versions(spec, access=None) -> list[str]:
+    from finetune_pipeline.datasets.catalog import load
+    from finetune_pipeline.datasets.reader import published_versions
+
+    return published_versions(load(spec.catalog, access), spec.catalog.namespace)
+
+
+def iceberg_table(spec, table: str = "shop.items", access=None):
+    from finetune_pipeline.datasets.catalog import load
+
+    return load(spec.catalog, access).load_table(spec.catalog.identifier(table))
+
+
+def head_state(store, spec, table: str = "shop.items", access=None):
+    """Where the next sync of a table resumes: the state its ``main`` snapshot's summary names."""
+    from finetune_pipeline.datasets.iceberg_tables import summary_of
+    from finetune_pipeline.datasets.state import TableState
+
+    snapshot = iceberg_table(spec, table, access).current_snapshot()
+    return TableState.from_snapshot(summary_of(snapshot), store, spec.dataset_prefix)

@@ -1,4 +1,5 @@
-"""The CLI: merge, validate and report on local folders and s3:// URIs, with clear errors and exit codes."""
+"""The CLI: merge, read, versions, validate and report on local folders and s3:// URIs, with clear errors and
+exit codes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import uuid
 
+import pyarrow.parquet as pq
 import pytest
 from ds_helpers import REPO, T0, item_events, item_load, put_cdc, put_load
 
@@ -46,9 +48,13 @@ def _merge(tmp_path, contracts_dir, *extra):
 def test_merge_then_up_to_date(tmp_path, contracts_dir, landing, capsys):
     assert _merge(tmp_path, contracts_dir) == 0
     out = capsys.readouterr().out
-    assert out.startswith("published: version v000001-") and "shop.items: 2 rows" in out
+    assert out.startswith("published: version v000001 (previous None)") and "shop.items: 2 rows" in out
+    assert "shop.items: finetune.shop__items snapshot " in out
     assert _merge(tmp_path, contracts_dir, "--json") == 0
     assert json.loads(capsys.readouterr().out)["status"] == "up_to_date"
+    # A local dataset folder holds its whole dataset: the catalog file and the warehouse.
+    assert (tmp_path / "lake" / "datasets" / "catalog.db").is_file()
+    assert (tmp_path / "lake" / "datasets" / "warehouse" / "finetune" / "shop__items" / "metadata").is_dir()
 
 
 def test_merge_blocked_exits_1(tmp_path, contracts_dir, landing, capsys):
@@ -58,14 +64,35 @@ def test_merge_blocked_exits_1(tmp_path, contracts_dir, landing, capsys):
     assert out.startswith("blocked:") and "FAILED [blocking] shop.items range:qty" in out
 
 
+def test_read_and_versions(tmp_path, contracts_dir, landing, capsys):
+    dataset = str(tmp_path / "lake" / "datasets")
+    assert _merge(tmp_path, contracts_dir) == 0
+    put_cdc(landing, item_events([("U", 5, 2, 2, "b2", 5, "new")]), 6)
+    assert _merge(tmp_path, contracts_dir) == 0
+    capsys.readouterr()
+    assert main(["versions", "--dataset", dataset]) == 0
+    assert capsys.readouterr().out.split() == ["v000001", "v000002"]
+    assert main(["read", "--dataset", dataset, "--json", "--files"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["version"] == described["tag"] == "v000002"
+    table = described["tables"]["shop.items"]
+    assert table["identifier"] == "finetune.shop__items" and table["rows"] == 2 and len(table["files"]) == 1
+    out = tmp_path / "items.parquet"
+    assert main(["read", "--dataset", dataset, "--version", "v000001", "--table", "shop.items", "--out", str(out)]) == 0
+    assert "wrote 2 rows of shop.items at v000001" in capsys.readouterr().out
+    assert sorted(pq.read_table(out).column("name").to_pylist()) == ["a2", "b"]
+    assert main(["read", "--dataset", dataset, "--version", "v000009"]) == 1
+    assert "no dataset version v000009" in capsys.readouterr().err
+
+
 def test_validate_published_data_and_report(tmp_path, contracts_dir, landing, capsys):
     assert _merge(tmp_path, contracts_dir) == 0
     capsys.readouterr()
-    versions = sorted((tmp_path / "lake" / "datasets" / "versions").iterdir())
-    part_dir = versions[-1] / "shop.items"
-    assert main(["validate", str(part_dir), "--contract", str(contracts_dir / "shop.items.yaml")]) == 0
+    dataset = str(tmp_path / "lake" / "datasets")
+    contract = str(contracts_dir / "shop.items.yaml")
+    assert main(["validate", dataset, "--version", "v000001", "--contract", contract]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["passed"] and result["rows"] == 2
+    assert result["passed"] and result["rows"] == 2 and result["files"] == 1
     html = tmp_path / "report.html"
     assert (
         main(
@@ -121,6 +148,8 @@ def test_errors_are_one_line_with_exit_2(tmp_path, contracts_dir, capsys):
     assert "same bucket" in capsys.readouterr().err
     assert main(["report", "--dataset", str(tmp_path / "empty")]) == 2
     assert "nothing published" in capsys.readouterr().err
+    assert main(["merge", "--landing", "s3://a/x", "--dataset", "s3://a/y", "--contracts", str(contracts_dir)]) == 2
+    assert "needs --catalog-uri" in capsys.readouterr().err
     assert (
         main(
             [
@@ -139,11 +168,13 @@ def test_errors_are_one_line_with_exit_2(tmp_path, contracts_dir, capsys):
 
 
 def test_merge_on_s3_with_endpoint_url(boto_client, localaws, tmp_path, contracts_dir, capsys):
+    """The warehouse in the bucket (written through pyiceberg's FileIO), the catalog a local SQLite file."""
     client = boto_client("s3")
     bucket = f"cli-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     store = S3Store(client, bucket)
     put_load(store, item_load([(1, "a", 1, "new")]))
+    catalog = ["--catalog-uri", f"sqlite:///{tmp_path}/catalog.db"]
     code = main(
         [
             "--endpoint-url",
@@ -157,10 +188,16 @@ def test_merge_on_s3_with_endpoint_url(boto_client, localaws, tmp_path, contract
             str(contracts_dir),
             "--now",
             NOW,
+            *catalog,
         ]
     )
     assert code == 0, capsys.readouterr()
-    assert client.head_object(Bucket=bucket, Key="datasets/shop/current")["ContentLength"] > 0
+    capsys.readouterr()
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="datasets/shop/warehouse/")["Contents"]]
+    assert any(k.endswith(".parquet") for k in listed) and any(k.endswith(".metadata.json") for k in listed)
+    assert main(["--endpoint-url", localaws.endpoint_url, "read", "--limit", "1", *catalog]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("v000001\n  shop.items: 1 rows") and "'name': 'a'" in out
 
 
 def test_module_entry_point(tmp_path):

@@ -104,12 +104,14 @@ def test_local_store_rejects_escaping_keys(tmp_path):
         store.put_bytes("/abs", b"x")
 
 
-def test_sync_on_s3_store(boto_client, tmp_path, contracts_dir):
-    """The whole sync against localaws: listing with StartAfter, quarantine moves, publish."""
+def test_sync_on_s3_store(boto_client, localaws, tmp_path, contracts_dir):
+    """The whole sync against localaws: listing with StartAfter, quarantine moves, data files and table
+    metadata written to the bucket through pyiceberg's S3 FileIO, publish."""
     from datetime import timedelta
 
     from ds_helpers import T0, item_events, item_load, published_rows, put_cdc, put_load
 
+    from finetune_pipeline.datasets.catalog import AwsAccess, CatalogSpec
     from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
     client = boto_client("s3")
@@ -120,16 +122,21 @@ def test_sync_on_s3_store(boto_client, tmp_path, contracts_dir):
         landing_prefix="landing",
         dataset_prefix="datasets/shop",
         contracts_dir=contracts_dir,
+        catalog=CatalogSpec(uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"s3://{bucket}/datasets/shop/warehouse"),
         snapshot_position=T0,
     )
+    access = AwsAccess(region="us-east-1", endpoint_url=localaws.endpoint_url, access_key_id="testing",
+                       secret_access_key="testing")  # fmt: skip
     put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new")]))
     put_cdc(store, item_events([("U", 3, 1, 1, "a2", 5, "done")]), 4)
     bad = put_cdc(store, item_events([("Q", 5, 2, 2, "b", 2, "new")]), 6)
-    result = run_sync(store, spec, now=T0 + timedelta(hours=1))
+    result = run_sync(store, spec, now=T0 + timedelta(hours=1), access=access)
     assert result.published
-    assert {k: r["name"] for k, r in published_rows(store, spec).items()} == {1: "a2", 2: "b"}
+    assert {k: r["name"] for k, r in published_rows(store, spec, access=access).items()} == {1: "a2", 2: "b"}
+    warehouse = [i.key for i in store.list_after("datasets/shop/warehouse/")]
+    assert any(k.endswith(".parquet") for k in warehouse) and any(k.endswith(".metadata.json") for k in warehouse)
     [q] = result.quarantined
     assert q.source_key == bad and not store.exists(bad)
     assert q.quarantine_key.startswith("datasets/shop/quarantine/shop/items/")
     assert client.head_object(Bucket=bucket, Key=q.report_key)["ContentLength"] > 0
-    assert run_sync(store, spec, now=T0 + timedelta(hours=1)).status == "up_to_date"
+    assert run_sync(store, spec, now=T0 + timedelta(hours=1), access=access).status == "up_to_date"

@@ -1,4 +1,5 @@
-"""run_sync end to end on a local bucket: incremental discovery, quarantine, publish rules, evolution."""
+"""run_sync end to end on a local bucket and a SQL catalog: incremental discovery, quarantine, publish rules,
+evolution, retention, bucketing."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from datetime import timedelta
 import pyarrow.parquet as pq
 import pytest
 from change_files import seed_changes, seed_tables, write_seed
-from ds_helpers import T0, at, item_events, item_load, published_rows, put_cdc, put_load
+from ds_helpers import (
+    T0,
+    at,
+    head_state,
+    iceberg_table,
+    item_events,
+    item_load,
+    published,
+    published_rows,
+    put_cdc,
+    put_load,
+    versions,
+)
 
 from finetune_pipeline.datasets.dms_format import cdc_file_name
-from finetune_pipeline.datasets.publish import read_current
 from finetune_pipeline.datasets.reconcile import DmsTableCounts, OutsideCounts
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
@@ -57,10 +69,10 @@ def test_full_then_incremental(store, spec):
     (prefix, start_after, listed) = counting.listings[0]
     assert start_after is not None and start_after.startswith("landing/shop/items/2026")
     assert listed[0].endswith(cdc_file_name(at(12)))  # inside the late-file grace window, skipped as seen
-    manifest = read_current(store, spec.dataset_prefix)
-    assert manifest.version == second.version
-    assert manifest.watermark == {"shop.items": cdc_file_name(at(22))}
-    assert manifest.tables["shop.items"].recent_files == [cdc_file_name(at(12))]
+    assert versions(spec)[-1] == second.version
+    state = head_state(store, spec)
+    assert state.cdc_watermark == cdc_file_name(at(22))
+    assert state.recent_files == [cdc_file_name(at(12))]
 
 
 def test_widening_the_grace_window_never_takes_a_file_twice(store, spec):
@@ -76,7 +88,7 @@ def test_widening_the_grace_window_never_takes_a_file_twice(store, spec):
     after = run_sync(store, wide, now=NOW)
     assert after.published and after.row_counts == {"shop.items": 4}
     assert all(c.passed for c in after.checks if c.check == "row_count"), after.checks
-    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    state = head_state(store, spec)
     assert state.cdc_events == {"I": 3, "U": 0, "D": 0}
 
 
@@ -86,7 +98,8 @@ def test_nothing_new_is_up_to_date(store, spec):
     again = run_sync(store, spec, now=NOW)
     assert again.status == "up_to_date" and not again.published
     assert again.version == first.version
-    assert read_current(store, spec.dataset_prefix).version == first.version
+    assert versions(spec) == [first.version]
+    assert len(iceberg_table(spec).snapshots()) == 1  # nothing committed
 
 
 def test_events_at_or_before_the_snapshot_are_dropped(store, spec):
@@ -127,15 +140,15 @@ def test_quarantine_and_stop_blocks_publish(store, spec, contracts_dir):
     path.write_text(path.read_text().replace("quarantine_and_continue", "quarantine_and_stop"))
     _base(store)
     first = run_sync(store, spec, now=NOW)
-    before = store.get_bytes("datasets/shop/current")
+    before = iceberg_table(spec).metadata_location
     bad_key = put_cdc(store, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
     put_cdc(store, item_events([("I", 22, 4, 8, "y", 1, "new")]), 23)
     result = run_sync(store, spec, now=NOW)
     assert result.status == "blocked" and not result.published
     assert result.quarantined[0].source_key == bad_key
     assert result.quarantined[0].reason == "missing_column"
-    assert store.get_bytes("datasets/shop/current") == before
-    assert read_current(store, spec.dataset_prefix).version == first.version
+    assert iceberg_table(spec).metadata_location == before  # the catalog was not touched
+    assert versions(spec) == [first.version]
 
 
 def test_blocking_check_keeps_current_and_watermark(store, spec):
@@ -147,13 +160,13 @@ def test_blocking_check_keeps_current_and_watermark(store, spec):
     [failed] = [c for c in blocked.checks if not c.passed]
     assert failed.name == "range:qty" and failed.samples == [5000]
     assert store.exists(blocked.report_keys["html"])  # the report says why, though nothing was published
-    manifest = read_current(store, spec.dataset_prefix)
-    assert manifest.version == first.version
-    assert manifest.watermark["shop.items"] == cdc_file_name(at(12))
+    assert blocked.version == "v000002" and versions(spec) == [first.version]
+    assert head_state(store, spec).cdc_watermark == cdc_file_name(at(12))
     # A later correction: the next run takes both files (the watermark had not moved) and publishes.
     put_cdc(store, item_events([("U", 40, 6, 1, "a", 50, "done")]), 41)
     fixed = run_sync(store, spec, now=NOW)
-    assert fixed.published and published_rows(store, spec)[1]["qty"] == 50
+    assert fixed.published and fixed.version == "v000002"  # the blocked attempt's number was never taken
+    assert published_rows(store, spec)[1]["qty"] == 50
 
 
 def test_late_file_inside_the_grace_window_is_applied(store, spec):
@@ -195,47 +208,94 @@ def test_adding_a_nullable_column(store, spec, contracts_dir):
     assert rows[1]["color"] is None and rows[2]["color"] is None
 
 
-def test_retention_keeps_the_newest_versions(store, contracts_dir):
-    spec = SyncSpec(
-        landing_prefix="landing",
-        dataset_prefix="ds",
-        contracts_dir=contracts_dir,
-        retention=2,
-        snapshot_position=T0,
-    )
+def test_retention_keeps_the_newest_versions_and_deletes_what_nothing_references(store, spec):
+    spec = spec.model_copy(update={"retention": 2, "orphan_file_grace": timedelta(0)})
     _base(store)
-    versions = [run_sync(store, spec, now=NOW).version]
+    kept = [run_sync(store, spec, now=NOW).version]
     for i in range(3):
         put_cdc(store, item_events([("I", 100 + i, 10 + i, 100 + i, "n", 1, "new")]), 101 + i)
-        versions.append(run_sync(store, spec, now=NOW).version)
-    kept = [d.rstrip("/").rsplit("/", 1)[-1] for d in store.list_dirs("ds/versions")]
-    assert kept == versions[-2:]
-    assert read_current(store, "ds").retained == versions[-2:]
+        kept.append(run_sync(store, spec, now=NOW).version)
+    assert kept == ["v000001", "v000002", "v000003", "v000004"]
+    table = iceberg_table(spec)
+    tags = sorted(n for n, r in table.refs().items() if r.snapshot_ref_type.value == "tag")
+    assert tags == kept[-2:] and versions(spec) == kept[-2:]
+    assert len(table.snapshots()) == 2  # older snapshots expired, tagged ones inside retention stay
+    # Older tags still read, each as it was published.
+    assert set(published_rows(store, spec, version="v000003")) == {1, 2, 100, 101}
+    # Every data file left is one a kept snapshot needs; reports and state of expired versions are gone.
+    from finetune_pipeline.datasets.iceberg_tables import referenced_files
+
+    needed = {store.key_of(f) for f in referenced_files(table)}
+    data = [i.key for i in store.list_after("warehouse/") if i.key.endswith((".parquet", ".avro"))]
+    assert data and set(data) <= needed
+    assert [d.rstrip("/").rsplit("/", 1)[-1] for d in store.list_dirs("datasets/shop/reports")] == kept[-2:]
+    states = store.list_dirs("datasets/shop/_state/shop.items")
+    assert sorted(d.rstrip("/").rsplit("/", 1)[-1].split("-")[0] for d in states) == kept[-2:]
 
 
-def test_buckets_split_and_untouched_buckets_are_copied(store, contracts_dir):
-    spec = SyncSpec(
-        landing_prefix="landing",
-        dataset_prefix="ds",
-        contracts_dir=contracts_dir,
-        snapshot_position=T0,
-        rows_per_bucket=50,
-        merge_memory_bytes=2**16,
-    )
+def test_retention_never_deletes_files_younger_than_the_grace(store, spec):
+    """Files a writer has written but not committed yet (here: a blocked run's) outlive retention."""
+    spec = spec.model_copy(update={"retention": 1})
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    put_cdc(store, item_events([("U", 30, 5, 1, "a", 5000, "done")]), 31)  # blocked: qty out of range
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    staged = [i.key for i in store.list_after("warehouse/") if i.key.endswith(".parquet")]
+    put_cdc(store, item_events([("U", 40, 6, 1, "a", 50, "done")]), 41)
+    assert run_sync(store, spec, now=NOW).published
+    left = {i.key for i in store.list_after("warehouse/")}
+    assert set(staged) <= left  # unreferenced now, but younger than the 24 h grace
+
+
+def _data_files(spec, version: str) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for task in published(spec, version).tables["shop.items"].scan().plan_files():
+        out.setdefault(task.file.partition[0], set()).add(task.file.file_path)
+    return out
+
+
+def test_range_buckets_and_untouched_buckets_keep_their_files(store, spec):
+    """An integer key is bucketed by key range; a sync replaces the touched buckets' files (one partition
+    each) and the new snapshot references the other buckets' files as they were."""
+    spec = spec.model_copy(update={"dataset_prefix": "ds", "rows_per_bucket": 50, "merge_memory_bytes": 2**16})
     put_load(store, item_load([(i, f"n{i}", i % 100, "new") for i in range(1, 401)]))
     put_cdc(store, item_events([("U", 1, 1, 7, "seven", 7, "done"), ("D", 2, 2, 8, "x", 1, "new")]), 3)
     first = run_sync(store, spec, now=NOW)
-    manifest = read_current(store, "ds")
-    assert manifest.tables["shop.items"].buckets == 8  # 399 rows / 50 per bucket, as a power of two
+    table = iceberg_table(spec)
+    assert json.loads(table.properties["finetune.bucketing"])["kind"] == "range"
+    before = _data_files(spec, first.version)
+    assert sorted(before) == list(range(8))  # keys 1..400, 50 per bucket
     rows = published_rows(store, spec)
     assert len(rows) == 399 and rows[7]["name"] == "seven" and 8 not in rows
-    put_cdc(store, item_events([("U", 10, 3, 9, "nine", 9, "done")]), 11)
+    put_cdc(store, item_events([("U", 10, 3, 9, "nine", 9, "done"), ("I", 11, 4, 420, "new", 1, "new")]), 12)
     second = run_sync(store, spec, now=NOW)
     report = json.loads(store.get_bytes(second.report_keys["json"]))["tables"]["shop.items"]
-    assert report["buckets_rewritten"] == 1 and report["buckets_copied"] == 7
+    assert report["buckets_rewritten"] == 2 and report["buckets_kept"] == 7  # bucket 0, and new bucket 8
+    after = _data_files(spec, second.version)
+    assert sorted(after) == list(range(9))
+    assert all(after[b] == before[b] for b in range(1, 8))  # the same files, not copies
+    assert after[0].isdisjoint(before[0])
+    summary = iceberg_table(spec).current_snapshot().summary
+    assert summary["deleted-data-files"] == "1" and summary["added-data-files"] == "2"
     rows = published_rows(store, spec)
-    assert len(rows) == 399 and rows[9]["name"] == "nine"
+    assert len(rows) == 400 and rows[9]["name"] == "nine" and rows[420]["name"] == "new"
     assert first.version != second.version
+
+
+def test_hash_buckets_for_a_string_key(store, spec, contracts_dir):
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("primary_key: [item_id]", "primary_key: [name]"))
+    spec = spec.model_copy(update={"rows_per_bucket": 50, "merge_memory_bytes": 2**16})
+    put_load(store, item_load([(i, f"n{i}", i % 100, "new") for i in range(1, 401)]))
+    assert run_sync(store, spec, now=NOW).published
+    bucketing = json.loads(iceberg_table(spec).properties["finetune.bucketing"])
+    assert bucketing["kind"] == "hash" and bucketing["buckets"] == 8  # 400 rows / 50, as a power of two
+    put_cdc(store, item_events([("U", 10, 3, 9, "n9", 9, "done")]), 11)
+    second = run_sync(store, spec, now=NOW)
+    report = json.loads(store.get_bytes(second.report_keys["json"]))["tables"]["shop.items"]
+    assert report["buckets_rewritten"] == 1 and report["buckets_kept"] == 7
+    rows = {r["name"]: r for r in published(spec).tables["shop.items"].to_arrow().to_pylist()}
+    assert len(rows) == 400 and rows["n9"]["qty"] == 9
 
 
 def _tolerance(contracts_dir, text: str) -> None:
@@ -250,7 +310,7 @@ def test_row_count_against_the_source(store, spec, contracts_dir):
     _base(store)
     blocked = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(source={"shop.items": 10}, source_name="src"))
     [check] = [c for c in blocked.checks if c.check == "row_count_source"]
-    assert not check.passed and blocked.status == "blocked" and read_current(store, spec.dataset_prefix) is None
+    assert not check.passed and blocked.status == "blocked" and versions(spec) == []
     assert "2 rows vs 10 counted in the source through connection src" in check.detail
     assert "allowed 1" in check.detail
     ok = run_sync(store, spec, now=NOW, outside_counts=OutsideCounts(source={"shop.items": 2}))
@@ -279,7 +339,7 @@ def test_row_count_against_dms_statistics(store, spec, contracts_dir):
     first = run_sync(store, spec, now=NOW, outside_counts=_dms(updates=1, deletes=1))
     [check] = [c for c in first.checks if c.check == "row_count_dms"]
     assert check.passed, check.detail
-    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    state = head_state(store, spec)
     assert state.snapshot_rows == 3 and state.cdc_events == {"I": 0, "U": 1, "D": 1}
 
     # DMS captured an insert whose file has not been applied (late, or not landed yet): the gap shows.
@@ -289,12 +349,12 @@ def test_row_count_against_dms_statistics(store, spec, contracts_dir):
     assert not check.passed and second.status == "blocked"
     assert check.detail.startswith("3 rows vs 4 from DMS task task-1: 3 at the snapshot + 2 inserts - 1 deletes")
     assert "this dataset applied 1 inserts and 1 deletes" in check.detail
-    assert read_current(store, spec.dataset_prefix).version == first.version
+    assert versions(spec) == [first.version]
 
     # The counts carry across incremental runs: once DMS agrees, the version publishes.
     third = run_sync(store, spec, now=NOW, outside_counts=_dms(inserts=1, updates=1, deletes=1))
     assert third.published
-    state = read_current(store, spec.dataset_prefix).tables["shop.items"]
+    state = head_state(store, spec)
     assert state.snapshot_rows == 3 and state.cdc_events == {"I": 1, "U": 1, "D": 1}
 
 
@@ -369,13 +429,14 @@ def _seed_truth(tables, changes):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_demo_seed_data_end_to_end(store, demo_contracts_dir, fmt):
+def test_demo_seed_data_end_to_end(store, demo_contracts_dir, catalog_spec, fmt):
     tables = seed_tables(40, 150, seed=3)
     changes = seed_changes(tables, T0, n_files=4, changes_per_file=25, seed=3)
     write_seed(store, "landing", tables, changes, load_time=T0 + timedelta(minutes=3), fmt=fmt)
     spec = SyncSpec(
-        landing_prefix="landing", dataset_prefix="ds", contracts_dir=demo_contracts_dir, snapshot_position=T0
-    )
+        landing_prefix="landing", dataset_prefix="ds", contracts_dir=demo_contracts_dir, snapshot_position=T0,
+        catalog=catalog_spec,
+    )  # fmt: skip
     result = run_sync(store, spec, now=T0 + timedelta(hours=1))
     assert result.published, [c.to_dict() for c in result.failed_checks]
     truth = _seed_truth(tables, changes)
@@ -389,12 +450,13 @@ def test_demo_seed_data_end_to_end(store, demo_contracts_dir, fmt):
     assert "<svg" in html and "public.tickets" in html
 
 
-def test_published_files_are_plain_parquet_with_change_columns(store, spec):
+def test_data_files_are_parquet_with_field_ids_and_the_change_columns(store, spec):
     _base(store)
     run_sync(store, spec, now=NOW)
-    manifest = read_current(store, spec.dataset_prefix)
-    [key] = manifest.files["shop.items"]
-    assert key == f"datasets/shop/versions/{manifest.version}/shop.items/part-00000.parquet"
+    [location] = published(spec).tables["shop.items"].files()
+    key = store.key_of(location)
+    assert key.startswith("warehouse/finetune/shop__items/data/_bucket=0/") and key.endswith(".parquet")
     with store.local_path(key) as path:
         schema = pq.read_schema(path)
-    assert schema.names == ["item_id", "name", "qty", "status", "_dms_ts", "_dms_seq"]
+    assert schema.names == ["item_id", "name", "qty", "status", "_dms_ts", "_dms_seq", "_bucket"]
+    assert [f.metadata[b"PARQUET:field_id"] for f in schema] == [str(i).encode() for i in range(1, 8)]

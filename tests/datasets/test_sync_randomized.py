@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from ds_helpers import ITEMS_YAML, T0, item_events, item_load, published_rows, put_cdc, put_load
 
+from finetune_pipeline.datasets.catalog import CatalogSpec
 from finetune_pipeline.datasets.store import LocalStore
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
@@ -73,6 +74,7 @@ def test_random_streams_match_dict_replay(tmp_path, seed):
         landing_prefix="landing",
         dataset_prefix="ds",
         contracts_dir=contracts,
+        catalog=CatalogSpec(uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=store.location("warehouse")),
         snapshot_position=T0,
         rows_per_bucket=rng.choice([4, 16, 1000]),
         merge_memory_bytes=rng.choice([2**10, 2**12, 2**30]),

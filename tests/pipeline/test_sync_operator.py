@@ -1,9 +1,11 @@
-"""DatasetSyncOperator on localaws: publishes a version from landed seed files, then skips when up to date."""
+"""DatasetSyncOperator on localaws: publishes a version of the dataset's Iceberg tables (SQL catalog on
+SQLite, warehouse in the bucket) from landed seed files, then skips when up to date."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
@@ -22,7 +25,10 @@ from devstack.config import TEMPLATE_PATH
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.datasets import dms_target
 from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, cdc_file_name, cdc_name_time
+from finetune_pipeline.datasets.reader import open_record, open_version, published_versions
+from finetune_pipeline.datasets.store import S3Store
 from finetune_pipeline.pipeline import landing
+from finetune_pipeline.pipeline.catalog import aws_access, open_catalog
 from finetune_pipeline.pipeline.export_manifest import read_manifest
 from finetune_pipeline.pipeline.sync_operator import REPORT_URL_XCOM_KEY, DatasetSyncOperator
 from finetune_pipeline.pipeline.tasks import dms_s3_settings, dms_table_mappings
@@ -59,8 +65,19 @@ def make_operator(config, asset, **kwargs):
     return DatasetSyncOperator(
         task_id="sync_dataset", bucket=storage.bucket, landing_prefix=storage.landing_prefix,
         dataset_prefix=storage.dataset_prefix, quarantine_prefix=storage.quarantine_prefix,
-        retention=3, outlets=[asset], **kwargs,
+        retention=3, iceberg=config.iceberg, outlets=[asset], **kwargs,
     )
+
+
+def catalog_of(config):
+    """The dataset's catalog, opened as the operator opens it (the Airflow AWS connection's credentials)."""
+    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.storage.region)
+    return open_catalog(config.iceberg, hook, config.storage.bucket, config.storage.dataset_prefix)
+
+
+def published_of(config) -> list[str]:
+    spec, catalog = catalog_of(config)
+    return published_versions(catalog, spec.namespace)
 
 
 @pytest.fixture
@@ -88,16 +105,30 @@ def test_sync_publishes_then_skips_when_nothing_is_new(pipeline_config, landed):
     context = make_context()
     result = operator.execute(context)
 
-    assert result["status"] == "published"
+    assert result["status"] == "published" and result["version"] == "v000001"
     assert result["row_counts"]["public.tickets"] > 0
-    assert context["outlet_events"][asset].extra == {"version": result["version"], "row_counts": result["row_counts"]}
+    # The event names the tag and each table's Iceberg identifier and tagged snapshot.
+    extra = context["outlet_events"][asset].extra
+    assert extra["version"] == extra["tag"] == result["version"] and extra["row_counts"] == result["row_counts"]
+    assert set(extra["tables"]) == {"public.customers", "public.tickets"}
+    spec, catalog = catalog_of(pipeline_config)
+    published = open_version(catalog, spec.namespace)
+    assert published.version == result["version"] and published.row_counts == result["row_counts"]
+    for name, table in extra["tables"].items():
+        assert table == {"identifier": f"finetune.{name.replace('.', '__')}",
+                         "snapshot_id": published.tables[name].snapshot_id}  # fmt: skip
+    # The table files are in the bucket (the warehouse), and the version's record opens without the catalog.
     storage = pipeline_config.storage
-    current_key = f"{storage.dataset_prefix}/current"
-    current = json.loads(landed.s3.get_object(Bucket=storage.bucket, Key=current_key)["Body"].read())
-    assert current["version"] == result["version"]
+    recorded = open_record(S3Store(landed.s3, storage.bucket), storage.dataset_prefix, result["version"],
+                           aws_access(S3Hook(aws_conn_id="aws_default")))  # fmt: skip
+    assert recorded.row_counts == result["row_counts"]
+    assert all(f.startswith(f"s3://{storage.bucket}/{storage.dataset_prefix}/warehouse/") for f in recorded.files())
+    # The "Validation report" link opens in a browser: presigned, so no credentials are needed.
     url = context["ti"].xcom[REPORT_URL_XCOM_KEY]
-    assert url.endswith(result["report_keys"]["html"])
-    assert b"<html" in landed.s3.get_object(Bucket=storage.bucket, Key=result["report_keys"]["html"])["Body"].read()
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=604800" in url
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+        assert b"<html" in response.read()
 
     second = make_context()
     with pytest.raises(AirflowSkipException, match=f"{result['version']} stays current"):
@@ -302,9 +333,7 @@ def test_a_change_file_landing_after_the_grace_window_shows_in_the_dms_check(
     logged = capfd.readouterr().out
     assert "public.tickets: check row_count_dms failed (blocking)" in logged
     assert "this dataset applied" in logged
-    storage = pipeline_config.storage
-    current = landed.s3.get_object(Bucket=storage.bucket, Key=f"{storage.dataset_prefix}/current")["Body"].read()
-    assert json.loads(current)["version"] == first["version"]
+    assert published_of(pipeline_config) == [first["version"]]
 
     rebuild = make_operator(pipeline_config, Asset("s3://x/current"), replication_task_id=cdc_task,
                             contracts_dir=contracts, full_rebuild=True)  # fmt: skip
@@ -419,3 +448,22 @@ def test_a_dms_api_error_is_a_failed_check_not_a_crash(pipeline_config, landed, 
     assert not check["passed"] and check["severity"] == "warning"
     assert check["detail"].startswith(f"not compared: DMS table statistics of task {cdc_task} unavailable")
     assert "AccessDeniedFault" in check["detail"]
+
+
+# ---------------------------------------------------------------- training's version, through the reader
+
+
+def test_training_opens_the_version_of_the_asset_event_or_the_newest(pipeline_config, landed):
+    from finetune_pipeline.pipeline.assets import dataset_asset
+    from finetune_pipeline.pipeline.tasks import triggered_dataset_version
+
+    first = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())
+    write_live_batch(pipeline_config, landed.s3, landed.tables, last_commit(landed.cdc_keys), seed=7)
+    second = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())
+    assert (first["version"], second["version"]) == ("v000001", "v000002")
+    event = SimpleNamespace(extra={"version": first["version"]})
+    assert triggered_dataset_version(pipeline_config, {dataset_asset(pipeline_config): [event]}) == "v000001"
+    assert triggered_dataset_version(pipeline_config, {}) == "v000002"
+    missing = SimpleNamespace(extra={"version": "v000009"})
+    with pytest.raises(AirflowFailException, match="no dataset version v000009"):
+        triggered_dataset_version(pipeline_config, {dataset_asset(pipeline_config): [missing]})

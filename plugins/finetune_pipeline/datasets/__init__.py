@@ -1,4 +1,4 @@
-"""Data logic of the DMS -> S3 -> versioned dataset sync (plain Python, no Airflow imports).
+"""Data logic of the DMS -> S3 -> versioned Iceberg dataset sync (plain Python, no Airflow imports).
 
 Imports are lazy so that importing the package (e.g. from a DAG file) stays cheap.
 """
@@ -29,8 +29,13 @@ _EXPORTS = {
     "load_file_name": "dms_format",
     "DmsFileError": "dms_format",
     "merge_events": "merge",
-    "read_current": "publish",
-    "Manifest": "publish",
+    "CatalogSpec": "catalog",
+    "AwsAccess": "catalog",
+    "CatalogError": "catalog",
+    "open_version": "reader",
+    "published_versions": "reader",
+    "DatasetVersion": "reader",
+    "VersionNotFound": "reader",
     "QuarantinedFile": "quarantine",
 }
 

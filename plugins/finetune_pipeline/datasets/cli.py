@@ -1,7 +1,11 @@
-"""Command line: ``python -m finetune_pipeline.datasets merge|validate|report`` on s3:// URIs or local paths.
+"""Command line: ``python -m finetune_pipeline.datasets merge|read|versions|validate|report``.
 
-Exit codes: 0 success (published, up to date, checks passed), 1 checks failed / not published, 2 bad usage or
-configuration (the message says what).
+Datasets are s3:// URIs or local folders; their tables live in an Iceberg catalog (``--catalog-*``). For a
+local dataset folder the catalog defaults to a SQLite file and a warehouse inside it, so a folder is a whole
+dataset; for s3:// give the catalog (``--catalog-uri`` for a SQL one, or ``--catalog-kind glue``).
+
+Exit codes: 0 success (published, up to date, checks passed), 1 checks failed / not published / no such
+version, 2 bad usage or configuration, or a catalog that cannot be reached (the message says what).
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from finetune_pipeline.datasets import catalog as catalogs
 from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.datasets.contracts import ContractError, load_contract
 from finetune_pipeline.datasets.dms_format import CsvSettings, DmsFileError, classify, read_events
-from finetune_pipeline.datasets.publish import ManifestError, read_current, version_prefix
 from finetune_pipeline.datasets.report import render_html
-from finetune_pipeline.datasets.store import LocalStore, ObjectStore, StoreError, join_key, store_from_uri
+from finetune_pipeline.datasets.store import LocalStore, ObjectStore, StoreError, store_from_uri
 
 
 class UsageError(Exception):
@@ -66,14 +70,55 @@ def _list_targets(
     return store, [i.key for i in store.list_after("") if i.key.endswith(suffixes)]
 
 
+def _catalog_spec(args: argparse.Namespace, dataset: str | None, *, create: bool = False) -> catalogs.CatalogSpec:
+    """The catalog options, with a local dataset folder's defaults: ``catalog.db`` and ``warehouse/`` in it."""
+    uri = warehouse = None
+    if dataset and dataset.startswith("s3://"):
+        warehouse = dataset.rstrip("/") + "/warehouse"
+        if (args.catalog_kind or sync_defaults.CATALOG_KIND) == "sql" and not args.catalog_uri:
+            raise UsageError(
+                "a SQL catalog for an s3:// dataset needs --catalog-uri (e.g. sqlite:////var/lib/finetune/"
+                "catalog.db, or postgresql+psycopg://host/db); or use --catalog-kind glue"
+            )
+    elif dataset:
+        folder = Path(dataset).resolve()
+        uri, warehouse = f"sqlite:///{folder / 'catalog.db'}", (folder / "warehouse").as_uri()
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not args.catalog_uri and not (folder / "catalog.db").is_file():
+            raise UsageError(f"{dataset}: nothing published yet (no catalog.db in the dataset folder)")
+    try:
+        return catalogs.spec_from_arguments(args, default_uri=uri, default_warehouse=warehouse)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _catalog_named(args: argparse.Namespace) -> bool:
+    return bool(args.catalog_kind or args.catalog_uri or args.warehouse)
+
+
+def _access(args: argparse.Namespace) -> catalogs.AwsAccess:
+    """AWS as the default boto3 chain resolves it, with the endpoint override (localaws)."""
+    import boto3
+
+    return catalogs.AwsAccess.from_session(boto3.Session(), endpoint_url=args.endpoint_url)
+
+
+def _open_catalog(args: argparse.Namespace, dataset: str | None, *, create: bool = False):
+    spec = _catalog_spec(args, dataset)
+    return spec, catalogs.load(spec, _access(args), create_namespace=create)
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
     store, landing, dataset = _pair_store(args.landing, args.dataset, args.endpoint_url)
+    catalog_spec = _catalog_spec(args, args.dataset, create=True)
     spec = SyncSpec(
         landing_prefix=landing,
         dataset_prefix=dataset,
         contracts_dir=args.contracts,
+        catalog=catalog_spec,
         snapshot_position=args.snapshot_position,
         snapshot_sequence=args.snapshot_sequence,
         retention=args.retention,
@@ -81,7 +126,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         rows_per_bucket=args.rows_per_bucket,
         merge_memory_bytes=args.merge_memory_mb * 2**20,
     )
-    result = run_sync(store, spec, tables=args.table or None, full_rebuild=args.full_rebuild, now=args.now)
+    result = run_sync(
+        store, spec, tables=args.table or None, full_rebuild=args.full_rebuild, now=args.now, access=_access(args)
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -92,9 +139,65 @@ def cmd_merge(args: argparse.Namespace) -> int:
             print(f"  FAILED [{check.severity}] {check.table} {check.name}: {check.detail}")
         for q in result.quarantined:
             print(f"  quarantined {q.source_key} -> {q.quarantine_key} ({q.reason})")
+        for table, where in result.tables.items():
+            print(f"  {table}: {where['identifier']} snapshot {where['snapshot_id']} (tag {result.version})")
         if result.report_keys:
             print(f"  report: {store.uri(result.report_keys['html'])}")
     return 0 if result.status in ("published", "up_to_date") else 1
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    """A published version through the reader the training entrypoint uses."""
+    from finetune_pipeline.datasets.reader import open_record, open_version
+
+    if args.dataset and args.dataset.startswith("s3://") and not _catalog_named(args):
+        # No catalog given: the version's record names the tables' metadata (what training nodes use).
+        store, prefix = store_from_uri(args.dataset, endpoint_url=args.endpoint_url)
+        version = open_record(store, prefix, args.version, _access(args))
+    else:
+        spec, catalog = _open_catalog(args, args.dataset)
+        version = open_version(catalog, spec.namespace, args.version)
+    if args.table and args.table not in version.tables:
+        raise UsageError(f"version {version.version} has no table {args.table}; it has {sorted(version.tables)}")
+    if args.out:
+        if not args.table:
+            raise UsageError("--out writes one table: name it with --table")
+        table = version.tables[args.table].to_arrow()
+        if args.out.endswith(".csv"):
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, args.out)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, args.out)
+        print(f"wrote {table.num_rows:,} rows of {args.table} at {version.version} to {args.out}")
+        return 0
+    described = version.describe()
+    if args.json:
+        if args.files:
+            for name, t in version.tables.items():
+                described["tables"][name]["files"] = t.files()
+        print(json.dumps(described, indent=2))
+        return 0
+    print(f"{version.version}")
+    for name, t in sorted(version.tables.items()):
+        if args.table and name != args.table:
+            continue
+        print(f"  {name}: {t.rows:,} rows, {'.'.join(t.identifier)} snapshot {t.snapshot_id}")
+        if args.limit:
+            for row in t.scan().to_arrow().slice(0, args.limit).to_pylist():
+                print(f"    {row}")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from finetune_pipeline.datasets.reader import published_versions
+
+    spec, catalog = _open_catalog(args, args.dataset)
+    versions = published_versions(catalog, spec.namespace)
+    print(json.dumps(versions) if args.json else "\n".join(versions) or "(none published)")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -103,13 +206,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
     contract = load_contract(args.contract)
     if args.dms:
         return _validate_dms(args, contract)
-    store, keys = _list_targets(args.target, args.endpoint_url, (".parquet",))
-    if not keys:
-        raise UsageError(f"{args.target}: no .parquet files")
     import contextlib
 
+    if args.version:
+        # A published version's data files, as its snapshot lists them.
+        from finetune_pipeline.datasets.reader import open_version
+
+        spec, catalog = _open_catalog(args, args.target)
+        table = open_version(catalog, spec.namespace, args.version).tables.get(contract.table)
+        if table is None:
+            raise UsageError(f"version {args.version} has no table {contract.table}")
+        store, keys = None, table.files()
+    else:
+        if not args.target:
+            raise UsageError("name a file, folder or s3:// prefix to validate, or a --version")
+        store, keys = _list_targets(args.target, args.endpoint_url, (".parquet",))
+    if not keys:
+        raise UsageError(f"{args.target}: no .parquet files")
+
     with contextlib.ExitStack() as stack:
-        paths = [stack.enter_context(store.local_path(k)) for k in keys]
+        if store is None:
+            paths = [stack.enter_context(_fetched(k, args.endpoint_url)) for k in keys]
+        else:
+            paths = [stack.enter_context(store.local_path(k)) for k in keys]
         report = validate_parquet(
             paths,
             contract,
@@ -126,6 +245,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     }
     print(json.dumps(out, indent=2, default=str))
     return 0 if publishable(report.results) else 1
+
+
+def _fetched(location: str, endpoint: str | None):
+    """A data file named by its location (file:// or s3://) as a local path."""
+    if location.startswith("s3://"):
+        store, key = store_from_uri(location, endpoint_url=endpoint)
+        return store.local_path(key)
+    path = Path(location[len("file://") :] if location.startswith("file://") else location)
+    store = LocalStore(path.parent)
+    return store.local_path(path.name)
 
 
 def _validate_dms(args: argparse.Namespace, contract) -> int:
@@ -153,16 +282,15 @@ def _validate_dms(args: argparse.Namespace, contract) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from finetune_pipeline.datasets.reader import open_version
+    from finetune_pipeline.datasets.state import report_keys
+
     store, prefix = store_from_uri(args.dataset, endpoint_url=args.endpoint_url)
-    if args.version:
-        key = join_key(version_prefix(prefix, args.version), "report.json")
-    else:
-        manifest = read_current(store, prefix)
-        if manifest is None:
-            raise UsageError(f"{args.dataset}: nothing published yet (no current manifest)")
-        # Rebuilt from the version id: manifest keys are relative to the root the merge ran with.
-        key = join_key(version_prefix(prefix, manifest.version), "report.json")
-    report = json.loads(store.get_bytes(key))
+    version = args.version
+    if version is None:
+        spec, catalog = _open_catalog(args, args.dataset)
+        version = open_version(catalog, spec.namespace).version
+    report = json.loads(store.get_bytes(report_keys(prefix, version)["json"]))
     if args.format == "json":
         text = json.dumps(report, indent=2)
     elif args.format == "html":
@@ -211,23 +339,45 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--merge-memory-mb", type=int, default=128)
     merge.add_argument("--now", type=_iso, help="evaluate freshness as of this time")
     merge.add_argument("--json", action="store_true", help="print the result as JSON")
+    catalogs.add_arguments(merge)
     merge.set_defaults(func=cmd_merge)
 
+    read = sub.add_parser("read", help="read a published version (the reader training uses)")
+    read.add_argument("--dataset", help="the dataset folder (its catalog), or s3:// prefix (its version records, "
+                      "unless a catalog is named)")
+    read.add_argument("--version", help="v000123 (default: the newest published)")
+    read.add_argument("--table", help="schema.table")
+    read.add_argument("--out", help="write the table to this .parquet or .csv file")
+    read.add_argument("--limit", type=int, default=0, help="also print this many rows of each table")
+    read.add_argument("--files", action="store_true", help="with --json: list each table's data files")
+    read.add_argument("--json", action="store_true")
+    catalogs.add_arguments(read)
+    read.set_defaults(func=cmd_read)
+
+    versions = sub.add_parser("versions", help="list the published versions, oldest first")
+    versions.add_argument("--dataset")
+    versions.add_argument("--json", action="store_true")
+    catalogs.add_arguments(versions)
+    versions.set_defaults(func=cmd_versions)
+
     validate = sub.add_parser("validate", help="check Parquet data (or DMS landing files) against a contract")
-    validate.add_argument("target", help="a file, folder or s3://bucket/prefix")
+    validate.add_argument("target", nargs="?", help="a file, folder or s3://bucket/prefix; with --version, the dataset")
     validate.add_argument("--contract", required=True, type=Path)
+    validate.add_argument("--version", help="validate this published version's data files of the contract's table")
     validate.add_argument("--dms", action="store_true", help="target holds DMS landing files: file checks")
     validate.add_argument("--csv-header", action="store_true")
     validate.add_argument("--expected-rows", type=int)
     validate.add_argument("--no-statistics", action="store_true", help="read every value, ignore footers")
     validate.add_argument("--now", type=_iso)
+    catalogs.add_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
     report = sub.add_parser("report", help="show a published version's report")
     report.add_argument("--dataset", required=True)
-    report.add_argument("--version", help="version id (default: current)")
+    report.add_argument("--version", help="version id (default: the newest published)")
     report.add_argument("--format", choices=("text", "json", "html"), default="text")
     report.add_argument("--out", help="write to this file instead of stdout")
+    catalogs.add_arguments(report)
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -240,9 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (UsageError, ContractError, ManifestError, StoreError, ValueError) as err:
+    except (UsageError, ContractError, catalogs.CatalogError, StoreError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except LookupError as err:  # VersionNotFound
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 1
     except Exception as err:  # boto errors etc.: one clear line, not a traceback, and a non-zero exit
         if args.verbose:
             raise

@@ -1,17 +1,26 @@
-"""Hash-partition change events into spill files so each partition merges within a memory budget.
+"""Partition change events into spill files so each partition merges within a memory budget.
 
-A table's published parts are B buckets (bucket = hash(pk) % B, fixed per table). For a run whose input is too
-big to merge one bucket at a time, each bucket is split k ways: partition p = hash % (B*k), so p % B is still
-the bucket and every partition of bucket b can be merged on its own and appended to part b.
+A table's rows live in buckets, the ``_bucket`` column its Iceberg table is identity-partitioned by. How keys
+map to buckets is fixed when the table is created (:class:`Bucketing`, kept as a table property):
+- ``range`` for a single integer key: bucket = (key - origin) // width. Keys that grow over time (serial ids)
+  put new rows, and the recent rows most changes touch, in the newest few buckets, so a delta rewrites those
+  and leaves the old buckets' files alone; new buckets appear as the table grows, each about ``width`` keys.
+- ``hash`` otherwise: bucket = hash(key) % buckets, a fixed count.
+
+For a run whose input is too big to merge one bucket at a time, each bucket is split k ways by another part of
+the key hash: partition p = bucket * k + j, so p // k is the bucket and every partition of a bucket merges on
+its own and is appended to that bucket's files.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -21,45 +30,100 @@ from finetune_pipeline.datasets.dms_format import OP
 from finetune_pipeline.datasets.hashing import hash_columns
 
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+# The bucket is an Iceberg int (32-bit) partition value.
+MAX_BUCKET = 2**31 - 1
+_SPLIT_SHIFT = np.uint64(40)
+
+
+def range_key_type(t: pa.DataType) -> bool:
+    """Key types that range buckets apply to: signed or small unsigned integers."""
+    return pa.types.is_integer(t) and not pa.types.is_uint64(t)
+
+
+@dataclass(frozen=True)
+class Bucketing:
+    """How keys map to buckets; fixed per table, since every file of a bucket holds exactly its keys."""
+
+    kind: Literal["hash", "range"] = "hash"
+    buckets: int = 1
+    column: str | None = None
+    origin: int = 0
+    width: int = 1
+
+    def bucket_ids(self, batch: pa.RecordBatch | pa.Table, hashes: np.ndarray) -> np.ndarray:
+        """The bucket of each row (int64), from its key (range) or its key hash (hash)."""
+        if self.kind == "hash":
+            return (hashes % np.uint64(self.buckets)).astype(np.int64)
+        keys = batch.column(self.column)
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        values = pc.fill_null(keys, self.origin).to_numpy(zero_copy_only=False).astype(np.int64)
+        # Keys below the origin join the first bucket, keys far above it the last: correct, if uneven.
+        return np.clip((values - self.origin) // self.width, 0, MAX_BUCKET)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Bucketing:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def for_range(cls, column: str, low: int, high: int, rows: int, rows_per_bucket: int) -> Bucketing:
+        """Range buckets over [low, high] holding about ``rows_per_bucket`` of ``rows`` keys each."""
+        span = max(1, high - low + 1)
+        width = max(1, math.ceil(span * max(1, rows_per_bucket) / max(1, rows)))
+        return cls(kind="range", column=column, origin=int(low), width=int(width))
 
 
 @dataclass(frozen=True)
 class Layout:
-    """B output buckets, each split k ways for merging."""
+    """What a run spills by: a bucketing, each bucket split ``split`` ways; for a new hash table, the fine
+    buckets it spilled into fold into ``coarse`` output buckets (fine % coarse) once its size is known."""
 
-    buckets: int
+    bucketing: Bucketing
     split: int = 1
+    coarse: int = 0
+
+    def partition_ids(self, batch: pa.RecordBatch | pa.Table, hashes: np.ndarray) -> np.ndarray:
+        """Partition per row from its bucket and its key hash."""
+        buckets = self.bucketing.bucket_ids(batch, hashes)
+        if self.split == 1:
+            return buckets
+        return buckets * self.split + ((hashes >> _SPLIT_SHIFT) % np.uint64(self.split)).astype(np.int64)
+
+    def bucket_of(self, part: int) -> int:
+        fine = part // self.split
+        return fine % self.coarse if self.coarse else fine
 
     @property
-    def partitions(self) -> int:
-        return self.buckets * self.split
-
-    def partition_ids(self, hashes: np.ndarray) -> np.ndarray:
-        """Partition per row from its key hash."""
-        return (hashes % np.uint64(self.partitions)).astype(np.int64)
-
-    def members(self, bucket: int) -> list[int]:
-        """The partitions that make up one bucket."""
-        return [bucket + self.buckets * j for j in range(self.split)]
+    def output(self) -> Bucketing:
+        """The bucketing the table is written with."""
+        if self.coarse:
+            return Bucketing(kind="hash", buckets=self.coarse)
+        return self.bucketing
 
     @staticmethod
-    def for_spill(
-        buckets: int | None, input_bytes: int, input_rows: int, budget_bytes: int, rows_per_bucket: int
-    ) -> Layout:
-        """Partitions to spill into: a power of two times the bucket count (fixed for an existing table),
-        enough that one partition's input fits the merge budget. A new table's bucket count is chosen
-        after the spill (``settle``), so it is left open here (buckets = partitions)."""
-        if buckets is not None:
-            return Layout(buckets, _pow2(math.ceil(input_bytes / buckets / max(1, budget_bytes))))
+    def for_spill(bucketing: Bucketing, buckets: int, input_bytes: int, budget_bytes: int) -> Layout:
+        """Split each of ``buckets`` buckets a power-of-two number of ways, so one partition's share of the
+        input fits the merge budget."""
+        return Layout(bucketing, _pow2(math.ceil(input_bytes / max(1, buckets) / max(1, budget_bytes))))
+
+    @staticmethod
+    def for_new_hash_table(input_bytes: int, input_rows: int, budget_bytes: int, rows_per_bucket: int) -> Layout:
+        """Fine hash buckets to spill a new table into; ``settle`` folds them once its row count is known."""
         need = max(
             math.ceil(input_bytes / max(1, budget_bytes)), math.ceil(input_rows / max(1, rows_per_bucket))
         )
-        return Layout(_pow2(need), 1)
+        return Layout(Bucketing(kind="hash", buckets=_pow2(need)))
 
     def settle(self, expected_rows: int, rows_per_bucket: int) -> Layout:
-        """A new table's buckets from the rows it will hold; still a divisor of the partitions spilled."""
-        buckets = min(self.partitions, _pow2(math.ceil(max(0, expected_rows) / max(1, rows_per_bucket))))
-        return Layout(buckets, self.partitions // buckets)
+        """A new hash table's buckets from the rows it will hold; a divisor of the fine buckets spilled."""
+        if self.bucketing.kind != "hash" or self.coarse:
+            return self
+        fine = self.bucketing.buckets
+        buckets = min(fine, _pow2(math.ceil(max(0, expected_rows) / max(1, rows_per_bucket))))
+        return Layout(self.bucketing, self.split, coarse=buckets) if buckets < fine else self
 
 
 def _pow2(n: int) -> int:
@@ -91,14 +155,14 @@ class Spill:
         self.primary_key = primary_key
         self.layout = layout
         self.seed = seed
-        self.rows = np.zeros(layout.partitions, dtype=np.int64)
-        self.bytes = np.zeros(layout.partitions, dtype=np.int64)
+        self.rows: dict[int, int] = {}
+        self.bytes: dict[int, int] = {}
         self.stats = SpillStats()
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self._files: dict[int, pa.NativeFile] = {}
 
     def path(self, part: int) -> Path:
-        return self.directory / f"{self.name}-{part:05d}.arrow"
+        return self.directory / f"{self.name}-{part:010d}.arrow"
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         if batch.num_rows == 0:
@@ -110,22 +174,23 @@ class Spill:
         self.stats.rows += batch.num_rows
         for item in pc.value_counts(batch.column(OP)).to_pylist():
             self.stats.ops[item["values"]] = self.stats.ops.get(item["values"], 0) + item["counts"]
-        parts = self.layout.partition_ids(
-            hash_columns([batch.column(c) for c in self.primary_key], seed=self.seed)
-        )
-        if self.layout.partitions == 1:
-            self._write(0, batch)
+        hashes = hash_columns([batch.column(c) for c in self.primary_key], seed=self.seed)
+        parts = self.layout.partition_ids(batch, hashes)
+        first, last = int(parts.min()), int(parts.max())
+        if first == last:
+            self._write(first, batch)
             return
-        order = np.argsort(
-            parts.astype(np.uint16 if self.layout.partitions < 65536 else np.int64), kind="stable"
-        )
-        counts = np.bincount(parts, minlength=self.layout.partitions)
+        # Partition ids of one batch span a small range: as uint16 numpy sorts them by radix, several times
+        # faster than a comparison sort of int64.
+        span = last - first
+        keys = (parts - first).astype(np.uint16) if span < 65536 else parts
+        order = np.argsort(keys, kind="stable")
+        ordered = parts[order]
+        starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
+        ends = np.append(starts[1:], len(ordered))
         grouped = batch.take(pa.array(order))
-        start = 0
-        for part in np.nonzero(counts)[0]:
-            size = int(counts[part])
-            self._write(int(part), grouped.slice(start, size))
-            start += size
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            self._write(int(ordered[start]), grouped.slice(start, end - start))
 
     def _write(self, part: int, batch: pa.RecordBatch) -> None:
         writer = self._writers.get(part)
@@ -135,8 +200,8 @@ class Spill:
             # LZ4 keeps spill I/O small (disk bandwidth, not CPU, is what a spill usually waits on).
             writer = self._writers[part] = pa.ipc.new_stream(sink, self.schema, options=_IPC_OPTIONS)
         writer.write_batch(batch)
-        self.rows[part] += batch.num_rows
-        self.bytes[part] += batch.nbytes
+        self.rows[part] = self.rows.get(part, 0) + batch.num_rows
+        self.bytes[part] = self.bytes.get(part, 0) + batch.nbytes
 
     def close(self) -> None:
         for writer in self._writers.values():
@@ -146,16 +211,28 @@ class Spill:
         self._writers.clear()
         self._files.clear()
 
-    def rows_in(self, parts: list[int]) -> int:
-        return int(sum(self.rows[p] for p in parts))
+    def parts(self) -> list[int]:
+        """The partitions holding rows, in order."""
+        return sorted(p for p, n in self.rows.items() if n)
+
+    def parts_of(self, bucket: int) -> list[int]:
+        """The partitions of one bucket that hold rows."""
+        return [p for p in self.parts() if self.layout.bucket_of(p) == bucket]
+
+    def buckets(self) -> set[int]:
+        """The buckets that received rows."""
+        return {self.layout.bucket_of(p) for p in self.parts()}
+
+    def rows_in(self, parts: Iterable[int]) -> int:
+        return int(sum(self.rows.get(p, 0) for p in parts))
 
     def nbytes(self, part: int) -> int:
         """In-memory (Arrow) size of a partition's rows."""
-        return int(self.bytes[part])
+        return int(self.bytes.get(part, 0))
 
     def read(self, part: int) -> pa.Table:
         """One partition's rows in arrival order (empty table if none)."""
-        if self.rows[part] == 0:
+        if not self.rows.get(part):
             return self.schema.empty_table()
         with pa.OSFile(str(self.path(part)), "rb") as source:
             table = pa.ipc.open_stream(source).read_all()
@@ -163,7 +240,7 @@ class Spill:
 
     def read_batches(self, part: int) -> Iterator[pa.RecordBatch]:
         """Stream one partition's rows batch by batch."""
-        if self.rows[part] == 0:
+        if not self.rows.get(part):
             return
         with pa.OSFile(str(self.path(part)), "rb") as source:
             yield from pa.ipc.open_stream(source)
@@ -171,6 +248,10 @@ class Spill:
     def remove(self, part: int) -> None:
         if self.path(part).exists():
             os.unlink(self.path(part))
+
+    def remove_all(self) -> None:
+        for part in list(self.rows):
+            self.remove(part)
 
 
 def split_bucket(

@@ -221,7 +221,11 @@ def render_html(report: dict[str, Any]) -> str:
             f"{t.get('applied_files', 0)} new file(s) &middot; events I {ev.get('I', 0):,} / "
             f"U {ev.get('U', 0):,} / D {ev.get('D', 0):,}, {ev.get('dropped_before_snapshot', 0):,} at or "
             f"before the snapshot &middot; "
-            f"buckets rewritten {t.get('buckets_rewritten', 0)}, copied {t.get('buckets_copied', 0)}</div>"
+            f"buckets rewritten {t.get('buckets_rewritten', 0)}, kept {t.get('buckets_kept', 0)} &middot; data files "
+            f"added {t.get('data_files_added', 0)}, removed {t.get('data_files_removed', 0)}"
+            + (f" &middot; columns added {_e(', '.join(t['columns_added']))}" if t.get("columns_added") else "")
+            + (" &middot; nothing new: the version is recorded on the table unchanged" if t.get("carried") else "")
+            + "</div>"
         )
         points = [
             (h["version"], h["row_counts"].get(name, 0)) for h in report["history"] if name in h["row_counts"]

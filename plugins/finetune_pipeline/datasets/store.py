@@ -10,6 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -25,12 +26,17 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    last_modified: datetime | None = None
 
 
 class ObjectStore(Protocol):
     """What the sync needs from storage. Keys are '/'-separated and never start with '/'."""
 
     def uri(self, key: str) -> str: ...
+
+    def location(self, key: str) -> str: ...
+
+    def key_of(self, location: str) -> str | None: ...
 
     def list_after(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]: ...
 
@@ -41,6 +47,8 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool: ...
 
     def put_file(self, key: str, path: str | Path) -> None: ...
 
@@ -77,6 +85,18 @@ class LocalStore:
     def uri(self, key: str) -> str:
         return str(self._path(key))
 
+    def location(self, key: str) -> str:
+        """The key as a ``file://`` URI, the form Iceberg metadata records (a warehouse in this folder)."""
+        return self._path(key).as_uri() if key else self.root.as_uri()
+
+    def key_of(self, location: str) -> str | None:
+        """The key of a ``file://`` URI or absolute path inside this folder, else None."""
+        path = location[len("file://") :] if location.startswith("file://") else location
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return None
+
     def list_after(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Keys under prefix, greater than start_after, in S3's (UTF-8 byte) order; prunes skipped folders."""
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -104,7 +124,12 @@ class LocalStore:
                 yield from self._walk(key.rstrip("/"), prefix, start_after)
             elif key.startswith(prefix) and key > start_after:
                 st = entry.stat()
-                yield ObjectInfo(key=key, size=st.st_size, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+                yield ObjectInfo(
+                    key=key,
+                    size=st.st_size,
+                    etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+                    last_modified=datetime.fromtimestamp(st.st_mtime, UTC),
+                )
 
     def list_dirs(self, prefix: str) -> list[str]:
         """Immediate sub-folders of prefix (like ListObjectsV2 CommonPrefixes), each ending with '/'."""
@@ -145,6 +170,24 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(key, lambda fh: fh.write(data), fsync=True)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if there is none (a hard link fails on an existing name); False if there was."""
+        dst = self._path(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def put_file(self, key: str, path: str | Path) -> None:
         def write(fh):
@@ -204,6 +247,17 @@ class S3Store:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def location(self, key: str) -> str:
+        return self.uri(key)
+
+    def key_of(self, location: str) -> str | None:
+        """The key of an ``s3://`` URI in this bucket (``s3a://`` too), else None."""
+        for scheme in ("s3://", "s3a://"):
+            prefix = f"{scheme}{self.bucket}/"
+            if location.startswith(prefix):
+                return location[len(prefix) :]
+        return None
+
     def _missing(self, err) -> bool:
         code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
         return code in ("404", "NoSuchKey", "NotFound")
@@ -216,7 +270,10 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(
-                    key=obj["Key"], size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"')
+                    key=obj["Key"],
+                    size=int(obj["Size"]),
+                    etag=str(obj.get("ETag", "")).strip('"'),
+                    last_modified=obj.get("LastModified"),
                 )
 
     def list_dirs(self, prefix: str) -> list[str]:
@@ -259,6 +316,18 @@ class S3Store:
         # A content type lets a browser open the HTML report from its link instead of downloading it.
         content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """PutObject with ``If-None-Match: *``: S3 refuses (412) when the key exists; False then."""
+        content_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*")
+        except Exception as err:
+            code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def put_file(self, key: str, path: str | Path) -> None:
         """Managed upload (multipart above the threshold)."""

@@ -10,10 +10,31 @@ from datetime import timedelta
 
 from finetune_pipeline.datasets.dms_target import CDC_MAX_BATCH_INTERVAL_SECONDS
 
-# Published versions kept; older ones are deleted after a successful publish.
+# Published versions kept: each table keeps the tagged snapshots of the newest ones; older snapshots are
+# expired after a successful publish, then the files no kept snapshot references.
 RETENTION_VERSIONS = 10
+# An unreferenced file is deleted only once it is older than this and older than the newest commit: a writer
+# that has written files but not committed them yet (a slow sync, another engine retrying its commit) must
+# never lose them. Longer than any sync may run.
+ORPHAN_FILE_GRACE = timedelta(hours=24)
 # How far behind the watermark discovery looks again for change files that landed late.
 LATE_FILE_GRACE = timedelta(minutes=10)
 # DMS names a CDC file when it opens it and uploads it up to CdcMaxBatchInterval later: a window shorter
 # than twice that would skip files DMS writes on a normal day.
 MIN_LATE_FILE_GRACE = timedelta(seconds=2 * CDC_MAX_BATCH_INTERVAL_SECONDS)
+
+# Keys are bucketed into key ranges (single integer keys) or hash buckets of about this many rows.
+ROWS_PER_BUCKET = 1_000_000
+# Data files are rolled over at about this many bytes on disk (a bucket's files stay in the tens of MB).
+TARGET_FILE_BYTES = 64 * 2**20
+# Target input size of one in-memory merge.
+MERGE_MEMORY_BYTES = 128 * 2**20
+
+# The Iceberg catalog when the config names none: pyiceberg's SqlCatalog on a local SQLite file.
+CATALOG_KIND = "sql"
+CATALOG_NAME = "finetune"
+# The catalog namespace (a Glue database, an S3 Tables namespace) that holds the dataset's tables.
+NAMESPACE = "finetune"
+# How long the "Validation report" link (a presigned S3 URL) stays valid: SigV4's maximum, 7 days. A URL
+# signed with temporary credentials (an instance role) stops working when they expire, often sooner.
+REPORT_LINK_EXPIRY = timedelta(days=7)

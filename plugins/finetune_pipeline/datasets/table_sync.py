@@ -1,19 +1,26 @@
-"""One table's incremental sync: discover new DMS files, vet them, merge them into the previous state, write
-the table's files for a new version and count its checks. Publishing is sync.py's job."""
+"""One table's incremental sync: discover new DMS files, vet them, merge them into the previous version's
+touched buckets, write those buckets' new data files and tally their checks. Committing is sync.py's job.
+
+Staging writes only new objects: data files under the table's location (referenced by nothing until the
+commit), and the commit's own state folder beside the dataset. A run that stops before committing leaves
+them unreferenced, for retention to remove later; the table itself is unchanged.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,18 +37,18 @@ from finetune_pipeline.datasets.dms_format import (
     cdc_file_name,
     cdc_name_time,
     classify,
-    coerce,
     event_schema,
     inspect_file,
     read_events,
 )
+from finetune_pipeline.datasets.iceberg_tables import BUCKET_COLUMN, TableHead, TableWrite
 from finetune_pipeline.datasets.merge import MergeOutcome, merge_events
-from finetune_pipeline.datasets.partition import Layout, Spill, concat, split_bucket
+from finetune_pipeline.datasets.partition import Bucketing, Layout, Spill, concat, range_key_type, split_bucket
 from finetune_pipeline.datasets.prefetch import read_ahead
 from finetune_pipeline.datasets.profile import Profile, profile_table
-from finetune_pipeline.datasets.publish import TableState
 from finetune_pipeline.datasets.quarantine import QuarantinedFile, quarantine_file
 from finetune_pipeline.datasets.reconcile import OutsideCounts, reconcile
+from finetune_pipeline.datasets.state import BucketState, TableState, state_prefix
 from finetune_pipeline.datasets.store import ObjectStore, join_key
 from finetune_pipeline.datasets.validate import CheckCounts, CheckResult, count_batch, evaluate, schema_check
 
@@ -54,12 +61,14 @@ class TableSettings:
 
     landing_prefix: str
     quarantine_prefix: str
+    dataset_prefix: str
     snapshot_ts: datetime | None
     snapshot_seq: str | None
     csv: CsvSettings
     rows_per_bucket: int
     merge_memory_bytes: int
     late_file_grace: timedelta
+    target_file_bytes: int
     threads: int = 2
 
     @property
@@ -87,8 +96,11 @@ class TableOutcome:
     events: dict[str, int] = field(default_factory=dict)
     applied_files: list[str] = field(default_factory=list)
     buckets_rewritten: int = 0
-    buckets_copied: int = 0
+    buckets_kept: int = 0
     stopped: bool = False
+    write: TableWrite | None = None
+    added: list[Any] = field(default_factory=list)
+    deleted: list[Any] = field(default_factory=list)
 
 
 def output_schema(contract: TableContract) -> pa.Schema:
@@ -138,8 +150,9 @@ def _grace_cutoff(watermark: str, grace: timedelta) -> str:
     return cdc_file_name(cdc_name_time(watermark) - grace).rsplit(".", 1)[0]
 
 
-def _to_events(batch: pa.RecordBatch, contract: TableContract, op: str) -> pa.RecordBatch:
-    """Stored rows (live parts or tombstones) as events; a column added to the contract later is null."""
+def _as_events(batch: pa.RecordBatch, contract: TableContract, op: str) -> pa.RecordBatch:
+    """Stored rows (a bucket's data files or its tombstones) as events in the contract's types; a column the
+    contract added later is null. Values were written from those types, so narrowing back is exact."""
     schema = event_schema(contract)
     n = batch.num_rows
     arrays = []
@@ -147,7 +160,7 @@ def _to_events(batch: pa.RecordBatch, contract: TableContract, op: str) -> pa.Re
         if fld.name == OP:
             arrays.append(pa.repeat(pa.scalar(op), n))
         elif fld.name in batch.schema.names:
-            arrays.append(coerce(batch.column(fld.name), fld.type, fld.name))
+            arrays.append(pc.cast(batch.column(fld.name), fld.type, safe=True))
         else:
             arrays.append(pa.nulls(n, fld.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -157,17 +170,48 @@ def _table(batches, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=schema)
 
 
-class _BucketWriter:
-    """Writes one bucket's merged pieces to a part file (and tombstones), tallying checks and profile."""
+def key_range(files: list[tuple[DmsFile, Path]], contract: TableContract, csv: CsvSettings) -> tuple[int, int] | None:
+    """Lowest and highest key in the files: Parquet footers when they have statistics, else the rows."""
+    key = contract.primary_key[0]
+    low: int | None = None
+    high: int | None = None
 
-    def __init__(self, workdir: Path, bucket: int, contract: TableContract) -> None:
+    def take(lo, hi) -> None:
+        nonlocal low, high
+        if lo is None:
+            return
+        low = int(lo) if low is None else min(low, int(lo))
+        high = int(hi) if high is None else max(high, int(hi))
+
+    for f, path in files:
+        if f.fmt == "parquet":
+            meta = pq.ParquetFile(path).metadata
+            names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+            if key in names:
+                stats = [meta.row_group(g).column(names.index(key)).statistics for g in range(meta.num_row_groups)]
+                if all(s is not None and s.has_min_max for s in stats):
+                    for s in stats:
+                        take(s.min, s.max)
+                    continue
+        with contextlib.suppress(DmsFileError):
+            for batch in read_events(path, f, contract, csv):
+                mm = pc.min_max(batch.column(key))
+                take(mm["min"].as_py(), mm["max"].as_py())
+    return None if low is None else (low, high)
+
+
+class _BucketWriter:
+    """Writes one bucket's merged pieces as data files (and its tombstones), tallying checks and profile."""
+
+    def __init__(self, write: TableWrite, workdir: Path, bucket: int, contract: TableContract, target: int) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.contract = contract
+        self.bucket = bucket
         self.schema = output_schema(contract)
         self.tomb_schema = tombstone_schema(contract)
-        self.part_path = workdir / f"part-{bucket:05d}.parquet"
-        self.tomb_path = workdir / f"tomb-{bucket:05d}.parquet"
-        self.writer = pq.ParquetWriter(self.part_path, self.schema)
+        self.file_schema = write.file_schema
+        self.files = write.writer(bucket, target)
+        self.tomb_path = workdir / f"tomb-{bucket:010d}.parquet"
         self.tomb_writer: pq.ParquetWriter | None = None
         self.counts, self.profile = CheckCounts(), Profile()
         self.rows = self.tombstones = self.nbytes = 0
@@ -175,7 +219,6 @@ class _BucketWriter:
 
     def add(self, merged: MergeOutcome) -> None:
         live = merged.live.cast(self.schema)
-        self.writer.write_table(live)
         self.counts.add(count_batch(live, self.contract))
         self.profile.add(profile_table(live, self.contract))
         self.rows += live.num_rows
@@ -186,65 +229,70 @@ class _BucketWriter:
             if top is not None and top.is_valid:
                 value = top.cast(pa.int64()).as_py()
                 self.newest = value if self.newest is None else max(self.newest, value)
+        if live.num_rows:
+            stored = live.append_column(BUCKET_COLUMN, pa.array(np.full(live.num_rows, self.bucket, np.int32)))
+            self.files.add(stored.select(self.file_schema.names))
         if merged.tombstones.num_rows:
             if self.tomb_writer is None:
                 self.tomb_writer = pq.ParquetWriter(self.tomb_path, self.tomb_schema)
             self.tomb_writer.write_table(merged.tombstones.cast(self.tomb_schema))
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self) -> list[Any]:
         if self.tomb_writer is not None:
             self.tomb_writer.close()
-        # The types check looks at what was actually written: the part file's own footer.
-        check = schema_check(pq.read_schema(self.part_path), self.contract)
-        self.schema_problems = [] if check.passed else [check.detail]
+        return self.files.close()
 
-    def cleanup(self) -> None:
-        self.part_path.unlink(missing_ok=True)
+    def abort(self) -> None:
+        self.files.abort()
+        if self.tomb_writer is not None:
+            self.tomb_writer.close()
         self.tomb_path.unlink(missing_ok=True)
 
-    def summary(self, part_key: str, tomb_key: str | None) -> dict:
-        return {
-            "part": part_key,
-            "tombstones_part": tomb_key,
-            "rows": self.rows,
-            "tombstones": self.tombstones,
-            "bytes": self.nbytes,
-            "newest_change_us": self.newest,
-            "schema_problems": self.schema_problems,
-            "counts": self.counts.to_json(),
-            "profile": self.profile.to_json(),
-        }
+    def state(self, tombstones_key: str | None, problems: list[str]) -> BucketState:
+        return BucketState(
+            rows=self.rows,
+            tombstones=self.tombstones,
+            bytes=self.nbytes,
+            newest_change_us=self.newest,
+            tombstones_key=tombstones_key,
+            schema_problems=problems,
+            counts=self.counts.to_json(),
+            profile=self.profile.to_json(),
+        )
 
 
 class TableSync:
-    """Runs one table for one version. Files are fetched once and kept on local disk for the run."""
+    """Stages one table for one version. Files are fetched once and kept on local disk for the run."""
 
     def __init__(
         self,
         store: ObjectStore,
         contract: TableContract,
         settings: TableSettings,
+        head: TableHead,
         prev: TableState | None,
         discovery: Discovery,
-        version_prefix: str,
+        open_write: Callable[[Bucketing], TableWrite],
+        version: str,
         workdir: Path,
         now: datetime,
     ) -> None:
         self.store = store
         self.contract = contract
         self.settings = settings
+        self.head = head
+        # None for a new table and for a full rebuild (which replaces every file of the table).
         self.prev = prev
         self.discovery = discovery
-        self.version_prefix = version_prefix
+        self.open_write = open_write
+        self.version = version
         self.workdir = workdir
         self.now = now
         self.quarantined: list[QuarantinedFile] = []
         self.bad_files: list[DmsFile] = []
         self.checks: list[CheckResult] = []
         self.stopped = False
-
-    # ------------------------------------------------------------------------------------------ files
+        self.base: dict[int, list[Any]] = {}
 
     def _quarantine(self, f: DmsFile, err: DmsFileError) -> None:
         policy = self.contract.bad_file_policy
@@ -334,8 +382,7 @@ class TableSync:
             f, err = failed
             self._quarantine(f, err)
             files = [(g, p) for g, p in files if g.key != f.key]
-            for part in range(layout.partitions):
-                spill.remove(part)
+            spill.remove_all()
             if self.stopped:
                 spill = Spill(
                     self.workdir / "delta-empty",
@@ -350,84 +397,99 @@ class TableSync:
     # ------------------------------------------------------------------------------------------ state
 
     def _base_batches(self, bucket: int):
-        """The previous version's rows for one bucket, as events (live rows then tombstones)."""
+        """The previous version's rows of one bucket, as events (live rows, then tombstones)."""
         if self.prev is None:
             return
-        with self.store.local_path(self.prev.parts[bucket]) as path:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=131_072):
-                yield _to_events(batch, self.contract, "I")
-        tomb = self.prev.tombstone_parts[bucket]
-        if tomb:
-            with self.store.local_path(tomb) as path:
+        for batch in self.write.read(self.base.get(bucket, [])):
+            yield _as_events(batch, self.contract, "I")
+        previous = self.prev.buckets.get(bucket)
+        if previous is not None and previous.tombstones_key:
+            key = join_key(self.settings.dataset_prefix, previous.tombstones_key)
+            with self.store.local_path(key) as path:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=131_072):
-                    yield _to_events(batch, self.contract, "D")
-
-    def _part_key(self, bucket: int) -> str:
-        return join_key(self.version_prefix, self.contract.table, f"part-{bucket:05d}.parquet")
+                    yield _as_events(batch, self.contract, "D")
 
     def _state_key(self, name: str) -> str:
-        return join_key(self.version_prefix, "_state", self.contract.table, name)
+        """A key in this commit's state folder, relative to the dataset prefix."""
+        return join_key(state_prefix(self.contract.table, self.version, self.write.token), name)
 
-    def _merge_bucket(self, bucket: int, layout: Layout, delta: Spill, base_bytes: int) -> dict:
-        """Merge one bucket into a new part file, one memory-sized piece at a time; returns its tallies."""
+    def _merge_bucket(self, bucket: int, layout: Layout, delta: Spill, base_bytes: int) -> tuple[BucketState, list]:
+        """Merge one bucket into new data files, one memory-sized piece at a time; returns its tallies."""
         schema = event_schema(self.contract)
         pk = self.contract.primary_key
-        work = self.workdir / f"bucket-{bucket:05d}"
-        out = _BucketWriter(self.workdir, bucket, self.contract)
-        if layout.split == 1:
-            pieces = [(lambda: self._base_batches(bucket), base_bytes, bucket)]
-        else:
-            base = split_bucket(self._base_batches(bucket), work, "base", schema, pk, layout)
-            pieces = [(lambda p=p: base.read_batches(p), base.nbytes(p), p) for p in layout.members(bucket)]
+        work = self.workdir / f"bucket-{bucket:010d}"
+        out = _BucketWriter(self.write, self.workdir, bucket, self.contract, self.settings.target_file_bytes)
         try:
-            for base_batches, size, part in pieces:
-                total = size + delta.nbytes(part)
+            if self.prev is None:
+                # No previous rows; the delta's partitions hold disjoint keys, so each merges on its own.
+                pieces = [(lambda: iter(()), 0, [p]) for p in delta.parts_of(bucket)]
+            elif layout.split == 1:
+                pieces = [(lambda: self._base_batches(bucket), base_bytes, delta.parts_of(bucket))]
+            else:
+                base = split_bucket(self._base_batches(bucket), work, "base", schema, pk, layout)
+                parts = sorted(set(delta.parts_of(bucket)) | set(base.parts_of(bucket)))
+                pieces = [(lambda p=p: base.read_batches(p), base.nbytes(p), [p]) for p in parts]
+            for base_batches, size, delta_parts in pieces:
+                total = size + sum(delta.nbytes(p) for p in delta_parts)
                 if total <= self.settings.budget:
-                    out.add(
-                        merge_events(concat([_table(base_batches(), schema), delta.read(part)], schema), pk)
-                    )
+                    tables = [_table(base_batches(), schema), *(delta.read(p) for p in delta_parts)]
+                    out.add(merge_events(concat(tables, schema), pk))
                     continue
                 # The estimate was low for this piece: split it again by a second hash until pieces fit.
-                sub = Layout(buckets=math.ceil(total / self.settings.budget))
-                sub_base = split_bucket(base_batches(), work / f"{part}", "base", schema, pk, sub, seed=1)
+                sub = Layout(Bucketing(kind="hash", buckets=math.ceil(total / self.settings.budget)))
+                where = work / f"{delta_parts[0]}"
+                sub_base = split_bucket(base_batches(), where, "base", schema, pk, sub, seed=1)
                 sub_delta = split_bucket(
-                    delta.read_batches(part), work / f"{part}", "delta", schema, pk, sub, seed=1
+                    (b for p in delta_parts for b in delta.read_batches(p)), where, "delta", schema, pk, sub, seed=1
                 )
-                for i in range(sub.partitions):
+                for i in sorted(set(sub_base.parts()) | set(sub_delta.parts())):
                     out.add(merge_events(concat([sub_base.read(i), sub_delta.read(i)], schema), pk))
                     sub_base.remove(i)
                     sub_delta.remove(i)
-                delta.remove(part)
+                for p in delta_parts:
+                    delta.remove(p)
+            files = out.close()
+        except BaseException:
+            out.abort()
+            raise
         finally:
-            out.close()
-            for p in layout.members(bucket):
+            for p in delta.parts_of(bucket):
                 delta.remove(p)
             shutil.rmtree(work, ignore_errors=True)
-        part_key = self._part_key(bucket)
-        self.store.put_file(part_key, out.part_path)
+        problems = [] if not files else self._schema_problems()
         tomb_key = None
         if out.tombstones:
-            tomb_key = self._state_key(f"tombstones-{bucket:05d}.parquet")
-            self.store.put_file(tomb_key, out.tomb_path)
-        out.cleanup()
-        return out.summary(part_key, tomb_key)
+            tomb_key = self._state_key(f"tombstones-{bucket:010d}.parquet")
+            self.store.put_file(join_key(self.settings.dataset_prefix, tomb_key), out.tomb_path)
+        out.tomb_path.unlink(missing_ok=True)
+        return out.state(tomb_key, problems), files
 
-    def _copy_bucket(self, bucket: int, prev_summary: dict) -> dict:
-        """An untouched bucket under an unchanged contract: server-side copy, tallies reused."""
-        part_key = self._part_key(bucket)
-        self.store.copy(self.prev.parts[bucket], part_key)
-        tomb_key = None
-        if self.prev.tombstone_parts[bucket]:
-            tomb_key = self._state_key(f"tombstones-{bucket:05d}.parquet")
-            self.store.copy(self.prev.tombstone_parts[bucket], tomb_key)
-        return {**prev_summary, "part": part_key, "tombstones_part": tomb_key}
-
-    def _prev_summary(self) -> dict | None:
-        if self.prev is None:
-            return None
-        return json.loads(self.store.get_bytes(self.prev.summary_key))
+    def _schema_problems(self) -> list[str]:
+        # The types check looks at what the data files are written with: the table's own file schema.
+        check = schema_check(self.write.file_schema, self.contract)
+        return [] if check.passed else [check.detail]
 
     # ------------------------------------------------------------------------------------------ run
+
+    def _layout(self, good: list[tuple[DmsFile, Path]], shapes) -> Layout:
+        """The table's bucketing (a new table's is chosen from its first files), split to fit the budget."""
+        settings = self.settings
+        delta_bytes = sum(s.data_bytes for s in shapes)
+        delta_rows = sum(s.rows if s.rows is not None else s.data_bytes // 100 for s in shapes)
+        existing = self.head.bucketing
+        if existing is not None:
+            buckets = len(self.prev.buckets) if self.prev else 1
+            prev_bytes = self.prev.data_bytes if self.prev else 0
+            return Layout.for_spill(existing, max(1, buckets), prev_bytes + delta_bytes, settings.budget)
+        key = self.contract.primary_key
+        if len(key) == 1 and range_key_type(self.contract.column(key[0]).arrow_type):
+            span = key_range(good, self.contract, settings.csv) or (0, 0)
+            # Rows the table will hold: at most one per key in the span, at most one per event.
+            rows = max(1, min(delta_rows, span[1] - span[0] + 1))
+            bucketing = Bucketing.for_range(key[0], span[0], span[1], rows, settings.rows_per_bucket)
+            buckets = max(1, math.ceil(rows / max(1, settings.rows_per_bucket)))
+            return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget)
+        return Layout.for_new_hash_table(delta_bytes, delta_rows, settings.budget, settings.rows_per_bucket)
 
     def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
         contract = self.contract
@@ -457,123 +519,97 @@ class TableSync:
                         break
             if self.stopped:
                 return self._stopped()
-            delta_bytes = sum(s.data_bytes for s in shapes)
-            delta_rows = sum(s.rows if s.rows is not None else s.data_bytes // 100 for s in shapes)
-            prev_bytes = self.prev.data_bytes if self.prev else 0
-            spill_layout = Layout.for_spill(
-                self.prev.buckets if self.prev else None,
-                prev_bytes + delta_bytes,
-                delta_rows,
-                self.settings.budget,
-                self.settings.rows_per_bucket,
-            )
+            spill_layout = self._layout(good, shapes)
             started = time.perf_counter()
             delta, outcome_events = self._spill_delta(good, spill_layout)
-            if self.prev is None:
-                # A new table: size buckets by the rows it will hold (inserts less deletes), not by events.
-                layout = spill_layout.settle(
-                    outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
-                )
-            else:
-                layout = spill_layout
+            # A new hash table: its bucket count follows the rows it will hold (inserts less deletes).
+            layout = spill_layout.settle(
+                outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
+            ) if self.head.bucketing is None else spill_layout
             log.info(
-                "%s: %d new file(s), %d event(s) spilled in %.1f s; %d bucket(s) split %d way(s)",
+                "%s: %d new file(s), %d event(s) spilled in %.1f s into %d bucket(s), split %d way(s)",
                 contract.table,
                 len(good),
                 delta.stats.rows,
                 time.perf_counter() - started,
-                layout.buckets,
+                len(delta.buckets()),
                 layout.split,
             )
             if self.stopped:
                 return self._stopped()
             bad = {f.key for f in self.bad_files}
             applied = [f for f, _ in good if f.key not in bad]
-        prev_summary = self._prev_summary()
-        reusable = (
-            prev_summary is not None and prev_summary.get("contract_fingerprint") == contract.fingerprint()
-        )
+        self.write = self.open_write(layout.output)
+        self.base = self.write.base_files()
+        prev = self.prev
+        reusable = prev is not None and prev.contract_fingerprint == contract.fingerprint()
+        touched = delta.buckets()
+        buckets = sorted(touched | set(prev.buckets if prev else ()))
 
-        def one_bucket(b: int) -> tuple[dict, bool]:
-            if reusable and delta.rows_in(layout.members(b)) == 0:
-                return self._copy_bucket(b, prev_summary["buckets"][b]), True
-            base_bytes = prev_summary["buckets"][b]["bytes"] if prev_summary else 0
-            return self._merge_bucket(b, layout, delta, base_bytes), False
+        def one_bucket(b: int) -> tuple[int, BucketState, list, bool]:
+            if reusable and b not in touched:
+                return b, prev.buckets[b], [], True
+            base_bytes = prev.buckets[b].bytes if prev and b in prev.buckets else 0
+            state, files = self._merge_bucket(b, layout, delta, base_bytes)
+            return b, state, files, False
 
-        # Buckets are independent (own keys, own part file): merge them on all threads, in bucket order.
+        # Buckets are independent (own keys, own files): merge them on all threads, in bucket order.
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.settings.threads) as pool:
-            done = list(pool.map(one_bucket, range(layout.buckets)))
-        log.info(
-            "%s: %d bucket(s) done in %.1f s", contract.table, layout.buckets, time.perf_counter() - started
-        )
-        buckets_out = [summary for summary, _ in done]
-        copied = sum(1 for _, was_copied in done if was_copied)
+            done = list(pool.map(one_bucket, buckets))
+        log.info("%s: %d bucket(s) done in %.1f s", contract.table, len(buckets), time.perf_counter() - started)
+        states = {b: s for b, s, _, _ in done if s.rows or s.tombstones}
+        added = [f for _, _, files, _ in done for f in files]
+        rewritten = [b for b, _, _, kept in done if not kept]
+        if prev is None:
+            # New table, or a full rebuild: every file of the table is replaced.
+            deleted = [task.file for tasks in self.base.values() for task in tasks]
+        else:
+            deleted = [task.file for b in rewritten for task in self.base.get(b, [])]
         counts, profile = CheckCounts(), Profile()
-        for summary in buckets_out:
-            counts.add(CheckCounts.from_json(summary["counts"]))
-            profile.add(Profile.from_json(summary["profile"]))
-        newest_us = [s["newest_change_us"] for s in buckets_out if s["newest_change_us"] is not None]
+        for summary in states.values():
+            counts.add(CheckCounts.from_json(summary.counts))
+            profile.add(Profile.from_json(summary.profile))
+        newest_us = [s.newest_change_us for s in states.values() if s.newest_change_us is not None]
         newest = datetime.fromtimestamp(max(newest_us) / 1e6, UTC) if newest_us else None
-        if (
-            self.prev is not None
-            and self.prev.newest_change
-            and (newest is None or self.prev.newest_change > newest)
-        ):
-            newest = self.prev.newest_change
+        if prev is not None and prev.newest_change and (newest is None or prev.newest_change > newest):
+            newest = prev.newest_change
         # The events themselves: previous rows + inserts - deletes (full-load rows count as inserts).
-        expected_rows = (
-            (self.prev.rows if self.prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
-        )
+        expected_rows = (prev.rows if prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
         snapshot_rows, cdc_events = self._applied_since_snapshot(outcome_events)
-        problems = sorted({p for s in buckets_out for p in s["schema_problems"]})
+        problems = sorted({p for s in states.values() for p in s.schema_problems})
         checks = [
             CheckResult(
                 contract.table,
                 "schema",
                 contract.severity_of("schema"),
                 not problems,
-                "; ".join(problems) or f"{len(contract.columns)} columns with contract types in every part",
+                "; ".join(problems) or f"{len(contract.columns)} columns with contract types in every data file",
             )
         ]
-        checks += [
-            c
-            for c in evaluate(
-                counts,
-                contract,
-                now=self.now,
-                newest_change=newest,
-                expected_rows=expected_rows,
-                expected_from="expected from events (previous + inserts - deletes)",
-            )
-        ]
-        checks += reconcile(contract, counts.rows, snapshot_rows, cdc_events, outside)
-        summary_key = self._state_key("buckets.json")
-        self.store.put_bytes(
-            summary_key,
-            json.dumps(
-                {
-                    "contract_fingerprint": contract.fingerprint(),
-                    "buckets": buckets_out,
-                    "profile": profile.to_json(),
-                }
-            ).encode(),
+        checks += evaluate(
+            counts,
+            contract,
+            now=self.now,
+            newest_change=newest,
+            expected_rows=expected_rows,
+            expected_from="expected from events (previous + inserts - deletes)",
         )
+        checks += reconcile(contract, counts.rows, snapshot_rows, cdc_events, outside)
         state = TableState(
             table=contract.table,
-            buckets=layout.buckets,
             contract_fingerprint=contract.fingerprint(),
             rows=counts.rows,
-            tombstones=sum(s["tombstones"] for s in buckets_out),
-            data_bytes=sum(s["bytes"] for s in buckets_out),
-            parts=[s["part"] for s in buckets_out],
-            tombstone_parts=[s["tombstones_part"] for s in buckets_out],
-            summary_key=summary_key,
+            tombstones=sum(s.tombstones for s in states.values()),
+            data_bytes=sum(s.bytes for s in states.values()),
             **self._positions(applied),
             newest_change=newest,
             snapshot_rows=snapshot_rows,
             cdc_events=cdc_events,
+            buckets=states,
+            state_key=self._state_key("state.json"),
         )
+        self.store.put_bytes(join_key(self.settings.dataset_prefix, state.state_key), state.sidecar())
         return TableOutcome(
             table=contract.table,
             state=state,
@@ -582,8 +618,11 @@ class TableSync:
             profile=profile,
             events=outcome_events,
             applied_files=[f.key for f in applied],
-            buckets_rewritten=layout.buckets - copied,
-            buckets_copied=copied,
+            buckets_rewritten=len(rewritten),
+            buckets_kept=len(buckets) - len(rewritten),
+            write=self.write,
+            added=added,
+            deleted=deleted,
         )
 
     def _applied_since_snapshot(self, events: dict[str, int]) -> tuple[int | None, dict[str, int]]:

@@ -239,14 +239,28 @@ def _type_matches(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
+def stored_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type a contract type is stored as in the dataset's Iceberg tables (int8/int16 as int32,
+    uint32 as int64, every timestamp in microseconds, zoned ones in UTC)."""
+    if pa.types.is_integer(t) and (t.bit_width < 32 or pa.types.is_uint16(t)):
+        return pa.int32()
+    if pa.types.is_uint32(t):
+        return pa.int64()
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", tz="UTC" if t.tz else None)
+    return t
+
+
 def schema_check(schema: pa.Schema, contract: TableContract) -> CheckResult:
-    """Every contract column present with exactly the contract's type."""
+    """Every contract column present with exactly the contract's type, or the type it is stored as."""
     problems = []
     for col in contract.columns:
         if col.name not in schema.names:
             problems.append(f"{col.name}: missing")
-        elif not _type_matches(schema.field(col.name).type, col.arrow_type):
-            problems.append(f"{col.name}: {schema.field(col.name).type} != {col.arrow_type}")
+            continue
+        actual = schema.field(col.name).type
+        if not (_type_matches(actual, col.arrow_type) or _type_matches(actual, stored_type(col.arrow_type))):
+            problems.append(f"{col.name}: {actual} != {col.arrow_type}")
     return CheckResult(
         table=contract.table,
         check="schema",

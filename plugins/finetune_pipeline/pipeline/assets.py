@@ -18,6 +18,7 @@ def replication_asset(config: PipelineConfig) -> Asset:
 
 
 def dataset_asset(config: PipelineConfig) -> Asset:
-    """The validated dataset; each event carries the published version and row counts."""
-    storage = config.storage
-    return Asset(name=f"{config.project}-dataset", uri=f"s3://{storage.bucket}/{storage.dataset_prefix}/current")
+    """The validated dataset: the Iceberg tables of one catalog namespace. Each event carries the published
+    version (the tag on every table), the row counts, and each table's identifier and tagged snapshot id."""
+    iceberg = config.iceberg
+    return Asset(name=f"{config.project}-dataset", uri=f"iceberg://{iceberg.catalog_name}/{iceberg.namespace}")

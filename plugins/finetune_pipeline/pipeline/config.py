@@ -341,6 +341,54 @@ class SyncConfig(_Model):
     source_count_conn_id: str | None = Field(default=None, min_length=1)
 
 
+class IcebergConfig(_Model):
+    """The Apache Iceberg catalog that holds the dataset's tables (one per source table, in ``namespace``).
+
+    ``sql`` with no ``sql_uri`` is an embedded SQLite file under ``$AIRFLOW_HOME``: it works only when every
+    Airflow worker runs on one machine. With workers on several machines (and for training nodes that read
+    the catalog), use ``glue``, ``s3tables``, or ``sql`` on a shared PostgreSQL database through
+    ``sql_conn_id``. Credentials never go here: AWS ones come from ``aws.conn_id``, a database's from its
+    Airflow connection.
+    """
+
+    catalog: Literal["sql", "glue", "s3tables", "rest"] = sync_defaults.CATALOG_KIND
+    catalog_name: str = Field(default=sync_defaults.CATALOG_NAME, pattern=r"^[A-Za-z0-9_-]+$")
+    # A Glue database / S3 Tables namespace: lowercase letters, digits and '_'.
+    namespace: str = Field(default=sync_defaults.NAMESPACE, pattern=r"^[a-z0-9][a-z0-9_]{0,253}[a-z0-9]$")
+    # sql: a SQLAlchemy URL without a password (sqlite:////var/lib/finetune/catalog.db).
+    sql_uri: str | None = Field(default=None, pattern=r"^(sqlite|postgresql(\+psycopg2?)?)://")
+    # sql on a shared database: an Airflow connection (postgres) whose URL the catalog uses.
+    sql_conn_id: str | None = Field(default=None, min_length=1)
+    # s3tables: the Iceberg REST endpoint (default https://s3tables.<region>.amazonaws.com/iceberg); rest: required.
+    rest_uri: str | None = Field(default=None, pattern=r"^https?://")
+    # sql, glue: where table files go (default s3://<bucket>/<dataset_prefix>/warehouse); s3tables: the table
+    # bucket's ARN.
+    warehouse: str | None = None
+    # More pyiceberg catalog properties (e.g. glue.id for another account's catalog); never credentials.
+    properties: dict[str, str] = Field(default_factory=dict)
+    # Unreferenced data files are deleted only once older than this (and than the newest commit).
+    orphan_file_grace_hours: Number = Field(default=sync_defaults.ORPHAN_FILE_GRACE / timedelta(hours=1), ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IcebergConfig:
+        if self.catalog != "sql" and (self.sql_uri or self.sql_conn_id):
+            raise ValueError(f"sql_uri and sql_conn_id apply to catalog: sql, not {self.catalog}")
+        if self.sql_uri and self.sql_conn_id:
+            raise ValueError("give sql_uri or sql_conn_id, not both")
+        if self.sql_uri and re.search(r"://[^/@]+:[^/@]*@", self.sql_uri):
+            raise ValueError("sql_uri must not hold a password: use sql_conn_id, an Airflow connection")
+        if self.catalog == "s3tables" and not (self.warehouse or "").startswith("arn:"):
+            raise ValueError("catalog s3tables needs warehouse, the table bucket's ARN "
+                             "(arn:aws:s3tables:<region>:<account>:bucket/<name>)")
+        if self.catalog == "rest" and not self.rest_uri:
+            raise ValueError("catalog rest needs rest_uri, the catalog's endpoint")
+        if self.catalog in ("sql", "glue") and self.warehouse and not self.warehouse.startswith("s3://"):
+            raise ValueError(f"warehouse of a {self.catalog} catalog must be an s3:// location, got {self.warehouse!r}")
+        if any(word in key.lower() for key in self.properties for word in ("secret", "password", "token", "key-id")):
+            raise ValueError("properties must not hold credentials; they come from Airflow connections")
+        return self
+
+
 class HyperPodConfig(_Model):
     cluster_name: Identifier
     execution_role_arn: RoleArn
@@ -396,6 +444,7 @@ class PipelineConfig(_Model):
     dms: DmsConfig
     # Validated from {} with the file's context, so the default contracts_dir resolves beside the file.
     sync: SyncConfig = Field(default_factory=dict, validate_default=True)
+    iceberg: IcebergConfig = IcebergConfig()
     training: TrainingConfig
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The incremental sync as an operator: discover, validate, merge, publish, and link the report."""
+"""The incremental sync as an operator: discover, validate, merge, commit a version of the dataset's Iceberg
+tables, and link the report."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.pipeline import landing
+from finetune_pipeline.pipeline.config import IcebergConfig
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -29,7 +31,8 @@ REPORT_URL_XCOM_KEY = "report_url"
 
 
 class DatasetReportLink(BaseOperatorLink):
-    """The HTML validation report stored next to the dataset version, shown as a button on the task."""
+    """The HTML validation report of the version, shown as a button on the task: a presigned URL, so a
+    browser opens it without AWS credentials (see :func:`report_url` for how long it stays valid)."""
 
     name = "Validation report"
 
@@ -37,11 +40,27 @@ class DatasetReportLink(BaseOperatorLink):
         return XCom.get_value(key=REPORT_URL_XCOM_KEY, ti_key=ti_key) or ""
 
 
-def report_url(endpoint_url: str | None, region: str, bucket: str, key: str) -> str:
-    """The report's address: the object itself on a local endpoint, the S3 console on AWS."""
-    if endpoint_url:
-        return f"{endpoint_url.rstrip('/')}/{bucket}/{key}"
-    return f"https://console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}"
+def report_url(hook: S3Hook, bucket: str, key: str, expiry: timedelta = sync_defaults.REPORT_LINK_EXPIRY) -> str:
+    """A presigned GetObject URL of the report, SigV4, valid for ``expiry`` (at most 7 days, SigV4's limit).
+
+    Signed with the connection's credentials: temporary ones (an instance role, an assumed role) end the
+    URL's life when they expire, which is often sooner. An unsigned object URL answers 403.
+
+    .. seealso:: https://docs.aws.amazon.com/AmazonS3/latest/userguide/ShareObjectPreSignedURL.html
+    """
+    from botocore.config import Config
+
+    client = hook.get_session().client(
+        "s3",
+        region_name=hook.conn_region_name,
+        endpoint_url=hook.conn_config.endpoint_url or None,
+        config=Config(signature_version="s3v4"),
+    )
+    return client.generate_presigned_url(
+        "get_object",
+        Params={"Bucket": bucket, "Key": key, "ResponseContentType": "text/html; charset=utf-8"},
+        ExpiresIn=int(min(expiry, timedelta(days=7)).total_seconds()),
+    )
 
 
 class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
@@ -49,13 +68,16 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
     Sync the files landed since the last watermark into a new, validated dataset version.
 
     Reads the snapshot position from the published snapshot manifest, runs
-    :func:`finetune_pipeline.datasets.sync.run_sync` on the bucket, and publishes the version only when
-    every blocking check passes. Skips (no Asset event) when there is no snapshot yet or nothing new;
-    fails without retrying when a blocking check fails, since retrying cannot make bad data pass.
+    :func:`finetune_pipeline.datasets.sync.run_sync` on the bucket and the Iceberg catalog, and commits the
+    version (one tagged snapshot per table) only when every blocking check passes. Skips (no Asset event)
+    when there is no snapshot yet or nothing new; fails without retrying when a blocking check fails or a
+    table does not fit its contract, since retrying cannot fix either. An unreachable catalog fails the try
+    (nothing committed), and the task's retries try again.
 
     :param bucket: The data bucket.
     :param landing_prefix: Where the snapshot and DMS's change files land.
-    :param dataset_prefix: Where versions and the ``current`` manifest are published.
+    :param dataset_prefix: Where the dataset's state, reports and version records are kept (and, for the SQL
+        and Glue catalogs, the warehouse of its tables).
     :param quarantine_prefix: Where bad change files are moved, with a report beside each.
     :param contracts_dir: Folder of the per-table YAML contracts.
     :param retention: How many published versions to keep.
@@ -66,6 +88,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
     :param late_file_grace_minutes: How far behind the watermark to look again for late change files.
     :param source_count_conn_id: Airflow connection (any SQL provider) to count each table's rows in the
         source, or a replica of it; None skips that check.
+    :param iceberg: The catalog settings (the config's ``iceberg`` section); its defaults when None.
     """
 
     aws_hook_class = S3Hook
@@ -86,6 +109,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         replication_task_id: str | None = None,
         source_count_conn_id: str | None = None,
         late_file_grace_minutes: float = sync_defaults.LATE_FILE_GRACE / timedelta(minutes=1),
+        iceberg: IcebergConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,11 +124,14 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         self.replication_task_id = replication_task_id
         self.source_count_conn_id = source_count_conn_id
         self.late_file_grace_minutes = late_file_grace_minutes
+        self.iceberg = iceberg or IcebergConfig()
 
     def execute(self, context: Context) -> dict:
         # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
+        from finetune_pipeline.datasets.iceberg_tables import SchemaMismatchError
         from finetune_pipeline.datasets.store import S3Store
         from finetune_pipeline.datasets.sync import SyncSpec, run_sync
+        from finetune_pipeline.pipeline.catalog import aws_access, catalog_spec
 
         client = self.hook.conn
         try:
@@ -116,20 +143,27 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             dataset_prefix=self.dataset_prefix,
             quarantine_prefix=self.quarantine_prefix,
             contracts_dir=Path(self.contracts_dir),
+            catalog=catalog_spec(self.iceberg, self.bucket, self.dataset_prefix),
             snapshot_position=snapshot.snapshot_position,
             retention=self.retention,
+            orphan_file_grace=timedelta(hours=self.iceberg.orphan_file_grace_hours),
             late_file_grace=timedelta(minutes=self.late_file_grace_minutes),
         )
         full_rebuild = self.full_rebuild in (True, "True", "true")
-        self.log.info("syncing %s (full rebuild: %s) after snapshot %s",
-                      self.tables or "all tables", full_rebuild, snapshot.snapshot_position)
-        result = run_sync(
-            S3Store(client, self.bucket),
-            spec,
-            tables=self.tables or None,
-            full_rebuild=full_rebuild,
-            outside_counts=self._outside_counts,
-        )
+        self.log.info("syncing %s (full rebuild: %s) after snapshot %s into the %s",
+                      self.tables or "all tables", full_rebuild, snapshot.snapshot_position, spec.catalog.describe())
+        try:
+            result = run_sync(
+                S3Store(client, self.bucket),
+                spec,
+                tables=self.tables or None,
+                full_rebuild=full_rebuild,
+                outside_counts=self._outside_counts,
+                access=aws_access(self.hook),
+            )
+        except SchemaMismatchError as error:
+            # The table in the catalog does not fit its contract: a retry meets the same table.
+            raise AirflowFailException(f"{error}\nFix the contract or the table, then clear this task.") from None
 
         for check in result.checks:
             if not check.passed:
@@ -139,9 +173,12 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         for item in result.quarantined:
             self.log.warning("quarantined %s", item.to_dict())
         if html_key := result.report_keys.get("html"):
-            url = report_url(self.hook.conn_config.endpoint_url, self.hook.conn_region_name, self.bucket, html_key)
+            url = report_url(self.hook, self.bucket, html_key)
             context["ti"].xcom_push(key=REPORT_URL_XCOM_KEY, value=url)
-            self.log.info("validation report: %s", url)
+            until = datetime.now(UTC) + sync_defaults.REPORT_LINK_EXPIRY
+            # The query string is a signature, not a credential; still, log the object, not the link.
+            self.log.info("validation report s3://%s/%s, linked on the task (link valid until %s at most)",
+                          self.bucket, html_key, until.isoformat(timespec="minutes"))
 
         if result.status == "blocked":
             raise AirflowFailException(
@@ -152,8 +189,19 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             # Skipped, not succeeded: no dataset Asset event, so training does not start again.
             raise AirflowSkipException(f"nothing new since the last sync: {result.version} stays current")
         self.log.info("published dataset %s: %s", result.version, result.row_counts)
+        for name, table in result.tables.items():
+            self.log.info("%s: %s snapshot %s tagged %s", name, table["identifier"], table["snapshot_id"],
+                          result.version)
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = {"version": result.version, "row_counts": result.row_counts}
+            context["outlet_events"][outlet].extra = {
+                "version": result.version,
+                "tag": result.version,
+                "row_counts": result.row_counts,
+                "tables": {
+                    name: {"identifier": t["identifier"], "snapshot_id": t["snapshot_id"]}
+                    for name, t in result.tables.items()
+                },
+            }
         return result.to_dict()
 
     def _outside_counts(self, tables: list[str]) -> OutsideCounts | None:

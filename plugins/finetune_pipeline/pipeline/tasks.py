@@ -262,28 +262,34 @@ def dms_table_mappings(config: PipelineConfig) -> dict:
 
 
 def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -> str:
-    """The version in the newest dataset Asset event; on a manual run, the currently published one."""
+    """The version in the newest dataset Asset event (on a manual run, the newest published one), opened
+    through the dataset reader: it must be on every table of the dataset, or training does not start."""
+    from finetune_pipeline.datasets.catalog import NoNamespaceError
+    from finetune_pipeline.datasets.reader import VersionNotFound, open_version
     from finetune_pipeline.pipeline.assets import dataset_asset
+    from finetune_pipeline.pipeline.catalog import open_catalog
 
-    events = list((triggering_asset_events or {}).get(dataset_asset(config), []))
-    for event in reversed(events):
-        version = (event.extra or {}).get("version")
-        if version:
-            log.info("training on dataset version %s (from the Asset event)", version)
-            return version
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from finetune_pipeline.datasets.publish import read_current
-    from finetune_pipeline.datasets.store import S3Store
-
-    current = read_current(S3Store(_s3_client(config), config.storage.bucket), config.storage.dataset_prefix)
-    if current is None:
-        raise AirflowFailException(
-            f"no dataset version is published under s3://{config.storage.bucket}/{config.storage.dataset_prefix} "
-            "yet: run finetune_incremental_sync first"
-        )
-    log.info("no Asset event: training on the current dataset version %s", current.version)
-    return current.version
+    wanted = None
+    for event in reversed(list((triggering_asset_events or {}).get(dataset_asset(config), []))):
+        if version := (event.extra or {}).get("version"):
+            wanted = version
+            break
+    storage = config.storage
+    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=storage.region)
+    not_yet = (f"no dataset version is published under s3://{storage.bucket}/{storage.dataset_prefix} yet: run "
+               "finetune_incremental_sync first")
+    try:
+        spec, catalog = open_catalog(config.iceberg, hook, storage.bucket, storage.dataset_prefix)
+        version = open_version(catalog, spec.namespace, wanted)
+    except NoNamespaceError:
+        raise AirflowFailException(not_yet) from None
+    except VersionNotFound as error:
+        raise AirflowFailException(not_yet if wanted is None else str(error)) from None
+    log.info("training on dataset version %s (%s)", version.version,
+             "from the Asset event" if wanted else "no Asset event: the newest published")
+    for name, table in sorted(version.tables.items()):
+        log.info("%s: %d rows, snapshot %s of %s", name, table.rows, table.snapshot_id, ".".join(table.identifier))
+    return version.version
 
 
 def upload_lifecycle_scripts(config: PipelineConfig) -> str:
