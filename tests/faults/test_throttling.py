@@ -77,7 +77,7 @@ def advance_to(url: str, created: datetime, seconds_into_job: float) -> None:
 
 
 def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
-    localaws, aws_conn, context, unique, timing, tmp_path, run_trigger, monkeypatch, record
+    localaws, aws_conn, context, unique, timing, tmp_path, run_trigger, monkeypatch, record, source
 ):
     url, runs = localaws.endpoint_url, Runs()
     keys: dict = {}  # each resource's marker, as the scenario gets to it
@@ -87,10 +87,14 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
     (export / "public" / "tickets").mkdir(parents=True)
     (export / "public" / "tickets" / "LOAD00000001.parquet").write_bytes(b"t" * 5000)
     (export / "manifest.json").write_text(json.dumps({"snapshot_position": "2026-01-01T00:00:00Z"}))
+    # DMS starts a PostgreSQL CDC task only at an LSN of a slot made beforehand, on a source it can reach.
+    source.execute("CREATE TABLE public.tickets (ticket_id bigint PRIMARY KEY, subject text)")
+    slot = unique("faults_slot").replace("-", "_")
+    slot_lsn = source.create_slot(slot)
     monkeypatch.setenv(
         "AIRFLOW_CONN_SOURCE_DB",
-        json.dumps({"conn_type": "postgres", "host": "db.internal", "port": 5432, "login": "replicator",
-                    "password": "secret", "schema": "appdb"}),  # fmt: skip
+        json.dumps({"conn_type": "postgres", "host": source.server.host, "port": source.server.port,
+                    "login": "replicator", "password": source.server.password, "schema": source.name}),  # fmt: skip
     )
     control.add_faults(url, THROTTLE_ALL)
     try:
@@ -157,7 +161,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         source_arn = runs(
             DmsEnsureEndpointOperator(
                 task_id="src", endpoint_identifier=ids["src"], endpoint_type="source", engine_name="postgres",
-                source_conn_id="source_db",
+                source_conn_id="source_db", slot_name=slot, plugin_name="test-decoding",
             ).execute,
             context,
         )  # fmt: skip
@@ -178,7 +182,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         )  # fmt: skip
         runs(
             DmsStartTaskAtPositionOperator(
-                task_id="start", replication_task_arn=task_arn, cdc_start_position="2026-01-31T12:00:00",
+                task_id="start", replication_task_arn=task_arn, cdc_start_position=slot_lsn,
                 deferrable=False, **FAST_WAIT,
             ).execute,
             context,

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finetune_pipeline.datasets import sync_defaults
@@ -136,6 +137,18 @@ class AwsAccess:
         )
 
 
+class StandardS3Retries(pafs.AwsStandardS3RetryStrategy):
+    """Arrow's S3 client (pyiceberg's FileIO) retrying as botocore's standard mode on the connection does.
+
+    Arrow's own default gives up after 3 attempts; throttling (SlowDown, 503) on a busy bucket outlasts that,
+    and a failed metadata read would fail the whole commit. pyiceberg builds it by class path with no
+    arguments (``s3.retry-strategy-impl``), hence the fixed count here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_attempts=10)
+
+
 def catalog_properties(spec: CatalogSpec, access: AwsAccess | None = None) -> dict[str, str]:
     """The properties for ``load_catalog``: the spec's, then FileIO (S3) and client settings from ``access``.
 
@@ -160,6 +173,7 @@ def catalog_properties(spec: CatalogSpec, access: AwsAccess | None = None) -> di
     if spec.kind == "sql":
         # Create the catalog's two tables on first use; a shared database may already have them.
         props["init_catalog_tables"] = "true"
+    props["s3.retry-strategy-impl"] = f"{StandardS3Retries.__module__}.{StandardS3Retries.__qualname__}"
     if access is not None:
         if access.region:
             props.update({"client.region": access.region, "s3.region": access.region, "glue.region": access.region})
