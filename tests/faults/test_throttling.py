@@ -89,7 +89,9 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
     (export / "manifest.json").write_text(json.dumps({"snapshot_position": "2026-01-01T00:00:00Z"}))
     monkeypatch.setenv(
         "AIRFLOW_CONN_SOURCE_DB",
-        json.dumps({"conn_type": "postgres", "host": "db.internal", "port": 5432, "login": "replicator",
+        # A MySQL source that does not exist: localaws's DMS replicates PostgreSQL sources for real (which would
+        # need a server and a slot here), and only moves a MySQL task through its statuses.
+        json.dumps({"conn_type": "mysql", "host": "db.internal", "port": 3306, "login": "replicator",
                     "password": "secret", "schema": "appdb"}),  # fmt: skip
     )
     control.add_faults(url, THROTTLE_ALL)
@@ -156,7 +158,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         )
         source_arn = runs(
             DmsEnsureEndpointOperator(
-                task_id="src", endpoint_identifier=ids["src"], endpoint_type="source", engine_name="postgres",
+                task_id="src", endpoint_identifier=ids["src"], endpoint_type="source", engine_name="mysql",
                 source_conn_id="source_db",
             ).execute,
             context,
@@ -178,7 +180,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         )  # fmt: skip
         runs(
             DmsStartTaskAtPositionOperator(
-                task_id="start", replication_task_arn=task_arn, cdc_start_position="2026-01-31T12:00:00",
+                task_id="start", replication_task_arn=task_arn, cdc_start_position="mysql-bin.000003:1234",
                 deferrable=False, **FAST_WAIT,
             ).execute,
             context,
