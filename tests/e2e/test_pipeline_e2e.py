@@ -1,22 +1,27 @@
 """End to end: a real Airflow (api-server, scheduler, dag-processor, triggerer) runs the whole pipeline
 against localaws and a real PostgreSQL source, triggered through the REST API as the UI does: the export of
 a consistent snapshot, the offline branch (Snowball), the import verified by checksum, the snapshot published,
-and a sync that publishes it as a dataset version."""
+a sync that publishes it as a dataset version, and changes committed in the source afterwards reaching a new
+version through localaws's DMS."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
+import boto3
+import psycopg
 import pytest
 
 from devstack.config import write_demo_config
 from devstack.demo import PIPELINE_DAGS, PipelineWatcher, ensure_bucket, start_localaws, start_source, stop_process
 from devstack.stack import AirflowStack
-from devstack.support_desk import load_support_desk
+from devstack.support_desk import Trickle, load_support_desk
 from finetune_pipeline.pipeline.config import load_config
+from localaws.control import advance_clock
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +52,7 @@ def running_stack():
         stack.prepare(source_conn=source.connection)
         stack.start()
         stack.wait_for_dags(PIPELINE_DAGS)
-        stack.loaded = loaded
+        stack.loaded, stack.source = loaded, source
         yield stack
     finally:
         stack.stop()
@@ -89,7 +94,7 @@ def test_pipeline_runs_green_end_to_end(running_stack):
     assert all(result["status"] == "published" for result in published)
     trained = stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"], "dataset_version")
     assert trained in {result["version"] for result in published}
-    # The version holds exactly the rows the source had at the snapshot (no CDC files until DMS replicates).
+    # The first version holds exactly the rows the source had at the snapshot.
     exported = stack.xcom("finetune_bulk_transfer", runs["finetune_bulk_transfer"]["dag_run_id"], "export_snapshot")
     assert exported["status"] == "exported" and "/" in exported["cdc_start_position"]
     loaded = stack.loaded
@@ -100,3 +105,40 @@ def test_pipeline_runs_green_end_to_end(running_stack):
     # The stages were linked by Assets, not by the test: only the first DAG was triggered by hand.
     for dag_id in ("finetune_cdc_replication", "finetune_training"):
         assert runs[dag_id]["run_type"] == "asset_triggered", f"{dag_id} was {runs[dag_id]['run_type']}"
+
+    # Changes committed in the source after the snapshot: DMS writes them from the export's slot, and the next
+    # sync publishes a version that holds exactly the source's rows.
+    trickle = Trickle(stack.source.conninfo, seed=3)
+    for _ in range(6):
+        trickle.step()
+    trickle.close()
+    changed = sum(trickle.committed[key] for key in ("inserts", "updates", "deletes"))
+    config = load_config(stack.config_path)
+    dms = boto3.client("dms", endpoint_url=stack.localaws_url, region_name=config.storage.region,
+                       aws_access_key_id="localaws", aws_secret_access_key="localaws")  # fmt: skip
+    (task,) = dms.describe_replication_tasks(
+        Filters=[{"Name": "replication-task-id", "Values": [config.dms.task_id]}]
+    )["ReplicationTasks"]
+
+    def captured() -> int:
+        stats = dms.describe_table_statistics(ReplicationTaskArn=task["ReplicationTaskArn"])["TableStatistics"]
+        return sum(t["Inserts"] + t["Updates"] + t["Deletes"] for t in stats)
+
+    deadline = time.monotonic() + 120
+    while captured() < changed:  # each CdcMaxBatchInterval on localaws's clock writes the files due
+        assert time.monotonic() < deadline, f"DMS captured {captured()} of {changed} changes"
+        advance_clock(stack.localaws_url, 61)
+        time.sleep(1)
+    with psycopg.connect(stack.source.conninfo) as conn:
+        source_rows = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                       for table in ("public.customers", "public.tickets", "public.ticket_messages")}  # fmt: skip
+    run_id = stack.trigger("finetune_incremental_sync")
+    deadline = time.monotonic() + 300
+    while (state := next(r["state"] for r in stack.dag_runs("finetune_incremental_sync")
+                         if r["dag_run_id"] == run_id)) not in ("success", "failed"):  # fmt: skip
+        assert time.monotonic() < deadline, "the sync after the changes did not finish"
+        time.sleep(2)
+    assert state == "success"
+    result = stack.xcom("finetune_incremental_sync", run_id, "sync_dataset")
+    assert result["status"] == "published" and result["version"] not in {r["version"] for r in published}
+    assert result["row_counts"] == source_rows
