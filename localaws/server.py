@@ -32,6 +32,7 @@ from localaws import dms, persistence
 from localaws.clock import VirtualClock
 from localaws.ec2_client_tokens import Ec2ClientTokens
 from localaws.faults import FaultInjector, FaultRuleError, server_error
+from localaws.node_runtime import NodeRuntime
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
@@ -63,6 +64,8 @@ class LocalAWSApp:
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
         self.ec2_client_tokens = Ec2ClientTokens(clock)
+        # The local processes that stand in for instances' scripts; told the endpoint once it is bound.
+        self.nodes = NodeRuntime()
         self.clock_changes = 0  # moves of the clock through the control endpoint
         self._wire()
 
@@ -267,6 +270,7 @@ class LocalAWS:
             self.host, self.port, self.app, threaded=True, request_handler=_RequestHandler
         )
         self.port = self._server.server_port
+        self.app.nodes.endpoint_url = self.endpoint_url
         self._thread = threading.Thread(target=self._server.serve_forever, name="localaws", daemon=True)
         self._thread.start()
         if self.state_file and self.state_interval > 0:
@@ -289,6 +293,7 @@ class LocalAWS:
             return
         if self.app is not None:
             self.app.dms.shutdown()  # end the replication threads before the port goes
+            self.app.nodes.stop_all()  # and the nodes' scripts, which would talk to it
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
