@@ -124,6 +124,11 @@ class Hyperparameters:
         return params
 
 
+def check_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
+    """train.py's optional interface: refuse bad hyperparameters before anything launches (preflight)."""
+    return asdict(Hyperparameters.parse(values))
+
+
 @dataclass
 class TrainingState:
     """Everything a restarted run needs to continue exactly where the last checkpoint left it."""

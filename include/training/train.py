@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUCCESS_MARKER = "_SUCCESS"
+from finetune_pipeline.pipeline.training_bundle import SUCCESS_MARKER  # shipped in the bundle beside this file
+
 DEFAULT_TRAINER = "reference_trainer"
 
 
