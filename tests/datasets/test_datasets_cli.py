@@ -217,3 +217,12 @@ def test_module_entry_point(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "--landing" in proc.stderr
+
+
+def test_merge_refuses_an_empty_contracts_folder(tmp_path, landing, capsys):
+    empty = tmp_path / "no-contracts"
+    empty.mkdir()
+    assert _merge(tmp_path, empty) == 2
+    err = capsys.readouterr().err
+    assert "no contracts" in err and str(empty) in err
+    assert not (tmp_path / "lake" / "datasets" / "versions").exists()  # nothing published

@@ -467,3 +467,14 @@ def test_training_opens_the_version_of_the_asset_event_or_the_newest(pipeline_co
     missing = SimpleNamespace(extra={"version": "v000009"})
     with pytest.raises(AirflowFailException, match="no dataset version v000009"):
         triggered_dataset_version(pipeline_config, {dataset_asset(pipeline_config): [missing]})
+
+
+def test_an_empty_contracts_folder_fails_without_publishing(pipeline_config, landed, tmp_path):
+    empty = tmp_path / "no-contracts"
+    empty.mkdir()
+    operator = make_operator(pipeline_config, Asset("s3://x/current"), contracts_dir=str(empty))
+    with pytest.raises(AirflowFailException, match="no contracts"):
+        operator.execute(make_context())
+    storage = pipeline_config.storage
+    listed = landed.s3.list_objects_v2(Bucket=storage.bucket, Prefix=f"{storage.dataset_prefix}/")
+    assert listed.get("KeyCount", 0) == 0  # nothing published, nothing written

@@ -289,7 +289,11 @@ def load_contract(path: str | Path) -> TableContract:
 
 
 def load_contracts(directory: str | Path) -> dict[str, TableContract]:
-    """Every <schema>.<table>.yaml in a folder, keyed by 'schema.table'."""
+    """Every <schema>.<table>.yaml in a folder, keyed by 'schema.table'.
+
+    :raises ContractError: the folder is missing or holds no contract: a dataset with no tables is never what
+        was meant (a wrong path, a failed deploy), and publishing one would hide every table from training.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ContractError(f"{directory}: contracts folder not found")
@@ -297,4 +301,6 @@ def load_contracts(directory: str | Path) -> dict[str, TableContract]:
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         contract = load_contract(path)
         contracts[contract.table] = contract
+    if not contracts:
+        raise ContractError(f"{directory}: no contracts (<schema>.<table>.yaml) in the contracts folder")
     return contracts

@@ -128,6 +128,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
 
     def execute(self, context: Context) -> dict:
         # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
+        from finetune_pipeline.datasets.contracts import ContractError
         from finetune_pipeline.datasets.iceberg_tables import SchemaMismatchError
         from finetune_pipeline.datasets.store import S3Store
         from finetune_pipeline.datasets.sync import SyncSpec, run_sync
@@ -164,6 +165,9 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         except SchemaMismatchError as error:
             # The table in the catalog does not fit its contract: a retry meets the same table.
             raise AirflowFailException(f"{error}\nFix the contract or the table, then clear this task.") from None
+        except ContractError as error:
+            # A missing, empty or invalid contracts folder: a retry reads the same files.
+            raise AirflowFailException(f"{error}\nFix the contracts, then clear this task.") from None
 
         for check in result.checks:
             if not check.passed:
