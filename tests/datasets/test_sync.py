@@ -460,3 +460,45 @@ def test_data_files_are_parquet_with_field_ids_and_the_change_columns(store, spe
         schema = pq.read_schema(path)
     assert schema.names == ["item_id", "name", "qty", "status", "_dms_ts", "_dms_seq", "_bucket"]
     assert [f.metadata[b"PARQUET:field_id"] for f in schema] == [str(i).encode() for i in range(1, 8)]
+
+
+def test_a_contract_edit_that_crashes_the_sync_loses_no_file(store, spec, contracts_dir):
+    """Issue 10, item 2: the primary key's type is changed, the sync fails, the contract is reverted: the
+    next run takes the file that landed meanwhile."""
+    from finetune_pipeline.datasets.iceberg_tables import SchemaMismatchError
+
+    _base(store)
+    assert run_sync(store, spec, now=NOW).published
+    good = put_cdc(store, item_events([("U", 20, 3, 2, "b-changed", 2, "done")]), 21)
+    path = contracts_dir / "shop.items.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("{name: item_id, type: int64", "{name: item_id, type: string"))
+    with pytest.raises(SchemaMismatchError, match="item_id"):
+        run_sync(store, spec, now=NOW)
+    assert store.exists(good)  # nothing was moved
+    assert not list(store.list_after("datasets/shop/quarantine/"))
+
+    path.write_text(original)
+    again = run_sync(store, spec, now=NOW)
+    assert again.published, again.status
+    assert published_rows(store, spec)[2]["name"] == "b-changed"
+
+
+def test_a_crash_while_staging_moves_no_file(store, spec, monkeypatch):
+    """Bad files are moved only once every table is staged: a run that dies before leaves them in place."""
+    from finetune_pipeline.datasets.iceberg_tables import TableWrite
+
+    _base(store)
+    assert run_sync(store, spec, now=NOW).published
+    bad = put_cdc(store, item_events([("X", 20, 3, 5, "bad", 1, "new")]), 21)
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("the catalog went away")
+
+    monkeypatch.setattr(TableWrite, "open", dies)
+    with pytest.raises(RuntimeError, match="went away"):
+        run_sync(store, spec, now=NOW)
+    assert store.exists(bad) and not list(store.list_after("datasets/shop/quarantine/"))
+    monkeypatch.undo()
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and [q.source_key for q in result.quarantined] == [bad]

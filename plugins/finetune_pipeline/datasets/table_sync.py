@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from finetune_pipeline.datasets import quarantine
 from finetune_pipeline.datasets.contracts import BadFilePolicy, TableContract
 from finetune_pipeline.datasets.dms_format import (
     OP,
@@ -46,7 +47,6 @@ from finetune_pipeline.datasets.merge import MergeOutcome, merge_events
 from finetune_pipeline.datasets.partition import Bucketing, Layout, Spill, concat, range_key_type, split_bucket
 from finetune_pipeline.datasets.prefetch import read_ahead
 from finetune_pipeline.datasets.profile import Profile, profile_table
-from finetune_pipeline.datasets.quarantine import QuarantinedFile, quarantine_file
 from finetune_pipeline.datasets.reconcile import OutsideCounts, reconcile
 from finetune_pipeline.datasets.state import BucketState, TableState, state_prefix
 from finetune_pipeline.datasets.store import ObjectStore, join_key
@@ -87,11 +87,21 @@ class Discovery:
 
 
 @dataclass
+class BadFile:
+    """A landing file this run cannot apply, not moved yet; its check's detail gains where it went."""
+
+    file: DmsFile
+    error: DmsFileError
+    policy: str
+    check: CheckResult
+
+
+@dataclass
 class TableOutcome:
     table: str
     state: TableState | None
     checks: list[CheckResult]
-    quarantined: list[QuarantinedFile]
+    pending: list[BadFile]
     profile: Profile | None
     events: dict[str, int] = field(default_factory=dict)
     applied_files: list[str] = field(default_factory=list)
@@ -131,17 +141,26 @@ def discover(
     if prev and prev.cdc_watermark:
         seen.add(prev.cdc_watermark)
     loads, cdc, new_loads = [], [], []
-    for info in store.list_after(prefix, start_after):
-        f = classify(info.key, prefix, info.size, info.etag)
-        if f is None:
+    listed = list(store.list_after(prefix, start_after))
+    # Files an operator released from quarantine are taken whatever the watermark says: it may have passed
+    # them (a quarantine_and_continue file, or one discarded and released later). Taking one twice changes
+    # nothing: the merge keeps the newest event per key, and a replay loses to it.
+    again = quarantine.released(store, settings.quarantine_prefix, contract.table, prefix)
+    again_keys = {f.key for f in again}
+    taken: set[str] = set()
+    for f in [*(classify(i.key, prefix, i.size, i.etag) for i in listed), *again]:
+        if f is None or f.key in taken:
             continue
+        taken.add(f.key)
         if f.kind is FileKind.CDC:
-            if f.name not in seen:
+            if f.name not in seen or f.key in again_keys:
                 cdc.append(f)
         elif prev is None:
             loads.append(f)
         elif f.name not in prev.load_files:
             new_loads.append(f)
+    cdc.sort(key=lambda f: f.key)
+    loads.sort(key=lambda f: f.key)
     return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after)
 
 
@@ -288,37 +307,29 @@ class TableSync:
         self.version = version
         self.workdir = workdir
         self.now = now
-        self.quarantined: list[QuarantinedFile] = []
+        self.pending: list[BadFile] = []
         self.bad_files: list[DmsFile] = []
         self.checks: list[CheckResult] = []
         self.stopped = False
         self.base: dict[int, list[Any]] = {}
 
     def _quarantine(self, f: DmsFile, err: DmsFileError) -> None:
+        """Set a bad file aside for this run. It is moved to quarantine/ only once the run has staged every
+        table (sync.py), so a run that crashes before that (a contract that does not fit the table, the
+        catalog gone) leaves every landing file where it was, to be read again."""
         policy = self.contract.bad_file_policy
         self.bad_files.append(f)
-        self.quarantined.append(
-            quarantine_file(
-                self.store,
-                f,
-                err,
-                table=self.contract.table,
-                quarantine_prefix=self.settings.quarantine_prefix,
-                policy=policy.value,
-                now=self.now,
-            )
-        )
         stop = policy is BadFilePolicy.QUARANTINE_AND_STOP
-        self.checks.append(
-            CheckResult(
-                self.contract.table,
-                "bad_file",
-                "blocking" if stop else "warning",
-                False,
-                f"{f.key}: {err.reason}: {err.detail} (moved to {self.quarantined[-1].quarantine_key})",
-                failing_rows=0,
-            )
+        check = CheckResult(
+            self.contract.table,
+            "bad_file",
+            "blocking" if stop else "warning",
+            False,
+            f"{f.key}: {err.reason}: {err.detail}",
+            failing_rows=0,
         )
+        self.checks.append(check)
+        self.pending.append(BadFile(f, err, policy.value, check))
         self.stopped = self.stopped or stop
 
     def _snapshot_filter(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
@@ -614,7 +625,7 @@ class TableSync:
             table=contract.table,
             state=state,
             checks=self.checks + checks,
-            quarantined=self.quarantined,
+            pending=self.pending,
             profile=profile,
             events=outcome_events,
             applied_files=[f.key for f in applied],
@@ -662,7 +673,7 @@ class TableSync:
             table=self.contract.table,
             state=None,
             checks=self.checks,
-            quarantined=self.quarantined,
+            pending=self.pending,
             profile=None,
             stopped=True,
         )
