@@ -502,3 +502,92 @@ def test_a_crash_while_staging_moves_no_file(store, spec, monkeypatch):
     monkeypatch.undo()
     result = run_sync(store, spec, now=NOW)
     assert result.published and [q.source_key for q in result.quarantined] == [bad]
+
+
+def _stop_policy(contracts_dir) -> None:
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("quarantine_and_continue", "quarantine_and_stop"))
+
+
+def _bad_and_good(store):
+    bad = put_cdc(store, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 8, "y", 1, "new")]), 23)
+    return bad
+
+
+def test_quarantine_and_stop_holds_every_later_run_until_released(store, spec, contracts_dir, tmp_path):
+    """Issue 10, item 1: the file quarantined under quarantine_and_stop blocks this run and the next ones;
+    released (fixed) it is read again, and the version holds its rows and every other."""
+    from finetune_pipeline.datasets import quarantine
+
+    _stop_policy(contracts_dir)
+    _base(store)
+    first = run_sync(store, spec, now=NOW)
+    bad = _bad_and_good(store)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    for _ in range(2):  # the file is in quarantine/ now, out of discovery's sight: still held
+        held = run_sync(store, spec, now=NOW)
+        assert held.status == "blocked" and not held.published
+        [check] = held.failed_checks
+        assert check.check == "quarantine_hold" and check.severity == "blocking" and bad in check.detail
+    put_cdc(store, item_events([("I", 30, 5, 9, "z", 1, "new")]), 31)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    assert versions(spec) == [first.version]
+
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.holds and entry.source_key == bad
+    fixed = tmp_path / "fixed.parquet"
+    pq.write_table(item_events([("I", 20, 3, 7, "x-fixed", 1, "new")]), fixed)
+    quarantine.release(store, entry, fixed=fixed, note="item_id restored")
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, result.failed_checks
+    assert {k: v["name"] for k, v in published_rows(store, spec).items()} == {
+        1: "a1", 2: "b", 7: "x-fixed", 8: "y", 9: "z"
+    }
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.status == "applied" and entry.report["applied_in"] == result.version
+    assert run_sync(store, spec, now=NOW).status == "up_to_date"
+
+
+def test_quarantine_and_stop_holds_until_discarded(store, spec, contracts_dir):
+    from finetune_pipeline.datasets import quarantine
+
+    _stop_policy(contracts_dir)
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    _bad_and_good(store)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    [entry] = quarantine.entries(store, spec.quarantine)
+    with pytest.raises(quarantine.QuarantineError, match="why"):
+        quarantine.discard(store, entry, note=" ")
+    quarantine.discard(store, entry, note="the source row was re-sent by hand")
+    result = run_sync(store, spec, now=NOW)
+    assert result.published
+    assert set(published_rows(store, spec)) == {1, 2, 8}  # every row but the discarded file's
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.status == "discarded" and store.exists(entry.quarantine_key)  # kept as evidence
+
+
+def test_a_released_file_behind_the_watermark_is_read_again(store, spec):
+    """quarantine_and_continue moves the watermark past a bad file; released, it is still taken."""
+    from finetune_pipeline.datasets import quarantine
+
+    _base(store)
+    bad = put_cdc(store, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
+    assert run_sync(store, spec, now=NOW).published
+    put_cdc(store, item_events([("I", 2000, 4, 8, "y", 1, "new")]), 2001)  # watermark far past the bad file
+    assert run_sync(store, spec, now=NOW).published
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert not entry.holds  # continue: nothing held
+    with store.local_path(entry.quarantine_key) as path:
+        table = pq.read_table(path)
+    import pyarrow as pa
+
+    fixed = table.append_column("item_id", pa.array([7], pa.int64()))
+    fixed_path = store.root / "fixed.parquet"
+    pq.write_table(fixed, fixed_path)
+    quarantine.release(store, entry, fixed=fixed_path)
+    assert store.exists(bad)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and set(published_rows(store, spec)) == {1, 2, 7, 8}

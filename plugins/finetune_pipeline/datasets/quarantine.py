@@ -26,6 +26,8 @@ from finetune_pipeline.datasets.store import ObjectStore, StoreError, join_key
 log = logging.getLogger(__name__)
 
 REPORT_SUFFIX = ".report.json"
+# The quarantine's folder inside the dataset's, when no quarantine prefix is given.
+DATASET_FOLDER = "quarantine"
 STOP_POLICY = "quarantine_and_stop"
 Status = Literal["open", "released", "applied", "discarded"]
 

@@ -118,7 +118,7 @@ class SyncSpec(BaseModel):
 
     @property
     def quarantine(self) -> str:
-        return self.quarantine_prefix or join_key(self.dataset_prefix, "quarantine")
+        return self.quarantine_prefix or join_key(self.dataset_prefix, quarantine.DATASET_FOLDER)
 
     def table_settings(self) -> TableSettings:
         return TableSettings(
