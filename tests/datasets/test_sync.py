@@ -591,3 +591,61 @@ def test_a_released_file_behind_the_watermark_is_read_again(store, spec):
     assert store.exists(bad)
     result = run_sync(store, spec, now=NOW)
     assert result.published and set(published_rows(store, spec)) == {1, 2, 7, 8}
+
+
+def test_a_change_file_missing_a_column_the_table_holds_is_a_bad_file(store, spec):
+    """Issue 10, item 3: DMS writes every column of the table in each file; one missing means the source
+    dropped or renamed it. Read as NULL it would wipe the column's values: it is quarantined instead."""
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    bad = put_cdc(store, item_events([("U", 20, 3, 2, "b2", 7, "done")]).drop_columns(["status"]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 9, "i", 1, "new")]), 23)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published
+    [q] = result.quarantined
+    assert q.source_key == bad and q.reason == "missing_column"
+    assert "'status'" in q.detail and "NULL" in q.detail
+    rows = published_rows(store, spec)
+    assert rows[2]["status"] == "new" and rows[2]["name"] == "b" and rows[9]["status"] == "new"
+
+
+def test_a_file_without_a_column_the_contract_just_added_reads_it_as_null_and_says_so(store, spec, contracts_dir):
+    """Files DMS wrote before the source gained a column lack it: nothing to overwrite, so they are applied,
+    and the report says which files were read without it."""
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("  - {name: status", "  - {name: color, type: string}\n  - {name: status"))
+    before = put_cdc(store, item_events([("I", 20, 3, 5, "e", 1, "new")]), 21)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and not result.quarantined
+    [check] = [c for c in result.checks if c.check == "missing_columns"]
+    assert check.severity == "warning" and not check.passed
+    assert "color" in check.detail and before in check.detail
+    assert published_rows(store, spec)[5]["color"] is None
+    # Once the table holds the column, a file without it is a bad file.
+    put_cdc(store, item_events([("I", 30, 4, 6, "f", 1, "new")]), 31)
+    later = run_sync(store, spec, now=NOW)
+    assert [q.reason for q in later.quarantined] == ["missing_column"]
+
+
+def test_extra_columns_warn_by_default_and_are_refused_when_the_contract_says_so(store, spec, contracts_dir):
+    import pyarrow as pa
+
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    table = item_events([("I", 20, 3, 5, "e", 1, "new")])
+    extra = put_cdc(store, table.append_column("color", pa.array(["red"])), 21)
+    warned = run_sync(store, spec, now=NOW)
+    assert warned.published and set(published_rows(store, spec)) == {1, 2, 5}
+    [check] = [c for c in warned.checks if c.check == "extra_columns"]
+    assert check.severity == "warning" and not check.passed
+    assert "color" in check.detail and extra in check.detail and "not published" in check.detail
+
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text() + "extra_columns: reject\n")
+    refused = put_cdc(store, item_events([("I", 30, 4, 6, "f", 1, "new")]).append_column("size", pa.array([3])), 31)
+    result = run_sync(store, spec, now=NOW)
+    [q] = result.quarantined
+    assert q.source_key == refused and q.reason == "extra_column" and "size" in q.detail
+    assert 6 not in published_rows(store, spec)

@@ -185,6 +185,14 @@ class BadFilePolicy(StrEnum):
     QUARANTINE_AND_STOP = "quarantine_and_stop"
 
 
+class ExtraColumnPolicy(StrEnum):
+    """A landing file with columns the contract does not name (the source gained a column): ``warn`` applies
+    the file without them and says so in the report; ``reject`` makes it a bad file (``bad_file_policy``)."""
+
+    WARN = "warn"
+    REJECT = "reject"
+
+
 class TableContract(BaseModel):
     """What one table must look like before a version of it is published."""
 
@@ -197,6 +205,7 @@ class TableContract(BaseModel):
     row_count: RowCountSpec = RowCountSpec()
     severity: dict[CheckKind, Severity] = Field(default_factory=dict)
     bad_file_policy: BadFilePolicy = BadFilePolicy.QUARANTINE_AND_CONTINUE
+    extra_columns: ExtraColumnPolicy = ExtraColumnPolicy.WARN
 
     @model_validator(mode="after")
     def _consistent(self) -> TableContract:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from finetune_pipeline.datasets import quarantine
-from finetune_pipeline.datasets.contracts import BadFilePolicy, TableContract
+from finetune_pipeline.datasets.contracts import BadFilePolicy, ExtraColumnPolicy, TableContract
 from finetune_pipeline.datasets.dms_format import (
     OP,
     SEQ,
@@ -217,6 +217,65 @@ def key_range(files: list[tuple[DmsFile, Path]], contract: TableContract, csv: C
                 mm = pc.min_max(batch.column(key))
                 take(mm["min"].as_py(), mm["max"].as_py())
     return None if low is None else (low, high)
+
+
+class _ColumnVetting:
+    """Missing and extra columns, judged file by file in the order files are applied.
+
+    DMS writes every column of the table in every file, full load and CDC alike (a CSV without a header
+    has them by position, so a different count fails to parse). A file that lacks a contract column was
+    written while the source did not have it:
+
+    - a column the table holds values of (or an earlier file of this run had): the source dropped or
+      renamed it. Read as NULL, the file would overwrite the column's values, so it is a bad file;
+    - a column the contract added that the table does not hold yet: files DMS wrote before the source
+      gained it. Nothing to overwrite: it is read as NULL, and the report lists those files.
+
+    Columns the contract does not name are left out of the dataset; the contract's ``extra_columns`` says
+    whether that is a warning in the report or a bad file.
+    """
+
+    def __init__(self, contract: TableContract, held: set[str]) -> None:
+        self.contract = contract
+        self.held = set(held)
+        self.filled: dict[str, list[str]] = {}
+        self.extra: dict[str, list[str]] = {}
+
+    def vet(self, f: DmsFile, shape) -> None:
+        wiped = sorted(c for c in shape.filled_columns if c in self.held)
+        if wiped:
+            raise DmsFileError(
+                "missing_column",
+                f"column(s) {', '.join(repr(c) for c in wiped)} missing, which the table holds values of: the "
+                "source dropped or renamed them? Applied, the file would overwrite those values with NULL",
+            )
+        if shape.extra_columns and self.contract.extra_columns is ExtraColumnPolicy.REJECT:
+            raise DmsFileError(
+                "extra_column",
+                f"column(s) {shape.extra_columns} not in the contract (extra_columns: reject): add them to the "
+                "contract, or set extra_columns: warn to publish without them",
+            )
+        for c in shape.filled_columns:
+            self.filled.setdefault(c, []).append(f.key)
+        for c in shape.extra_columns:
+            self.extra.setdefault(c, []).append(f.key)
+        self.held |= {c for c in self.contract.column_names if c not in shape.filled_columns}
+
+    def checks(self) -> list[CheckResult]:
+        out = []
+        table = self.contract.table
+        for kind, found, what in (
+            ("missing_columns", self.filled, "read as NULL (the table holds no values of them yet)"),
+            ("extra_columns", self.extra, "not in the contract, not published (extra_columns: warn)"),
+        ):
+            if not found:
+                continue
+            detail = "; ".join(
+                f"{c!r} {what}: {len(keys)} file(s), e.g. {', '.join(keys[:3])}" for c, keys in sorted(found.items())
+            )
+            log.warning("%s: %s: %s", table, kind, detail)
+            out.append(CheckResult(table, kind, "warning", False, detail))
+        return out
 
 
 class _BucketWriter:
@@ -519,15 +578,19 @@ class TableSync:
         with contextlib.ExitStack() as stack:
             good: list[tuple[DmsFile, Path]] = []
             shapes = []
+            columns = _ColumnVetting(self.contract, self._held_columns())
             for f in self.discovery.files:
                 path = stack.enter_context(self.store.local_path(f.key))
                 try:
-                    shapes.append(inspect_file(path, f, contract, self.settings.csv))
+                    shape = inspect_file(path, f, contract, self.settings.csv)
+                    columns.vet(f, shape)
+                    shapes.append(shape)
                     good.append((f, path))
                 except DmsFileError as err:
                     self._quarantine(f, err)
                     if self.stopped:
                         break
+            self.checks += columns.checks()
             if self.stopped:
                 return self._stopped()
             spill_layout = self._layout(good, shapes)
@@ -667,6 +730,13 @@ class TableSync:
             "recent_since": cutoff,
             "load_files": loads if prev is None else prev.load_files,
         }
+
+    def _held_columns(self) -> set[str]:
+        """Columns the table holds values of: a file missing one would overwrite them with NULL. None for a
+        new table or a full rebuild, which replace every row."""
+        if self.prev is None or self.head.table is None:
+            return set()
+        return {f.name for f in self.head.table.schema().fields}
 
     def _stopped(self) -> TableOutcome:
         return TableOutcome(
