@@ -649,3 +649,22 @@ def test_extra_columns_warn_by_default_and_are_refused_when_the_contract_says_so
     [q] = result.quarantined
     assert q.source_key == refused and q.reason == "extra_column" and "size" in q.detail
     assert 6 not in published_rows(store, spec)
+
+
+def test_a_change_file_landing_after_the_grace_window_is_taken_by_the_next_sync_and_said_so(store, spec):
+    """Issue 10, item 10: a file named long before the watermark (DMS names a file when it opens it) that
+    lands after the last sync is not skipped: the next sync applies it, with a warning. Its events are
+    ordered by their commit time, so an older change loses to a newer one already applied."""
+    _base(store)
+    put_cdc(store, item_events([("U", 3000, 10, 2, "b-newer", 2, "new")]), 3001)
+    assert run_sync(store, spec, now=NOW).published
+    # Named 50 minutes before the watermark, far outside the 10-minute window; landed just now.
+    late = put_cdc(store, item_events([("U", 20, 5, 2, "b-older", 2, "new"), ("I", 21, 6, 9, "late", 1, "new")]), 22)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, result.status
+    [check] = [c for c in result.checks if c.check == "late_file"]
+    assert check.severity == "warning" and not check.passed and late in check.detail
+    rows = published_rows(store, spec)
+    assert rows[9]["name"] == "late" and rows[2]["name"] == "b-newer"
+    # Taken once: the next sync has nothing new.
+    assert run_sync(store, spec, now=NOW).status == "up_to_date"

@@ -105,6 +105,7 @@ class SyncSpec(BaseModel):
     )
     target_file_bytes: int = Field(default=sync_defaults.TARGET_FILE_BYTES, ge=1)
     late_file_grace: timedelta = sync_defaults.LATE_FILE_GRACE
+    late_file_audit: timedelta = sync_defaults.LATE_FILE_AUDIT
     threads: int = Field(default=2, ge=1, description="Buckets merged at once (and file read-ahead)")
     commit_attempts: int = Field(default=3, ge=1, description="Runs from the top when another writer commits first")
     work_dir: Path | None = None
@@ -136,6 +137,7 @@ class SyncSpec(BaseModel):
             rows_per_bucket=self.rows_per_bucket,
             merge_memory_bytes=self.merge_memory_bytes,
             late_file_grace=self.late_file_grace,
+            late_file_audit=self.late_file_audit,
             target_file_bytes=self.target_file_bytes,
             threads=self.threads,
         )

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from finetune_pipeline.datasets import quarantine
+from finetune_pipeline.datasets import quarantine, sync_defaults
 from finetune_pipeline.datasets.contracts import BadFilePolicy, ExtraColumnPolicy, TableContract
 from finetune_pipeline.datasets.dms_format import (
     OP,
@@ -70,6 +70,7 @@ class TableSettings:
     late_file_grace: timedelta
     target_file_bytes: int
     threads: int = 2
+    late_file_audit: timedelta = sync_defaults.LATE_FILE_AUDIT
 
     @property
     def budget(self) -> int:
@@ -84,6 +85,9 @@ class Discovery:
     files: list[DmsFile]
     new_load_files: list[DmsFile]
     listed_from: str | None
+    # CDC files named before the grace window that landed after the last sync (among ``files``).
+    late: list[DmsFile] = field(default_factory=list)
+    landed_through: datetime | None = None
 
 
 @dataclass
@@ -131,37 +135,63 @@ def table_prefix(landing_prefix: str, contract: TableContract) -> str:
 def discover(
     store: ObjectStore, settings: TableSettings, contract: TableContract, prev: TableState | None
 ) -> Discovery:
-    """List only what follows the watermark (ListObjectsV2 StartAfter), less a grace window for late files."""
+    """List only what follows the watermark (ListObjectsV2 StartAfter), less a grace window for late files.
+
+    DMS names a CDC file when it opens it and uploads it when it closes it; a file may land after a sync has
+    moved the watermark past its name and the grace window. To take such a file rather than skip it, the
+    listing starts ``late_file_audit`` further back, and a file named before the window is taken when S3 says
+    it landed after everything the previous sync listed (``landed_through``, S3's own clock). Taking it late
+    is right for ordering: the merge orders events by (commit time, sequence), never by file, so an older
+    change loses to a newer one already applied, and a deleted row's tombstone keeps it deleted.
+    """
     prefix = table_prefix(settings.landing_prefix, contract)
-    start_after = None
+    start_after = audit_from = None
     if prev is not None and prev.cdc_watermark:
         since = _grace_cutoff(prev.cdc_watermark, settings.late_file_grace)
         start_after = prefix + max(since, prev.recent_since or since)
+        if prev.landed_through is not None:
+            audit_from = min(start_after, prefix + _grace_cutoff(prev.cdc_watermark, settings.late_file_audit))
     seen = set(prev.recent_files) if prev else set()
     if prev and prev.cdc_watermark:
         seen.add(prev.cdc_watermark)
-    loads, cdc, new_loads = [], [], []
-    listed = list(store.list_after(prefix, start_after))
+    loads, cdc, new_loads, late = [], [], [], []
+    listed = list(store.list_after(prefix, audit_from or start_after))
     # Files an operator released from quarantine are taken whatever the watermark says: it may have passed
     # them (a quarantine_and_continue file, or one discarded and released later). Taking one twice changes
     # nothing: the merge keeps the newest event per key, and a replay loses to it.
     again = quarantine.released(store, settings.quarantine_prefix, contract.table, prefix)
     again_keys = {f.key for f in again}
+    landed = {i.key: i.last_modified for i in listed}
     taken: set[str] = set()
     for f in [*(classify(i.key, prefix, i.size, i.etag) for i in listed), *again]:
         if f is None or f.key in taken:
             continue
         taken.add(f.key)
         if f.kind is FileKind.CDC:
-            if f.name not in seen or f.key in again_keys:
+            if f.key in again_keys:
+                cdc.append(f)
+            elif start_after is not None and f.key <= start_after:
+                when = landed.get(f.key)
+                if when is not None and when > prev.landed_through and f.name not in seen:
+                    late.append(f)
+                    cdc.append(f)
+            elif f.name not in seen:
                 cdc.append(f)
         elif prev is None:
             loads.append(f)
         elif f.name not in prev.load_files:
             new_loads.append(f)
+    if late:
+        log.warning("%s: %d change file(s) landed after the late-file window and are applied now: %s",
+                    contract.table, len(late), [f.key for f in late[:10]])  # fmt: skip
+    stamps = [t for t in landed.values() if t is not None]
+    through = max(stamps, default=None)
+    if prev is not None and prev.landed_through is not None:
+        through = max(through or prev.landed_through, prev.landed_through)
     cdc.sort(key=lambda f: f.key)
     loads.sort(key=lambda f: f.key)
-    return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after)
+    return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after, late=late,
+                     landed_through=through)  # fmt: skip
 
 
 def _grace_cutoff(watermark: str, grace: timedelta) -> str:
@@ -564,6 +594,20 @@ class TableSync:
     def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
         contract = self.contract
         outcome_events: dict[str, int] = {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0, "load_rows": 0}
+        if self.discovery.late:
+            keys = [f.key for f in self.discovery.late]
+            self.checks.append(
+                CheckResult(
+                    contract.table,
+                    "late_file",
+                    "warning",
+                    False,
+                    f"{len(keys)} change file(s) landed after the last sync, named more than the late-file "
+                    f"window ({self.settings.late_file_grace}) behind its watermark; applied now, in commit "
+                    f"order: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}. If this recurs, widen "
+                    "late_file_grace",
+                )
+            )
         for f in self.discovery.new_load_files:
             self.checks.append(
                 CheckResult(
@@ -678,6 +722,7 @@ class TableSync:
             data_bytes=sum(s.bytes for s in states.values()),
             **self._positions(applied),
             newest_change=newest,
+            landed_through=self.discovery.landed_through,
             snapshot_rows=snapshot_rows,
             cdc_events=cdc_events,
             buckets=states,
