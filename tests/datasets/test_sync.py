@@ -668,3 +668,94 @@ def test_a_change_file_landing_after_the_grace_window_is_taken_by_the_next_sync_
     assert rows[9]["name"] == "late" and rows[2]["name"] == "b-newer"
     # Taken once: the next sync has nothing new.
     assert run_sync(store, spec, now=NOW).status == "up_to_date"
+
+
+def _strict(contracts_dir) -> None:
+    _tolerance(contracts_dir, "row_count: {tolerance: 0.0}")
+
+
+def _row_count(result):
+    [check] = [c for c in result.checks if c.check == "row_count"]
+    return check
+
+
+def test_row_count_passes_on_a_replayed_tail_after_a_dms_task_restart(store, spec, contracts_dir):
+    """Issue 10, item 5: a restarted task writes the tail of its previous file again; the same inserts
+    arrive twice, and the merged state is right."""
+    _strict(contracts_dir)
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    tail = [("I", 20, 3, 4, "d", 4, "new"), ("I", 21, 4, 5, "e", 5, "new")]
+    put_cdc(store, item_events(tail), 22)
+    put_cdc(store, item_events([*tail, ("I", 23, 5, 6, "f", 6, "new")]), 24)  # the replay, then a new insert
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert set(published_rows(store, spec)) == {1, 2, 4, 5, 6} and _row_count(result).passed
+
+
+def test_row_count_passes_on_a_delete_of_a_row_the_full_load_never_had(store, spec, contracts_dir):
+    """A row inserted and deleted while the full load ran: the load never had it, CDC brings its delete."""
+    _strict(contracts_dir)
+    put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new")]))
+    put_cdc(store, item_events([("D", 5, 1, 9, "gone", 1, "new"), ("I", 6, 2, 3, "c", 3, "new")]), 7)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert set(published_rows(store, spec)) == {1, 2, 3}
+
+
+def test_row_count_passes_when_cdc_overlaps_the_full_load(store, spec, contracts_dir):
+    """Changes captured while the full load ran are in the loaded rows too: an insert of a loaded key."""
+    _strict(contracts_dir)
+    put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new"), (3, "c", 3, "new")]))
+    put_cdc(store, item_events([("I", 5, 1, 3, "c", 3, "new"), ("U", 6, 2, 2, "b2", 2, "done")]), 7)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert {k: v["name"] for k, v in published_rows(store, spec).items()} == {1: "a", 2: "b2", 3: "c"}
+
+
+def test_row_count_catches_published_rows_the_sync_lost(store, spec, contracts_dir, monkeypatch):
+    """Rows of the previous version that the sync failed to read back are lost from the next one: caught."""
+    from finetune_pipeline.datasets.iceberg_tables import TableWrite
+
+    _strict(contracts_dir)
+    spec = spec.model_copy(update={"rows_per_bucket": 2})
+    put_load(store, item_load([(i, f"n{i}", i, "new") for i in range(1, 7)]))
+    assert run_sync(store, spec, now=NOW).published
+    put_cdc(store, item_events([("U", 20, 3, 1, "one", 1, "new"), ("U", 21, 4, 6, "six", 6, "new")]), 22)
+    original = TableWrite.base_files
+
+    def loses_a_file(self):
+        files = original(self)
+        first = min(files)
+        return {**files, first: files[first][1:]}
+
+    monkeypatch.setattr(TableWrite, "base_files", loses_a_file)
+    result = run_sync(store, spec, now=NOW)
+    check = _row_count(result)
+    assert result.status == "blocked" and not check.passed and check.severity == "blocking"
+    assert "6 rows at the previous version" in check.detail
+
+
+def test_files_complete_catches_a_listed_change_file_the_sync_skipped(store, spec, monkeypatch):
+    """File-level completeness: every change file listed in the window is taken, now or before."""
+    from finetune_pipeline.datasets import table_sync
+
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    skipped = put_cdc(store, item_events([("I", 20, 3, 4, "d", 4, "new")]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 5, "e", 5, "new")]), 23)
+    original = table_sync.discover
+
+    def loses_a_file(*args, **kwargs):
+        found = original(*args, **kwargs)
+        found.files = [f for f in found.files if f.key != skipped]
+        return found
+
+    monkeypatch.setattr(table_sync, "discover", loses_a_file)
+    monkeypatch.setattr("finetune_pipeline.datasets.sync.discover", loses_a_file)
+    result = run_sync(store, spec, now=NOW)
+    [check] = [c for c in result.checks if c.check == "files_complete"]
+    assert result.status == "blocked" and not check.passed and check.severity == "blocking"
+    assert skipped in check.detail
+    monkeypatch.undo()
+    assert run_sync(store, spec, now=NOW).published and set(published_rows(store, spec)) == {1, 2, 4, 5}

@@ -28,6 +28,7 @@ CheckKind = Literal[
     "row_count",
     "row_count_dms",
     "row_count_source",
+    "files_complete",
 ]
 DEFAULT_SEVERITY: dict[str, Severity] = {
     "schema": "blocking",
@@ -42,6 +43,8 @@ DEFAULT_SEVERITY: dict[str, Severity] = {
     # tolerance is reported, not blocking; a contract can make either blocking.
     "row_count_dms": "warning",
     "row_count_source": "warning",
+    # Every change file listed behind and after the watermark was taken, by this sync or an earlier one.
+    "files_complete": "blocking",
 }
 
 _SIMPLE_TYPES = {
@@ -168,7 +171,8 @@ class FreshnessSpec(BaseModel):
 class RowCountSpec(BaseModel):
     """Allowed relative differences between the published row count and each expected one.
 
-    ``tolerance`` is against the events (previous rows + inserts - deletes); ``dms_tolerance`` against DMS's
+    ``tolerance`` is against the keys (previous rows + keys the changes made live - keys they removed, which
+    DMS's at-least-once delivery cannot upset); ``dms_tolerance`` against DMS's
     table statistics and ``source_tolerance`` against a count in the source database, both ``tolerance``
     when unset.
     """

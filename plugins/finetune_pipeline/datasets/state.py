@@ -33,7 +33,7 @@ RECORDS = "versions"
 # What the snapshot summary carries of a table's state; state.json carries the rest (buckets, full-load files).
 SUMMARY_FIELDS = (
     "contract_fingerprint", "rows", "tombstones", "data_bytes", "cdc_watermark", "recent_files",
-    "recent_since", "newest_change", "snapshot_rows", "cdc_events", "landed_through",
+    "recent_since", "newest_change", "snapshot_rows", "cdc_events",
 )  # fmt: skip
 
 
@@ -68,9 +68,11 @@ class TableState(BaseModel):
     # never lists from further back, or a widened grace window would take those files a second time.
     recent_since: str | None = None
     load_files: list[str] = Field(default_factory=list)
-    # The newest LastModified (S3's clock) of the files the sync listed: a file named before the grace window
-    # but landed after this is a late file, which the next sync still takes.
-    landed_through: datetime | None = None
+    # Every CDC file taken (applied or quarantined) with a name after taken_since (a stem): the next sync
+    # lists that far back, and a file there that is not named here landed late and is taken then. None in
+    # a state written before the sync kept it.
+    taken_files: list[str] | None = None
+    taken_since: str | None = None
     newest_change: datetime | None = None
     # Row-count reconciliation with DMS: rows the full load brought, and the CDC events applied since.
     snapshot_rows: int | None = None
@@ -87,7 +89,7 @@ class TableState(BaseModel):
         return out
 
     def sidecar(self) -> bytes:
-        data = self.model_dump(mode="json", include={"table", "load_files", "buckets"})
+        data = self.model_dump(mode="json", include={"table", "load_files", "buckets", "taken_files", "taken_since"})
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod

@@ -87,7 +87,9 @@ class Discovery:
     listed_from: str | None
     # CDC files named before the grace window that landed after the last sync (among ``files``).
     late: list[DmsFile] = field(default_factory=list)
-    landed_through: datetime | None = None
+    # File-level completeness: the CDC file names listed, and those of them taken by earlier syncs.
+    listed: set[str] = field(default_factory=set)
+    taken_before: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -138,45 +140,45 @@ def discover(
     """List only what follows the watermark (ListObjectsV2 StartAfter), less a grace window for late files.
 
     DMS names a CDC file when it opens it and uploads it when it closes it; a file may land after a sync has
-    moved the watermark past its name and the grace window. To take such a file rather than skip it, the
-    listing starts ``late_file_audit`` further back, and a file named before the window is taken when S3 says
-    it landed after everything the previous sync listed (``landed_through``, S3's own clock). Taking it late
+    moved the watermark past its name and the grace window. So that such a file is taken rather than
+    skipped, the previous state names every file taken within ``late_file_audit`` of its watermark, and the
+    listing starts that far back: a file there that it does not name is late, and taken now. Taking it late
     is right for ordering: the merge orders events by (commit time, sequence), never by file, so an older
     change loses to a newer one already applied, and a deleted row's tombstone keeps it deleted.
     """
     prefix = table_prefix(settings.landing_prefix, contract)
     start_after = audit_from = None
+    seen = set(prev.recent_files) if prev else set()
     if prev is not None and prev.cdc_watermark:
+        seen.add(prev.cdc_watermark)
         since = _grace_cutoff(prev.cdc_watermark, settings.late_file_grace)
         start_after = prefix + max(since, prev.recent_since or since)
-        if prev.landed_through is not None:
-            audit_from = min(start_after, prefix + _grace_cutoff(prev.cdc_watermark, settings.late_file_audit))
-    seen = set(prev.recent_files) if prev else set()
-    if prev and prev.cdc_watermark:
-        seen.add(prev.cdc_watermark)
-    loads, cdc, new_loads, late = [], [], [], []
-    listed = list(store.list_after(prefix, audit_from or start_after))
+        if prev.taken_files is not None:
+            seen |= set(prev.taken_files)
+            audit = _grace_cutoff(prev.cdc_watermark, settings.late_file_audit)
+            audit_from = min(start_after, prefix + max(audit, prev.taken_since or audit))
+    loads, cdc, new_loads, late, listed = [], [], [], [], set()
+    infos = list(store.list_after(prefix, audit_from or start_after))
     # Files an operator released from quarantine are taken whatever the watermark says: it may have passed
     # them (a quarantine_and_continue file, or one discarded and released later). Taking one twice changes
     # nothing: the merge keeps the newest event per key, and a replay loses to it.
     again = quarantine.released(store, settings.quarantine_prefix, contract.table, prefix)
     again_keys = {f.key for f in again}
-    landed = {i.key: i.last_modified for i in listed}
     taken: set[str] = set()
-    for f in [*(classify(i.key, prefix, i.size, i.etag) for i in listed), *again]:
+    for f in [*(classify(i.key, prefix, i.size, i.etag) for i in infos), *again]:
         if f is None or f.key in taken:
             continue
         taken.add(f.key)
         if f.kind is FileKind.CDC:
+            listed.add(f.name)
             if f.key in again_keys:
                 cdc.append(f)
-            elif start_after is not None and f.key <= start_after:
-                when = landed.get(f.key)
-                if when is not None and when > prev.landed_through and f.name not in seen:
-                    late.append(f)
-                    cdc.append(f)
-            elif f.name not in seen:
+            elif f.name in seen:
+                continue
+            else:
                 cdc.append(f)
+                if start_after is not None and f.key <= start_after:
+                    late.append(f)
         elif prev is None:
             loads.append(f)
         elif f.name not in prev.load_files:
@@ -184,14 +186,10 @@ def discover(
     if late:
         log.warning("%s: %d change file(s) landed after the late-file window and are applied now: %s",
                     contract.table, len(late), [f.key for f in late[:10]])  # fmt: skip
-    stamps = [t for t in landed.values() if t is not None]
-    through = max(stamps, default=None)
-    if prev is not None and prev.landed_through is not None:
-        through = max(through or prev.landed_through, prev.landed_through)
     cdc.sort(key=lambda f: f.key)
     loads.sort(key=lambda f: f.key)
     return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after, late=late,
-                     landed_through=through)  # fmt: skip
+                     listed=listed - {f.name for f in again}, taken_before=seen)  # fmt: skip
 
 
 def _grace_cutoff(watermark: str, grace: timedelta) -> str:
@@ -308,6 +306,23 @@ class _ColumnVetting:
         return out
 
 
+@dataclass
+class KeyTally:
+    """Keys live in the previous version's rows as the merge read them, and those the changes made live or
+    removed: what the ``row_count`` check expects the rows from."""
+
+    before: int = 0
+    added: int = 0
+    removed: int = 0
+
+    def add(self, merged: MergeOutcome | KeyTally) -> None:
+        if isinstance(merged, MergeOutcome):
+            merged = KeyTally(merged.keys_before, merged.keys_added, merged.keys_removed)
+        self.before += merged.before
+        self.added += merged.added
+        self.removed += merged.removed
+
+
 class _BucketWriter:
     """Writes one bucket's merged pieces as data files (and its tombstones), tallying checks and profile."""
 
@@ -323,9 +338,11 @@ class _BucketWriter:
         self.tomb_writer: pq.ParquetWriter | None = None
         self.counts, self.profile = CheckCounts(), Profile()
         self.rows = self.tombstones = self.nbytes = 0
+        self.keys = KeyTally()
         self.newest: int | None = None
 
     def add(self, merged: MergeOutcome) -> None:
+        self.keys.add(merged)
         live = merged.live.cast(self.schema)
         self.counts.add(count_batch(live, self.contract))
         self.profile.add(profile_table(live, self.contract))
@@ -401,6 +418,7 @@ class TableSync:
         self.checks: list[CheckResult] = []
         self.stopped = False
         self.base: dict[int, list[Any]] = {}
+        self.bucket_keys: dict[int, KeyTally] = {}
 
     def _quarantine(self, f: DmsFile, err: DmsFileError) -> None:
         """Set a bad file aside for this run. It is moved to quarantine/ only once the run has staged every
@@ -533,7 +551,7 @@ class TableSync:
                 total = size + sum(delta.nbytes(p) for p in delta_parts)
                 if total <= self.settings.budget:
                     tables = [_table(base_batches(), schema), *(delta.read(p) for p in delta_parts)]
-                    out.add(merge_events(concat(tables, schema), pk))
+                    out.add(merge_events(concat(tables, schema), pk, base_rows=tables[0].num_rows))
                     continue
                 # The estimate was low for this piece: split it again by a second hash until pieces fit.
                 sub = Layout(Bucketing(kind="hash", buckets=math.ceil(total / self.settings.budget)))
@@ -543,7 +561,8 @@ class TableSync:
                     (b for p in delta_parts for b in delta.read_batches(p)), where, "delta", schema, pk, sub, seed=1
                 )
                 for i in sorted(set(sub_base.parts()) | set(sub_delta.parts())):
-                    out.add(merge_events(concat([sub_base.read(i), sub_delta.read(i)], schema), pk))
+                    before = sub_base.read(i)
+                    out.add(merge_events(concat([before, sub_delta.read(i)], schema), pk, base_rows=before.num_rows))
                     sub_base.remove(i)
                     sub_delta.remove(i)
                 for p in delta_parts:
@@ -562,6 +581,7 @@ class TableSync:
             tomb_key = self._state_key(f"tombstones-{bucket:010d}.parquet")
             self.store.put_file(join_key(self.settings.dataset_prefix, tomb_key), out.tomb_path)
         out.tomb_path.unlink(missing_ok=True)
+        self.bucket_keys[bucket] = out.keys
         return out.state(tomb_key, problems), files
 
     def _schema_problems(self) -> list[str]:
@@ -692,8 +712,27 @@ class TableSync:
         newest = datetime.fromtimestamp(max(newest_us) / 1e6, UTC) if newest_us else None
         if prev is not None and prev.newest_change and (newest is None or prev.newest_change > newest):
             newest = prev.newest_change
-        # The events themselves: previous rows + inserts - deletes (full-load rows count as inserts).
-        expected_rows = (prev.rows if prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
+        # The rows expected, from keys, not from events. DMS delivers at least once: a restarted task writes
+        # the tail of its last file again, a row deleted while the full load ran brings a delete of a key
+        # the load never had, and changes captured during the load repeat loaded rows. Counting events
+        # (previous + inserts - deletes) is wrong on all three while the merged state is right. Keys are
+        # exact: rows = previous rows + keys the changes made live - keys they removed, each key judged
+        # against the previous version's rows as this run read them back. A previous row not read back
+        # (a data file missed, a bucket dropped) is a row lost: the check fails. A change file DMS wrote
+        # and the sync did not take is the ``files_complete`` check's to catch, file by file: no count can
+        # see it, since its events are missing from both sides.
+        keys = KeyTally()
+        for tally in self.bucket_keys.values():
+            keys.add(tally)
+        prev_rows = prev.rows if prev else 0
+        read_back = keys.before + sum(prev.buckets[b].rows for b in buckets if b not in rewritten) if prev else 0
+        expected_rows = prev_rows + keys.added - keys.removed
+        expected_from = (
+            f"expected from keys: {prev_rows} rows at the previous version ({read_back} read back) + "
+            f"{keys.added} keys the changes made live - {keys.removed} keys they removed (the events: "
+            f"{outcome_events.get('I', 0)} inserts, {outcome_events.get('D', 0)} deletes, replays and "
+            "overlaps with the full load included)"
+        )
         snapshot_rows, cdc_events = self._applied_since_snapshot(outcome_events)
         problems = sorted({p for s in states.values() for p in s.schema_problems})
         checks = [
@@ -711,8 +750,9 @@ class TableSync:
             now=self.now,
             newest_change=newest,
             expected_rows=expected_rows,
-            expected_from="expected from events (previous + inserts - deletes)",
+            expected_from=expected_from,
         )
+        checks.append(self._files_complete(applied))
         checks += reconcile(contract, counts.rows, snapshot_rows, cdc_events, outside)
         state = TableState(
             table=contract.table,
@@ -722,7 +762,6 @@ class TableSync:
             data_bytes=sum(s.bytes for s in states.values()),
             **self._positions(applied),
             newest_change=newest,
-            landed_through=self.discovery.landed_through,
             snapshot_rows=snapshot_rows,
             cdc_events=cdc_events,
             buckets=states,
@@ -769,12 +808,43 @@ class TableSync:
             pool = set(candidates) | set(prev.recent_files if prev else [])
             recent = sorted(n for n in pool if n > cutoff and n != watermark)
         loads = sorted(f.name for f in applied if f.kind is FileKind.LOAD)
+        taken, taken_since = None, None
+        if watermark:
+            taken_since = _grace_cutoff(watermark, self.settings.late_file_audit)
+            if prev is not None and prev.taken_files is None:
+                # An older state: only the files this run listed are known to be taken.
+                listed_from = self.discovery.listed_from
+                taken_since = max(taken_since, listed_from.rsplit("/", 1)[-1]) if listed_from else taken_since
+            elif prev is not None and prev.taken_since:
+                taken_since = max(taken_since, prev.taken_since)
+            pool = set(candidates)
+            if prev is not None:
+                pool |= set(prev.recent_files) | set(prev.taken_files or [])
+            taken = sorted(n for n in pool if n > taken_since)
         return {
             "cdc_watermark": watermark,
             "recent_files": recent,
             "recent_since": cutoff,
             "load_files": loads if prev is None else prev.load_files,
+            "taken_files": taken,
+            "taken_since": taken_since,
         }
+
+    def _files_complete(self, applied: list[DmsFile]) -> CheckResult:
+        """File-level completeness: every CDC file the listing showed was taken, by this run (applied or
+        quarantined) or by an earlier one (named in the previous state). Judged on the listing and the
+        states' records, not on what discovery chose, so a file any step dropped on its way is named."""
+        consumed = {f.name for f in [*applied, *self.bad_files] if f.kind is FileKind.CDC}
+        listed = self.discovery.listed
+        prefix = table_prefix(self.settings.landing_prefix, self.contract)
+        missing = [prefix + name for name in sorted(listed - self.discovery.taken_before - consumed)]
+        if missing:
+            detail = (f"{len(missing)} change file(s) listed in the landing folder but not taken: "
+                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")  # fmt: skip
+        else:
+            detail = f"all {len(listed)} change file(s) listed were taken ({len(consumed)} by this sync)"
+        return CheckResult(self.contract.table, "files_complete", self.contract.severity_of("files_complete"),
+                           not missing, detail, failing_rows=0)  # fmt: skip
 
     def _held_columns(self) -> set[str]:
         """Columns the table holds values of: a file missing one would overwrite them with NULL. None for a
