@@ -92,6 +92,8 @@ def test_a_corrupt_landed_file_under_quarantine_and_stop_holds_until_the_operato
         except AirflowFailException as error:
             completed += expect == "blocked"
             assert expect == "blocked", error
+            assert "hold every run until an operator releases or discards them" in str(error)
+            assert f"quarantine list --landing s3://{storage.bucket}/{storage.landing_prefix}" in str(error)
             return None
         completed += expect == result["status"]
         assert result["status"] == expect
