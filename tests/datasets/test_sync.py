@@ -759,3 +759,28 @@ def test_files_complete_catches_a_listed_change_file_the_sync_skipped(store, spe
     assert skipped in check.detail
     monkeypatch.undo()
     assert run_sync(store, spec, now=NOW).published and set(published_rows(store, spec)) == {1, 2, 4, 5}
+
+
+def test_a_state_from_before_the_taken_files_record_takes_no_file_twice(store, spec):
+    """Upgrading: a state without the record of taken files lists from its grace window as before, and
+    starts the record; nothing already taken is taken again as 'late'."""
+    _base(store)
+    for i in range(3):
+        put_cdc(store, item_events([("I", 1000 + 600 * i, 10 + i, 20 + i, "n", 1, "new")]), 1001 + 600 * i)
+    run_sync(store, spec, now=NOW)
+    key = "datasets/shop/" + head_state(store, spec).state_key
+    sidecar = json.loads(store.get_bytes(key))
+    sidecar.pop("taken_files"), sidecar.pop("taken_since")
+    store.put_bytes(key, json.dumps(sidecar).encode())
+    assert head_state(store, spec).taken_files is None
+
+    put_cdc(store, item_events([("I", 3000, 20, 30, "new", 1, "new")]), 3001)
+    upgraded = run_sync(store, spec, now=NOW)
+    report = json.loads(store.get_bytes(upgraded.report_keys["json"]))["tables"]["shop.items"]
+    assert upgraded.published and report["applied_files"] == 1
+    assert not [c for c in upgraded.checks if c.check == "late_file"]
+    put_cdc(store, item_events([("I", 3100, 21, 31, "newer", 1, "new")]), 3101)
+    after = run_sync(store, spec, now=NOW)
+    report = json.loads(store.get_bytes(after.report_keys["json"]))["tables"]["shop.items"]
+    assert after.published and report["applied_files"] == 1
+    assert set(published_rows(store, spec)) == {1, 2, 20, 21, 22, 30, 31}
