@@ -20,7 +20,8 @@ Here, on top of moto's instances:
   not stop it: ``DisableApiTermination`` "does not prevent you from terminating an instance by initiating
   shutdown from the instance" (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/terminating-instances.html).
   A script that ends without shutting down leaves its instance ``running``, as on AWS.
-- **The API ends the node.** ``TerminateInstances`` and ``StopInstances`` stop the node's processes.
+- **The API ends the node.** ``TerminateInstances`` and ``StopInstances`` stop the node's processes. A
+  terminated instance terminated again keeps its ``StateReason`` (moto would overwrite it).
 - **AWS ends an instance itself** (``POST /_localaws/ec2/instances/<id>/interrupt`` with a ``Server.*``
   reason code): it goes ``terminated`` (or ``stopped``) with that ``StateReason``, and its node stops, as
   when capacity is reclaimed or hardware fails.
@@ -33,6 +34,9 @@ Here, on top of moto's instances:
   in ``CapacityReservationSpecification.CapacityReservationTarget``
   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/capacity-blocks-launch.html), and its instances'
   ``InstanceLifecycle`` is ``capacity-block`` (moto says ``spot`` for any market type).
+
+The node's instance metadata (``AWS_EC2_METADATA_SERVICE_ENDPOINT``, the SDKs' setting for another IMDS
+endpoint) is ``/_localaws/imds/<id>/``: a token, then ``instance-id``, ``ami-launch-index`` and a few more.
 
 Not emulated: capacity reservations themselves (a reservation ID is not checked), ``pending`` and
 ``shutting-down`` lasting any time, a reboot from the OS (the shim refuses ``shutdown -r``).
@@ -120,15 +124,35 @@ class Ec2Instances:
         account, region = request_account(environ), request_region(environ)
         if operation == "RunInstances":
             return self._run(environ, params, account, region, moto_app, nodes, tokens, placement_groups)
+        ended = self._already_terminated(account, region, indexed(params, "InstanceId"))
         response = call_app(moto_app, environ)
         if response.status != 200:
             return response
+        for instance, reason in ended:
+            # Terminating again changes nothing: "if you terminate an instance more than once, each call
+            # succeeds" (TerminateInstances), and its StateReason stays the one that ended it. moto resets it.
+            instance.state_reason, instance._reason = reason
         if operation == "GetConsoleOutput":
             return self._console_output(response, (params.get("InstanceId") or [""])[0], nodes)
         for instance_id in indexed(params, "InstanceId"):
             # In the background: the caller may be the node itself, ending its own instance.
             threading.Thread(target=nodes.stop, args=(instance_id,), daemon=True).start()
         return response
+
+    @staticmethod
+    def _already_terminated(account: str, region: str, instance_ids: list[str]) -> list[tuple]:
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[account][region]
+        ended = []
+        for instance_id in instance_ids:
+            try:
+                instance = backend.get_instance(instance_id)
+            except Exception:  # moto answers the unknown ID itself
+                continue
+            if instance.state == "terminated":
+                ended.append((instance, (instance.state_reason, instance._reason)))
+        return ended
 
     # RunInstances
 
@@ -159,7 +183,14 @@ class Ec2Instances:
             if market == "capacity-block":
                 instance.lifecycle = "capacity-block"
             if script is not None:
-                nodes.start(instance_id, script, region=region, shims=SHIMS)
+                tmp = nodes.node_dir(instance_id) / "tmp"  # the instance's own /tmp
+                tmp.mkdir(exist_ok=True)
+                env = {
+                    "TMPDIR": str(tmp),
+                    # What SDKs and tools read for another metadata endpoint (169.254.169.254 on AWS).
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"{nodes.endpoint_url}/_localaws/imds/{instance_id}/",
+                }
+                nodes.start(instance_id, script, region=region, shims=SHIMS, env=env)
                 started.append(instance_id)
         if started:
             log.info("EC2 instances %s run their user data", started)
@@ -254,6 +285,31 @@ class Ec2Instances:
         threading.Thread(target=nodes.stop, args=(instance_id,), daemon=True).start()
         log.info("EC2 instance %s ended by AWS: %s (%s)", instance_id, state, code)
         return {"instance_id": instance_id, "state": instance.state, "state_reason": code}
+
+    def metadata(self, instance_id: str, method: str, path: str) -> tuple[int, str]:
+        """The instance metadata service (IMDSv2 token, then a few items) as the instance sees it.
+
+        ``PUT latest/api/token`` gives a session token; ``GET latest/meta-data/<item>`` for ``instance-id``,
+        ``instance-type``, ``ami-id``, ``ami-launch-index``, ``placement/availability-zone``,
+        ``placement/region``, ``local-ipv4``
+        (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html).
+        """
+        instance = self._known(instance_id)
+        if path == "latest/api/token":
+            return (200, f"localaws-imds-{instance_id}") if method == "PUT" else (405, "")
+        items = {
+            "instance-id": instance.id,
+            "instance-type": instance.instance_type,
+            "ami-id": instance.image_id,
+            "ami-launch-index": str(instance.ami_launch_index),
+            "placement/availability-zone": instance.placement.zone,
+            "placement/region": self._where[instance_id][1],
+            "local-ipv4": instance.private_ip or "",
+        }
+        item = path.removeprefix("latest/meta-data/")
+        if method != "GET" or not path.startswith("latest/meta-data/") or item not in items:
+            return 404, ""
+        return 200, str(items[item])
 
     def _known(self, instance_id: str):
         with self._lock:

@@ -67,6 +67,8 @@ CONTROL_PREFIX = "/_localaws/"
 STATEFUL = ("snowball", "dms", "hyperpod", "ssm", "ec2_client_tokens", "ec2_placement_groups", "ec2_instances")
 # POST /_localaws/ec2/instances/<id>/shutdown (the node's OS) and .../interrupt (AWS ends it).
 _EC2_INSTANCE_CONTROL = re.compile(r"^/_localaws/ec2/instances/(i-[0-9a-f]+)/(shutdown|interrupt)$")
+# A node's instance metadata service (localaws.ec2_instances).
+_IMDS = re.compile(r"^/_localaws/imds/(i-[0-9a-f]+)/(.*)$")
 
 
 class LocalAWSApp:
@@ -200,6 +202,13 @@ class LocalAWSApp:
         match = _EC2_INSTANCE_CONTROL.match(path)
         if match and method == "POST":
             return self._ec2_instance_control(match.group(1), match.group(2), read_body(environ))
+        match = _IMDS.match(path)
+        if match:
+            try:
+                status, text = self.ec2_instances.metadata(match.group(1), method, match.group(2))
+            except KeyError:
+                status, text = 404, ""
+            return Response(status, text.encode(), [("Content-Type", "text/plain")])
         return json_response({"error": f"no control endpoint {method} {path}"}, 404)
 
     def _faults(self, method: str, environ: dict) -> Response:
