@@ -25,15 +25,17 @@ Here, on top of moto's instances:
 - **AWS ends an instance itself** (``POST /_localaws/ec2/instances/<id>/interrupt`` with a ``Server.*``
   reason code): it goes ``terminated`` (or ``stopped``) with that ``StateReason``, and its node stops, as
   when capacity is reclaimed or hardware fails.
-- ``RunInstances`` is checked where moto does not: ``Placement.GroupName`` must name a placement group
-  (:mod:`localaws.ec2_placement_groups`); an ``efa`` interface needs an instance type that supports EFA
-  (DescribeInstanceTypes ``NetworkInfo.EfaSupported``, https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa.html)
+- ``RunInstances`` is checked where moto does not: user data at most 16 KB before base64;
+  ``Placement.GroupName`` must name a placement group (:mod:`localaws.ec2_placement_groups`); an ``efa``
+  interface needs an instance type that supports EFA (DescribeInstanceTypes ``NetworkInfo.EfaSupported``,
+  https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa.html)
   and no more EFAs than its ``MaximumEfaInterfaces``; network interfaces exclude instance-level security
   groups as they exclude an instance-level subnet (RunInstances, ``NetworkInterfaces``); a Capacity Block
   launch (``InstanceMarketOptions.MarketType=capacity-block``) needs the Capacity Block's reservation ID
   in ``CapacityReservationSpecification.CapacityReservationTarget``
   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/capacity-blocks-launch.html), and its instances'
-  ``InstanceLifecycle`` is ``capacity-block`` (moto says ``spot`` for any market type).
+  ``InstanceLifecycle`` is ``capacity-block`` (moto says ``spot`` for any market type). Every instance of
+  a launch gets its ``IamInstanceProfile`` (moto gives it to the first one only).
 
 The node's instance metadata (``AWS_EC2_METADATA_SERVICE_ENDPOINT``, the SDKs' setting for another IMDS
 endpoint) is ``/_localaws/imds/<id>/``: a token, then ``instance-id``, ``ami-launch-index`` and a few more.
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 
 OPERATIONS = frozenset({"RunInstances", "TerminateInstances", "StopInstances", "GetConsoleOutput"})
 CONSOLE_OUTPUT_BYTES = 64 * 1024
+# "User data is limited to 16 KB, in raw form, before it is base64-encoded" (the user-data page above).
+MAX_USER_DATA_BYTES = 16 * 1024
 _INSTANCE_ID = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
 _OUTPUT = re.compile(rb"<output>[^<]*</output>")
 
@@ -176,6 +180,7 @@ class Ec2Instances:
             fresh = [instance_id for instance_id in ids if instance_id not in self._where]
             for instance_id in fresh:
                 self._where[instance_id] = (account, region)
+        self._profile_on_every_instance(params, account, region, fresh)
         for instance_id in fresh:
             instance = _instance(account, region, instance_id)
             if group is not None:
@@ -197,10 +202,34 @@ class Ec2Instances:
         return response
 
     @staticmethod
+    def _profile_on_every_instance(params: dict, account: str, region: str, instance_ids: list[str]) -> None:
+        """Every instance of a launch gets the instance profile (moto associates it with the first only)."""
+        from moto.ec2.models import ec2_backends
+
+        name = (params.get("IamInstanceProfile.Name") or [None])[0]
+        arn = (params.get("IamInstanceProfile.Arn") or [None])[0]
+        if not (name or arn):
+            return
+        backend = ec2_backends[account][region]
+        for instance_id in instance_ids:
+            if instance_id not in backend.iam_instance_profile_associations:
+                backend.associate_iam_instance_profile(
+                    instance_id=instance_id, iam_instance_profile_name=name, iam_instance_profile_arn=arn
+                )
+
+    @staticmethod
     def _check_run(params: dict, account: str, region: str, placement_groups: Ec2PlacementGroups) -> str | None:
         """Refuse what AWS refuses and moto lets through; return the placement group's name, if any."""
         from moto.ec2.models.instance_types import INSTANCE_TYPES
 
+        encoded = (params.get("UserData") or [""])[0]
+        if encoded:
+            try:
+                size = len(base64.b64decode(encoded, validate=True))
+            except binascii.Error:
+                raise Ec2Error("InvalidUserData.Malformed", "Invalid BASE64 encoding of user data.") from None
+            if size > MAX_USER_DATA_BYTES:
+                raise Ec2Error("InvalidParameterValue", f"User data is limited to {MAX_USER_DATA_BYTES} bytes")
         group = None
         name, group_id = (
             (params.get("Placement.GroupName") or [None])[0],

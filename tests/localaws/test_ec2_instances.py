@@ -147,3 +147,33 @@ def test_the_deep_learning_ami_parameter_resolves_to_an_image(boto_client, ec2):
     assert launch(ec2, ImageId=image_id).startswith("i-")
     there = boto_client("ssm", region_name="eu-west-1").get_parameter(Name=name)["Parameter"]["Value"]
     assert there == image_id
+
+
+def test_every_instance_of_a_launch_gets_the_instance_profile(boto_client, ec2):
+    name = f"ftp-{time.time_ns()}"
+    profile = boto_client("iam").create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    instances = ec2.run_instances(ImageId=IMAGE_ID, MinCount=3, MaxCount=3, IamInstanceProfile={"Name": name})[
+        "Instances"
+    ]
+    ids = [i["InstanceId"] for i in instances]
+    described = ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
+    assert [i["IamInstanceProfile"]["Arn"] for i in described] == [profile["Arn"]] * 3
+
+
+def test_user_data_over_16_kb_is_refused(ec2):
+    assert code_of(lambda: launch(ec2, "#!/bin/sh\n" + "#" * 16_384)) == "InvalidParameterValue"
+
+
+def test_the_node_reads_its_instance_metadata(ec2, localaws):
+    script = (
+        "#!/bin/bash\nset -e\nbase=${AWS_EC2_METADATA_SERVICE_ENDPOINT%/}\n"
+        'token=$(curl -sf -X PUT "$base/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 60")\n'
+        "for item in instance-id ami-launch-index placement/region; do\n"
+        '  echo "$item=$(curl -sf -H "X-aws-ec2-metadata-token: $token" "$base/latest/meta-data/$item")"\n'
+        "done\n"
+    )
+    instances = ec2.run_instances(ImageId=IMAGE_ID, MinCount=2, MaxCount=2, UserData=script)["Instances"]
+    second = instances[1]["InstanceId"]
+    wait_for(lambda: localaws.app.nodes.exit_code(second) == 0, what="the script's end")
+    console = ec2.get_console_output(InstanceId=second)["Output"]
+    assert f"instance-id={second}\nami-launch-index=1\nplacement/region=us-east-1\n" in console
