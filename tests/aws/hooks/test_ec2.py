@@ -64,3 +64,10 @@ def test_preflight_says_every_problem(hook, boto_client, unique):
 def test_console_output_of_an_instance_without_a_script(hook, boto_client):
     (instance,) = boto_client("ec2").run_instances(ImageId="ami-03cf127a", MinCount=1, MaxCount=1)["Instances"]
     assert isinstance(hook.console_output(instance["InstanceId"]), str)
+
+
+def test_describe_skips_instances_that_no_longer_show(hook, boto_client):
+    (instance,) = boto_client("ec2").run_instances(ImageId="ami-03cf127a", MinCount=1, MaxCount=1)["Instances"]
+    described = hook.describe([instance["InstanceId"], "i-0123456789abcdef0"])
+    assert [i["InstanceId"] for i in described] == [instance["InstanceId"]]
+    assert hook.describe([]) == []

@@ -404,9 +404,11 @@ def test_a_capacity_interruption_fails_with_the_reason(ec2, bucket, bundle, cont
     while any(localaws.app.nodes.running(i) for i in ids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(localaws.app.nodes.running(i) for i in ids)
-    # A retry launches a new set: the ended one did not finish.
-    retry = job(bucket, bundle, count=2, hyperparameters={"sleep": 120}, wait_for_completion=False)
-    assert set(retry.execute(context)).isdisjoint(ids)
+    # A retry launches a new set (the ended one did not finish), which trains; the next retry launches nothing.
+    relaunched = job(bucket, bundle, count=2, deferrable=False).execute(context)
+    assert set(relaunched).isdisjoint(ids)
+    assert job(bucket, bundle, count=2, deferrable=False).execute(context) == relaunched
+    assert len(tagged(ec2, token_of(context))) == 4  # two generations of two
 
 
 def test_kill_while_deferred_then_retry_then_teardown(ec2, bucket, bundle, context, localaws):

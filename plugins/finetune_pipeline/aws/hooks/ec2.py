@@ -61,10 +61,18 @@ class Ec2InstancesHook(EC2Hook):
         return [i for page in pages for reservation in page["Reservations"] for i in reservation["Instances"]]
 
     def describe(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        """The instances ``instance_ids`` (``DescribeInstances``); never every instance for an empty list."""
+        """
+        The instances ``instance_ids`` that EC2 still shows (``DescribeInstances``); never every instance
+        for an empty list.
+
+        By an ``instance-id`` filter, not ``InstanceIds``: with IDs, one instance that no longer shows (a
+        terminated one, about an hour later) fails the whole call with ``InvalidInstanceID.NotFound``.
+        """
         if not instance_ids:
             return []
-        pages = self.conn.get_paginator("describe_instances").paginate(InstanceIds=list(instance_ids))
+        pages = self.conn.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": list(instance_ids)}]
+        )
         return [i for page in pages for reservation in page["Reservations"] for i in reservation["Instances"]]
 
     def tag(self, instance_ids: list[str], tags: dict[str, str]) -> None:

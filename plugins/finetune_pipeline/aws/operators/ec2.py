@@ -302,34 +302,44 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
         )
 
     def _find_or_launch(self, base: str) -> tuple[list[str], bool]:
-        """Return the instance IDs of this task run and whether their job already finished."""
-        for generation in range(MAX_GENERATIONS):
-            token = f"{base}-{generation}"
-            found = self._with_token(token)
-            ids = sorted(i["InstanceId"] for i in found)
-            if any(i["State"]["Name"] not in ENDED_STATES for i in found):
+        """
+        Return the instance IDs of this task run and whether their job already finished.
+
+        Generation ``n`` is launched only after generation ``n - 1`` ended, so only the last one found can
+        still run, and only its marker check means anything.
+        """
+        generations: list[list[dict[str, Any]]] = []
+        while len(generations) < MAX_GENERATIONS:
+            found = self._with_token(f"{base}-{len(generations)}")
+            if not found:
+                break
+            generations.append(found)
+        if generations:
+            last, token = generations[-1], f"{base}-{len(generations) - 1}"
+            ids = sorted(i["InstanceId"] for i in last)
+            if any(i["State"]["Name"] not in ENDED_STATES for i in last):
                 self.log.info("Reusing EC2 instances %s launched by an earlier try (token %s).", ids, token)
                 return ids, False
-            if found and self._finished(found):
+            if self._finished(last):
                 self.log.info("EC2 instances %s (token %s) already finished their job; launching nothing.", ids, token)
                 return ids, True
-            if found:
-                reasons = {i["InstanceId"]: i.get("StateReason", {}).get("Code") for i in found}
-                self.log.info("EC2 instances of token %s ended without finishing (%s); launching anew.", token, reasons)
-                self._abort(
-                    [i["InstanceId"] for i in found if i["State"]["Name"] != "terminated"], "Abandoned generation"
-                )
-                continue
-            instances = create_once(
-                functools.partial(self._launch, token, base),
-                lambda token=token: self._with_token(token) or None,
-                what=f"EC2 instances with launch token {token}",
-                log=self.log,
+            reasons = {i["InstanceId"]: i.get("StateReason", {}).get("Code") for i in last}
+            self.log.info("EC2 instances of token %s ended without finishing (%s); launching anew.", token, reasons)
+            self._abort([i["InstanceId"] for i in last if i["State"]["Name"] != "terminated"], "Abandoned generation")
+        if len(generations) >= MAX_GENERATIONS:
+            raise AirflowFailException(
+                f"This task run already launched {MAX_GENERATIONS} sets of instances; giving up."
             )
-            launched = sorted(instance["InstanceId"] for instance in instances)
-            self.log.info("Launched EC2 instances %s (%s, token %s).", launched, self.instance_type, token)
-            return launched, False
-        raise AirflowFailException(f"This task run already launched {MAX_GENERATIONS} sets of instances; giving up.")
+        token = f"{base}-{len(generations)}"
+        instances = create_once(
+            functools.partial(self._launch, token, base),
+            lambda: self._with_token(token) or None,
+            what=f"EC2 instances with launch token {token}",
+            log=self.log,
+        )
+        launched = sorted(instance["InstanceId"] for instance in instances)
+        self.log.info("Launched EC2 instances %s (%s, token %s).", launched, self.instance_type, token)
+        return launched, False
 
     # The wait
 
@@ -391,14 +401,16 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
         return True
 
     def _console_tail(self, instance_ids: list[str]) -> str:
-        """The last lines of the first instance's console output, for the error; ``""`` if none."""
+        """The last lines of rank 0's console output, for the error; ``""`` if none."""
         if not instance_ids:
             return ""
-        instance_id = sorted(instance_ids)[0]
         try:
+            # Rank 0 (the first of the launch), which trains and writes the marker.
+            described = sorted(self.hook.describe(instance_ids), key=lambda i: i.get("AmiLaunchIndex", 0))
+            instance_id = described[0]["InstanceId"] if described else sorted(instance_ids)[0]
             output = self.hook.console_output(instance_id)
         except Exception:
-            self.log.warning("Could not read the console output of %s.", instance_id, exc_info=True)
+            self.log.warning("Could not read the console output of %s.", instance_ids, exc_info=True)
             return ""
         lines = output.rstrip().splitlines()[-CONSOLE_TAIL_LINES:]
         if not lines:
