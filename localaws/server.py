@@ -183,6 +183,7 @@ class LocalAWSApp:
             for name in STATEFUL:
                 getattr(self, name).reset()
             forget()
+            self.nodes.stop_all()  # the instances they stood in for are gone
         return self.moto
 
     def _control(self, environ: dict, path: str) -> Response:
