@@ -17,6 +17,7 @@ CHECKPOINT_DIR={{CHECKPOINT_DIR}}   # storage every restart sees, or empty
 WORLD_SIZE={{WORLD_SIZE}}           # instances launched together
 AWS_REGION={{AWS_REGION}}
 export AWS_REGION AWS_DEFAULT_REGION="$AWS_REGION"
+export PYTHONUNBUFFERED=1 # the console shows training's lines as they come
 
 log() { echo "finetune-user-data $(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; }
 trap 'status=$?; log "exit code ${status}: shutting down"; shutdown -h now' EXIT

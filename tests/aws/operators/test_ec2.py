@@ -366,13 +366,13 @@ def test_a_job_that_trains_succeeds(ec2, boto_client, bucket, bundle, context, r
     assert event["status"] == "success", event
     ids = operator.execute_complete(context, event)
     assert boto_client("s3").head_object(Bucket=bucket, Key="models/v1/_SUCCESS")
-    (second,) = [i["InstanceId"] for i in tagged(ec2, token_of(context)) if i["AmiLaunchIndex"] == 1]
-    console = ec2.get_console_output(InstanceId=second)["Output"]
-    assert "fake trainer: version v1, rank 1 of 2" in console  # the rank came from the instance metadata
     deadline = time.monotonic() + 20
     while set(states(ec2, ids).values()) != {"terminated"} and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(states(ec2, ids).values()) == {"terminated"}  # each shut itself down
+    (second,) = [i["InstanceId"] for i in tagged(ec2, token_of(context)) if i["AmiLaunchIndex"] == 1]
+    console = ec2.get_console_output(InstanceId=second)["Output"]
+    assert "fake trainer: version v1, rank 1 of 2" in console  # the rank came from the instance metadata
     assert job(bucket, bundle, count=2, deferrable=True).execute(context) == ids  # a retry: already finished
 
 

@@ -273,7 +273,11 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
 
     def _launch(self, token: str, token_base: str) -> list[dict[str, Any]]:
         """``RunInstances`` with ``token`` as its ``ClientToken``; botocore may retry it (the token dedups)."""
-        image_id = self.image_id or self.hook.resolve_image_id(self.image_ssm_parameter)
+        if not self.image_id:
+            # Resolved once per try: a resend of this launch must carry the same image, or EC2 refuses its token.
+            self.image_id = self.hook.resolve_image_id(self.image_ssm_parameter)
+            self.log.info("Launching %s, the AMI that %s names.", self.image_id, self.image_ssm_parameter)
+        image_id = self.image_id
         if self.placement_group:
             self.hook.ensure_placement_group(self.placement_group, self.placement_strategy)
         arguments = self._run_instances_arguments(token, token_base, image_id)
