@@ -99,9 +99,8 @@ class CatalogSpec(BaseModel):
         if self.kind not in ("sql", "glue"):
             return None
         if not self.warehouse:
-            raise ValueError(
-                f"a {self.kind} catalog needs a warehouse (e.g. s3://bucket/datasets/warehouse) to create table {table}"
-            )
+            raise ValueError(f"a {self.kind} catalog needs a warehouse (e.g. s3://bucket/datasets/warehouse) to create "
+                             f"table {table}")
         return f"{self.warehouse.rstrip('/')}/{self.namespace}/{table_name_of(table)}"
 
     def describe(self) -> str:
@@ -258,13 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--catalog-uri", help="sql: SQLAlchemy URL; s3tables/rest: endpoint")
     group.add_argument("--warehouse", help="sql/glue: s3://bucket/prefix or a folder; s3tables: table bucket ARN")
     group.add_argument("--namespace", default=sync_defaults.NAMESPACE)
-    group.add_argument(
-        "--catalog-property",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another pyiceberg catalog property (repeatable)",
-    )
+    group.add_argument("--catalog-property", action="append", default=[], metavar="KEY=VALUE",
+                       help="another pyiceberg catalog property (repeatable)")
 
 
 def spec_from_arguments(

@@ -54,7 +54,9 @@ def _pair_store(landing: str, dataset: str, endpoint: str | None) -> tuple[Objec
     return LocalStore(root), a.relative_to(root).as_posix(), b.relative_to(root).as_posix()
 
 
-def _list_targets(target: str, endpoint: str | None, suffixes: tuple[str, ...]) -> tuple[ObjectStore, list[str]]:
+def _list_targets(
+    target: str, endpoint: str | None, suffixes: tuple[str, ...]
+) -> tuple[ObjectStore, list[str]]:
     if target.startswith("s3://"):
         store, prefix = store_from_uri(target, endpoint_url=endpoint)
         keys = [i.key for i in store.list_after(prefix) if i.key.endswith(suffixes)]
@@ -328,13 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--snapshot-position", type=_iso, help="full-load snapshot time (ISO 8601, UTC)")
     merge.add_argument("--snapshot-sequence", help="_dms_seq at the snapshot time (35 digits)")
     merge.add_argument("--full-rebuild", action="store_true", help="rebuild from all landing files")
+    merge.add_argument("--retention", type=int, default=sync_defaults.RETENTION_VERSIONS,
+                       help=f"published versions to keep (default {sync_defaults.RETENTION_VERSIONS})")
     merge.add_argument(
-        "--retention",
-        type=int,
-        default=sync_defaults.RETENTION_VERSIONS,
-        help=f"published versions to keep (default {sync_defaults.RETENTION_VERSIONS})",
+        "--csv-header", action="store_true", help="CSV files have a header row (AddColumnName)"
     )
-    merge.add_argument("--csv-header", action="store_true", help="CSV files have a header row (AddColumnName)")
     merge.add_argument("--rows-per-bucket", type=int, default=1_000_000)
     merge.add_argument("--merge-memory-mb", type=int, default=128)
     merge.add_argument("--now", type=_iso, help="evaluate freshness as of this time")
@@ -343,10 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=cmd_merge)
 
     read = sub.add_parser("read", help="read a published version (the reader training uses)")
-    read.add_argument(
-        "--dataset",
-        help="the dataset folder (its catalog), or s3:// prefix (its version records, unless a catalog is named)",
-    )
+    read.add_argument("--dataset", help="the dataset folder (its catalog), or s3:// prefix (its version records, "
+                      "unless a catalog is named)")
     read.add_argument("--version", help="v000123 (default: the newest published)")
     read.add_argument("--table", help="schema.table")
     read.add_argument("--out", help="write the table to this .parquet or .csv file")

@@ -129,7 +129,11 @@ class ColumnSpec(BaseModel):
                     self.bound(bound)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
                     raise ValueError(f"{bound} {value!r} does not fit type {self.type}") from err
-        if self.min is not None and self.max is not None and self.bound("min").as_py() > self.bound("max").as_py():
+        if (
+            self.min is not None
+            and self.max is not None
+            and self.bound("min").as_py() > self.bound("max").as_py()
+        ):
             raise ValueError("min is greater than max")
         if self.allowed_values is not None:
             try:

@@ -204,7 +204,9 @@ def check_sequence(arr: pa.Array) -> None:
     if (lengths != SEQ_LENGTH).any():
         i = int(np.argmax(lengths != SEQ_LENGTH))
         raise DmsFileError("bad_sequence", f"{SEQ} {arr[i].as_py()!r} is not {SEQ_LENGTH} digits")
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
+    data = np.frombuffer(
+        arr.buffers()[2], dtype=np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0])
+    )
     if ((data - np.uint8(48)) > 9).any():
         raise DmsFileError("bad_sequence", f"{SEQ} values must be digits only")
 
@@ -248,7 +250,9 @@ def _decoded_bytes(pf: pq.ParquetFile, rows: int, sample: int = 4096) -> int:
     return int(first.nbytes / max(1, first.num_rows) * rows)
 
 
-def inspect_file(path: str | Path, f: DmsFile, contract: TableContract, csv: CsvSettings | None = None) -> FileShape:
+def inspect_file(
+    path: str | Path, f: DmsFile, contract: TableContract, csv: CsvSettings | None = None
+) -> FileShape:
     """Check a file's shape before reading rows: Parquet footer (columns, types) or the CSV header."""
     csv = csv or CsvSettings()
     size = os.path.getsize(path)

@@ -102,7 +102,9 @@ def table_schema(contract: TableContract):
     from pyiceberg.schema import Schema
     from pyiceberg.types import NestedField
 
-    return Schema(*(NestedField(i, name, t, required=False) for i, (name, t) in enumerate(_columns(contract), start=1)))
+    return Schema(
+        *(NestedField(i, name, t, required=False) for i, (name, t) in enumerate(_columns(contract), start=1))
+    )
 
 
 def partition_spec(schema):
@@ -189,7 +191,9 @@ class TableHead:
         if self.table is None:
             return {}
         return {
-            name: ref.snapshot_id for name, ref in self.table.refs().items() if ref.snapshot_ref_type.value == "tag"
+            name: ref.snapshot_id
+            for name, ref in self.table.refs().items()
+            if ref.snapshot_ref_type.value == "tag"
         }
 
 

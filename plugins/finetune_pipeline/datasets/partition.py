@@ -112,7 +112,9 @@ class Layout:
     @staticmethod
     def for_new_hash_table(input_bytes: int, input_rows: int, budget_bytes: int, rows_per_bucket: int) -> Layout:
         """Fine hash buckets to spill a new table into; ``settle`` folds them once its row count is known."""
-        need = max(math.ceil(input_bytes / max(1, budget_bytes)), math.ceil(input_rows / max(1, rows_per_bucket)))
+        need = max(
+            math.ceil(input_bytes / max(1, budget_bytes)), math.ceil(input_rows / max(1, rows_per_bucket))
+        )
         return Layout(Bucketing(kind="hash", buckets=_pow2(need)))
 
     def settle(self, expected_rows: int, rows_per_bucket: int) -> Layout:

@@ -116,11 +116,8 @@ class DatasetVersion:
 
     def describe(self) -> dict[str, Any]:
         """What the dataset Asset event carries: the tag, and each table's identifier and snapshot."""
-        return {
-            "version": self.version,
-            "tag": self.version,
-            "tables": {name: t.describe() for name, t in sorted(self.tables.items())},
-        }
+        return {"version": self.version, "tag": self.version,
+                "tables": {name: t.describe() for name, t in sorted(self.tables.items())}}
 
 
 def dataset_tables(catalog, namespace: str) -> dict[str, Any]:

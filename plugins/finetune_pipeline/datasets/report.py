@@ -191,7 +191,9 @@ def render_html(report: dict[str, Any]) -> str:
     checks = sorted(report["checks"], key=lambda c: (c["passed"], c["severity"] != "blocking", c["table"]))
     failed = [c for c in checks if not c["passed"]]
     parts.append(f"<h2>Checks ({len(checks) - len(failed)} passed, {len(failed)} failed)</h2>")
-    parts.append("<table><tr><th>table</th><th>check</th><th>severity</th><th>result</th><th>detail</th></tr>")
+    parts.append(
+        "<table><tr><th>table</th><th>check</th><th>severity</th><th>result</th><th>detail</th></tr>"
+    )
     for c in checks:
         cls = "ok" if c["passed"] else ("bad" if c["severity"] == "blocking" else "warn")
         sample = f"<div class='muted'>e.g. {_e(c['samples'])}</div>" if c.get("samples") else ""
@@ -202,7 +204,9 @@ def render_html(report: dict[str, Any]) -> str:
         )
     parts.append("</table>")
     if report["quarantined"]:
-        parts.append("<h2>Quarantined files</h2><table><tr><th>file</th><th>moved to</th><th>reason</th></tr>")
+        parts.append(
+            "<h2>Quarantined files</h2><table><tr><th>file</th><th>moved to</th><th>reason</th></tr>"
+        )
         for q in report["quarantined"]:
             parts.append(
                 f"<tr><td>{_e(q['source_key'])}</td><td>{_e(q['quarantine_key'])}</td>"
@@ -223,7 +227,9 @@ def render_html(report: dict[str, Any]) -> str:
             + (" &middot; nothing new: the version is recorded on the table unchanged" if t.get("carried") else "")
             + "</div>"
         )
-        points = [(h["version"], h["row_counts"].get(name, 0)) for h in report["history"] if name in h["row_counts"]]
+        points = [
+            (h["version"], h["row_counts"].get(name, 0)) for h in report["history"] if name in h["row_counts"]
+        ]
         parts.append("<h3>Row count across versions</h3>" + svg_line(points, title=f"{name} rows"))
         cols = t.get("columns", {})
         parts.append(
@@ -237,7 +243,8 @@ def render_html(report: dict[str, Any]) -> str:
                 parts.append(
                     f"<tr><td>{_e(c)}</td>"
                     + "".join(
-                        f"<td>{_e(_fmt(v[k]) if v[k] is not None else '')}</td>" for k in ("mean", "std", "min", "max")
+                        f"<td>{_e(_fmt(v[k]) if v[k] is not None else '')}</td>"
+                        for k in ("mean", "std", "min", "max")
                     )
                     + "</tr>"
                 )

@@ -229,11 +229,8 @@ def plan(
         lagging = sorted(t for t in spans if t not in heads or newest.version not in heads[t].tags())
         if any(t not in contracts for t in lagging):
             # A table the version spans has lost its contract: it cannot be completed, so it stays unpublished.
-            log.warning(
-                "version %s spans tables without a contract now (%s); it stays unpublished",
-                newest.version,
-                sorted(t for t in lagging if t not in contracts),
-            )
+            log.warning("version %s spans tables without a contract now (%s); it stays unpublished",
+                        newest.version, sorted(t for t in lagging if t not in contracts))
             lagging = []
     if lagging:
         version = newest.version
@@ -247,7 +244,9 @@ def plan(
         to_carry = [t for t in sorted(contracts) if explicit and t not in selected and states[t] is not None]
         spans_now = sorted(to_sync + to_carry)
         rebuild = full_rebuild
-    discoveries = {t: discover(store, settings, contracts[t], None if rebuild else states[t]) for t in to_sync}
+    discoveries = {
+        t: discover(store, settings, contracts[t], None if rebuild else states[t]) for t in to_sync
+    }
     return Plan(heads, states, published, version, bool(lagging), to_sync, to_carry, spans_now, discoveries)
 
 
@@ -308,12 +307,8 @@ def run_sync(
             carried_checks += [c for c in run.checks if c.check == "bad_file"]
             if attempt == spec.commit_attempts:
                 raise SyncConflictError(f"{error} (gave up after {attempt} attempt(s))") from None
-            log.warning(
-                "another writer committed first (%s); syncing again from the top (attempt %d of %d)",
-                error,
-                attempt + 1,
-                spec.commit_attempts,
-            )
+            log.warning("another writer committed first (%s); syncing again from the top (attempt %d of %d)",
+                        error, attempt + 1, spec.commit_attempts)
             continue
         result.quarantined = carried + result.quarantined
         result.checks = carried_checks + result.checks
@@ -494,10 +489,8 @@ class _Run:
             ),
             SUMMARY_PREFIX + "report": report_keys("", p.version)["html"],
             SUMMARY_PREFIX + "snapshot-position": dumps(
-                [
-                    self.spec.snapshot_position.isoformat() if self.spec.snapshot_position else None,
-                    self.spec.snapshot_sequence,
-                ]
+                [self.spec.snapshot_position.isoformat() if self.spec.snapshot_position else None,
+                 self.spec.snapshot_sequence]
             ),  # fmt: skip
         }
         if outcome is None:
@@ -581,12 +574,8 @@ class _Run:
         if location is not None:
             removed += delete_unreferenced(self.store, location.rstrip("/") + "/", referenced, cutoff)
         else:
-            log.info(
-                "%s lives outside the dataset's store (%s): its unreferenced files are left to the "
-                "catalog's own maintenance",
-                ".".join(head.identifier),
-                table.location(),
-            )
+            log.info("%s lives outside the dataset's store (%s): its unreferenced files are left to the "
+                     "catalog's own maintenance", ".".join(head.identifier), table.location())
         removed += delete_unreferenced(
             self.store, join_key(self.spec.dataset_prefix, STATE, head.name) + "/", referenced, cutoff
         )

@@ -329,7 +329,9 @@ class TableSync:
         bound = pa.scalar(pos, ts.type)
         keep = pc.greater(ts, bound)
         if self.settings.snapshot_seq:
-            keep = pc.or_(keep, pc.and_(pc.equal(ts, bound), pc.greater(batch.column(SEQ), self.settings.snapshot_seq)))
+            keep = pc.or_(
+                keep, pc.and_(pc.equal(ts, bound), pc.greater(batch.column(SEQ), self.settings.snapshot_seq))
+            )
         kept = batch.filter(keep)
         return kept, batch.num_rows - kept.num_rows
 
@@ -499,7 +501,8 @@ class TableSync:
                     "full_load_changed",
                     "warning",
                     False,
-                    f"new full-load file {f.key} after the table was built; run with full_rebuild to apply a reload",
+                    f"new full-load file {f.key} after the table was built; "
+                    "run with full_rebuild to apply a reload",
                 )
             )
         with contextlib.ExitStack() as stack:
@@ -520,13 +523,9 @@ class TableSync:
             started = time.perf_counter()
             delta, outcome_events = self._spill_delta(good, spill_layout)
             # A new hash table: its bucket count follows the rows it will hold (inserts less deletes).
-            layout = (
-                spill_layout.settle(
-                    outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
-                )
-                if self.head.bucketing is None
-                else spill_layout
-            )
+            layout = spill_layout.settle(
+                outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
+            ) if self.head.bucketing is None else spill_layout
             log.info(
                 "%s: %d new file(s), %d event(s) spilled in %.1f s into %d bucket(s), split %d way(s)",
                 contract.table,

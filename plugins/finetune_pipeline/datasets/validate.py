@@ -126,9 +126,9 @@ def _dictionary_checks(counts: CheckCounts, col: ColumnSpec, arr: pa.DictionaryA
     values = arr.dictionary
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         return False
-    occurrences = np.bincount(arr.indices.drop_null().to_numpy(zero_copy_only=False), minlength=len(values)).astype(
-        np.int64
-    )
+    occurrences = np.bincount(
+        arr.indices.drop_null().to_numpy(zero_copy_only=False), minlength=len(values)
+    ).astype(np.int64)
     rules = []
     if col.allowed_values is not None:
         allowed = pa.array(col.allowed_values).cast(col.arrow_type)
@@ -157,14 +157,18 @@ def _value_checks(counts: CheckCounts, col: ColumnSpec, arr: pa.Array | pa.Chunk
         value_set = pa.array(col.allowed_values).cast(col.arrow_type)
         hits = pc.sum(pc.is_in(arr, value_set=value_set)).as_py() or 0
         bad = valid - hits
-        sample = arr.filter(pc.invert(pc.fill_null(pc.is_in(arr, value_set=value_set), True))) if bad else None
+        sample = (
+            arr.filter(pc.invert(pc.fill_null(pc.is_in(arr, value_set=value_set), True))) if bad else None
+        )
         _note(counts, f"allowed_values:{col.name}", bad, sample)
     if col.min is not None or col.max is not None:
         lo = col.bound("min") if col.min is not None else None
         hi = col.bound("max") if col.max is not None else None
         mm = pc.min_max(arr)
         low, high = mm["min"].as_py(), mm["max"].as_py()
-        outside = low is not None and ((lo is not None and low < lo.as_py()) or (hi is not None and high > hi.as_py()))
+        outside = low is not None and (
+            (lo is not None and low < lo.as_py()) or (hi is not None and high > hi.as_py())
+        )
         bad, sample = 0, None
         if outside:
             mask = None
@@ -393,7 +397,9 @@ class ValidationReport:
         return publishable(self.results)
 
 
-def _stats_prove(meta: pq.RowGroupMetaData, index: dict[str, int], col: ColumnSpec) -> tuple[int, bool] | None:
+def _stats_prove(
+    meta: pq.RowGroupMetaData, index: dict[str, int], col: ColumnSpec
+) -> tuple[int, bool] | None:
     """From a row group's statistics: (null count, value checks proven) or None if stats are missing."""
     if col.name not in index:
         return None
@@ -476,7 +482,9 @@ def validate_parquet(
             if fresh_col and fresh_col in pf.schema_arrow.names:
                 stats = meta.column(index[fresh_col]).statistics if fresh_col in index else None
                 if use_statistics and stats is not None and stats.has_min_max:
-                    newest = pa.scalar(stats.max, pf.schema_arrow.field(fresh_col).type).cast(pa.int64()).as_py()
+                    newest = (
+                        pa.scalar(stats.max, pf.schema_arrow.field(fresh_col).type).cast(pa.int64()).as_py()
+                    )
                     counts.max_value[fresh_col] = max(newest, counts.max_value.get(fresh_col, newest))
                 else:
                     names = sorted(set(names) | {fresh_col})
@@ -503,7 +511,10 @@ def validate_parquet(
         if (sorted_h[1:] == sorted_h[:-1]).any():
             # Rare: only when 64-bit hashes collide do we compare the actual key values.
             counts.pk_duplicates = count_pk_duplicates(
-                [pa.chunked_array([chunk[i] for chunk in key_chunks]) for i in range(len(contract.primary_key))]
+                [
+                    pa.chunked_array([chunk[i] for chunk in key_chunks])
+                    for i in range(len(contract.primary_key))
+                ]
             )
     results = evaluate(counts, contract, schema=schema, now=now, expected_rows=expected_rows)
     return ValidationReport(contract.table, counts.rows, len(paths), results, sorted(read_columns))

@@ -41,28 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune_pipeline.export", description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="postgres", help="postgres (default) or mysql")
     parser.add_argument("--dsn", default="", help="libpq connection string or URL; PG* variables fill the rest")
-    parser.add_argument(
-        "--table",
-        action="append",
-        required=True,
-        metavar="SCHEMA.TABLE[=KEY,...]",
-        help="a table to export, with its primary key to check; repeat for each table",
-    )
+    parser.add_argument("--table", action="append", required=True, metavar="SCHEMA.TABLE[=KEY,...]",
+                        help="a table to export, with its primary key to check; repeat for each table")
     parser.add_argument("--export-dir", type=Path, required=True, help="where the files and manifest.json go")
     parser.add_argument("--slot", default="finetune_dms", help="replication slot for DMS (default finetune_dms)")
     parser.add_argument("--workers", type=int, default=2, help="parallel exporter sessions (default 2)")
-    parser.add_argument(
-        "--wal-retention-days",
-        type=float,
-        default=30,
-        help="how long the slot must keep WAL: the whole Snowball trip (default 30)",
-    )
+    parser.add_argument("--wal-retention-days", type=float, default=30,
+                        help="how long the slot must keep WAL: the whole Snowball trip (default 30)")
     parser.add_argument("--wal-bytes-per-day", type=int, help="the source's WAL rate (default: pg_stat_wal)")
-    parser.add_argument(
-        "--replace",
-        action="store_true",
-        help="drop an inactive slot and an earlier export that do not match, instead of refusing",
-    )
+    parser.add_argument("--replace", action="store_true",
+                        help="drop an inactive slot and an earlier export that do not match, instead of refusing")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -83,14 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        settings = ExportSettings(
-            export_dir=args.export_dir.resolve(),
-            slot_name=args.slot,
-            workers=args.workers,
-            wal_retention_days=args.wal_retention_days,
-            wal_bytes_per_day=args.wal_bytes_per_day,
-            replace=args.replace,
-        )
+        settings = ExportSettings(export_dir=args.export_dir.resolve(), slot_name=args.slot, workers=args.workers,
+                                  wal_retention_days=args.wal_retention_days,
+                                  wal_bytes_per_day=args.wal_bytes_per_day, replace=args.replace)
         result = PostgresExport(args.dsn, tables, settings, report=lambda line: print(line, flush=True)).run()
     except UnsupportedEngineError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -105,26 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     manifest = result.manifest
-    summary = {
-        "status": "reused" if result.reused else "exported",
-        "export_dir": str(settings.export_dir),
-        "cdc_start_position": manifest.cdc_start_position,
-        "snapshot_position": manifest.snapshot_position,
-        "slot": manifest.slot.name if manifest.slot else None,
-        "files": len(manifest.files),
-        "bytes": manifest.total_bytes,
-        "rows": {name: t.rows for name, t in manifest.tables.items()},
-        "retained_wal_bytes": (manifest.wal or {}).get("retained_bytes"),
-        "seconds": round(result.seconds, 2),
-        "warnings": result.warnings,
-    }
+    summary = {"status": "reused" if result.reused else "exported", "export_dir": str(settings.export_dir),
+               "cdc_start_position": manifest.cdc_start_position, "snapshot_position": manifest.snapshot_position,
+               "slot": manifest.slot.name if manifest.slot else None, "files": len(manifest.files),
+               "bytes": manifest.total_bytes, "rows": {name: t.rows for name, t in manifest.tables.items()},
+               "retained_wal_bytes": (manifest.wal or {}).get("retained_bytes"),
+               "seconds": round(result.seconds, 2), "warnings": result.warnings}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(
-            f"{summary['status']}: {summary['files']} files, {summary['bytes']} bytes in {summary['export_dir']}; "
-            f"DMS CdcStartPosition {summary['cdc_start_position']} (slot {summary['slot']})."
-        )
+        print(f"{summary['status']}: {summary['files']} files, {summary['bytes']} bytes in {summary['export_dir']}; "
+              f"DMS CdcStartPosition {summary['cdc_start_position']} (slot {summary['slot']}).")
         print("The slot now keeps WAL until DMS reads it: for the whole trip of the device.")
     return 0
 

@@ -66,12 +66,10 @@ class LoadFileWriter:
         rows = pa.Table.from_batches(self._buffer)
         self._buffer, self._buffered = [], 0
         n = rows.num_rows
-        lead = {
-            OP: pa.repeat(pa.scalar("I", pa.string()), n),
-            TS: pa.repeat(self._load_ts, n),
-            SEQ: pa.nulls(n, pa.string()),
-        }
-        table = to_dms_table(pa.Table.from_arrays([*lead.values(), *rows.columns], names=[*lead, *rows.column_names]))
+        lead = {OP: pa.repeat(pa.scalar("I", pa.string()), n), TS: pa.repeat(self._load_ts, n),
+                SEQ: pa.nulls(n, pa.string())}
+        table = to_dms_table(pa.Table.from_arrays([*lead.values(), *rows.columns],
+                                                  names=[*lead, *rows.column_names]))
         if self._writer is None:
             path = self.directory / f"{self.prefix}-{len(self.paths) + 1:05d}.parquet"
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -164,14 +164,8 @@ def file_checksums(path: Path, part_size: int = S3_PART_SIZE) -> dict:
         etag = md5.hexdigest()
     else:
         etag = f"{hashlib.md5(b''.join(part_digests), usedforsecurity=False).hexdigest()}-{len(part_digests)}"
-    return {
-        "size": size,
-        "sha256": sha256.hexdigest(),
-        "md5": md5.hexdigest(),
-        "etag": etag,
-        "crc32": base64.b64encode(crc.to_bytes(4, "big")).decode(),
-        "part_size": part_size,
-    }
+    return {"size": size, "sha256": sha256.hexdigest(), "md5": md5.hexdigest(), "etag": etag,
+            "crc32": base64.b64encode(crc.to_bytes(4, "big")).decode(), "part_size": part_size}
 
 
 def describe_file(export_dir: Path, path: Path, part_size: int = S3_PART_SIZE) -> ExportedFile:

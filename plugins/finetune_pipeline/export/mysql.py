@@ -36,16 +36,9 @@ from finetune_pipeline.export.manifest import (
 log = logging.getLogger(__name__)
 
 _ARROW_TYPES = {
-    "tinyint": pa.int16(),
-    "smallint": pa.int16(),
-    "mediumint": pa.int32(),
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "date": pa.date32(),
-    "datetime": pa.timestamp("us"),
-    "timestamp": pa.timestamp("us", tz="UTC"),
+    "tinyint": pa.int16(), "smallint": pa.int16(), "mediumint": pa.int32(), "int": pa.int32(),
+    "bigint": pa.int64(), "float": pa.float32(), "double": pa.float64(), "date": pa.date32(),
+    "datetime": pa.timestamp("us"), "timestamp": pa.timestamp("us", tz="UTC"),
 }
 
 
@@ -72,15 +65,11 @@ def check_binlog_settings(cursor) -> str:
     if str(log_bin) not in ("1", "ON"):
         problems.append("binary logging is off (log_bin): DMS reads changes from the binlog; enable it and restart")
     if str(binlog_format).upper() != "ROW":
-        problems.append(
-            f"binlog_format is {binlog_format!r}, not ROW: DMS CDC reads row events only "
-            "(SET PERSIST binlog_format = 'ROW')"
-        )
+        problems.append(f"binlog_format is {binlog_format!r}, not ROW: DMS CDC reads row events only "
+                        "(SET PERSIST binlog_format = 'ROW')")
     if str(row_image).upper() != "FULL":
-        problems.append(
-            f"binlog_row_image is {row_image!r}, not FULL: DMS needs every column of each changed row "
-            "(SET PERSIST binlog_row_image = 'FULL')"
-        )
+        problems.append(f"binlog_row_image is {row_image!r}, not FULL: DMS needs every column of each changed row "
+                        "(SET PERSIST binlog_row_image = 'FULL')")
     if problems:
         raise PreflightError(problems)
     return str(server_uuid)
@@ -97,9 +86,8 @@ def _binlog_status(cursor) -> BinlogPosition:
             continue
         row = cursor.fetchone()
         if not row:
-            raise PreflightError(
-                ["the server reports no binlog position (SHOW BINARY LOG STATUS is empty): is binary logging on?"]
-            )
+            raise PreflightError(["the server reports no binlog position (SHOW BINARY LOG STATUS is empty): "
+                                  "is binary logging on?"])
         return BinlogPosition(str(row[0]), int(row[1]))
     raise ExportError("the server understood neither SHOW BINARY LOG STATUS nor SHOW MASTER STATUS")
 
@@ -120,14 +108,8 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def export_mysql(
-    conn,
-    tables: list[tuple[str, str]],
-    export_dir: Path,
-    *,
-    batch_rows: int = 10_000,
-    report: Callable[[str], None] | None = None,
-) -> ExportManifest:
+def export_mysql(conn, tables: list[tuple[str, str]], export_dir: Path, *, batch_rows: int = 10_000,
+                 report: Callable[[str], None] | None = None) -> ExportManifest:
     """Export ``(schema, table)`` pairs in one consistent snapshot; the manifest names its binlog position."""
     say = report or log.info
     cursor = conn.cursor()
@@ -136,9 +118,7 @@ def export_mysql(
     for schema, name in tables:
         cursor.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-            (schema, name),
-        )
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION", (schema, name))
         rows = cursor.fetchall()
         if not rows:
             problems.append(f"table {schema}.{name} does not exist")
@@ -159,25 +139,20 @@ def export_mysql(
         writer = LoadFileWriter(folder, "part", snapshot_position)
         cursor.execute(f"SELECT {', '.join(_quote(c) for c, _, _ in cols)} FROM {_quote(schema)}.{_quote(name)}")
         while batch := cursor.fetchmany(batch_rows):
-            writer.write(
-                pa.RecordBatch.from_pylist([dict(zip(arrow.names, row, strict=True)) for row in batch], schema=arrow)
-            )
+            writer.write(pa.RecordBatch.from_pylist([dict(zip(arrow.names, row, strict=True)) for row in batch],
+                                                    schema=arrow))
         paths = writer.close()
         for number, path in enumerate(paths, start=1):
             path.replace(folder / load_file_name(number))
             files.append(describe_file(export_dir, folder / load_file_name(number)))
-        counts[f"{schema}.{name}"] = TableExport(
-            rows=writer.rows, primary_key=[c for c, _, k in cols if k == "PRI"], files=len(paths)
-        )
+        counts[f"{schema}.{name}"] = TableExport(rows=writer.rows, primary_key=[c for c, _, k in cols if k == "PRI"],
+                                                 files=len(paths))
     cursor.execute("COMMIT")
     manifest = ExportManifest(
-        engine="mysql",
-        snapshot_position=snapshot_position.isoformat(),
+        engine="mysql", snapshot_position=snapshot_position.isoformat(),
         cdc_start_position=position.cdc_start_position,
         source=SourceInfo(database=tables[0][0], system_identifier=server_uuid),
-        tables=counts,
-        files=sorted(files, key=lambda f: f.key),
-        exported_at=datetime.now(UTC).isoformat(),
+        tables=counts, files=sorted(files, key=lambda f: f.key), exported_at=datetime.now(UTC).isoformat(),
         notes={"binlog_file": position.file, "binlog_position": position.position},
     )
     write_manifest(export_dir, manifest)

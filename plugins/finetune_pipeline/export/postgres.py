@@ -66,20 +66,10 @@ WAL_HEADROOM = 2.0
 # (CHAP_Source.PostgreSQL "Source data types for PostgreSQL", CHAP_Target.S3 Parquet types). Anything else
 # (json, uuid, arrays, intervals, ...) is exported as its PostgreSQL text form, as DMS writes a string.
 _ARROW_TYPES = {
-    "int2": pa.int16(),
-    "int4": pa.int32(),
-    "int8": pa.int64(),
-    "oid": pa.int64(),
-    "float4": pa.float32(),
-    "float8": pa.float64(),
-    "bool": pa.bool_(),
-    "text": pa.string(),
-    "varchar": pa.string(),
-    "bpchar": pa.string(),
-    "name": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(), "oid": pa.int64(),
+    "float4": pa.float32(), "float8": pa.float64(), "bool": pa.bool_(),
+    "text": pa.string(), "varchar": pa.string(), "bpchar": pa.string(), "name": pa.string(),
+    "date": pa.date32(), "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
 }
 
 
@@ -251,22 +241,17 @@ def _check_wal_retention(conn, settings: ExportSettings, report: PreflightReport
     rate = settings.wal_bytes_per_day
     measured = ""
     if rate is None:
-        row = (
-            conn.execute("SELECT wal_bytes, extract(epoch FROM now() - stats_reset) FROM pg_stat_wal").fetchone()
-            if conn.info.server_version >= 140000
-            else None
-        )
+        row = conn.execute(
+            "SELECT wal_bytes, extract(epoch FROM now() - stats_reset) FROM pg_stat_wal"
+        ).fetchone() if conn.info.server_version >= 140000 else None
         if row and row[1] and row[1] >= _MIN_WAL_STATS_SECONDS:
             rate = int(float(row[0]) / float(row[1]) * 86_400)
             measured = f" (measured from pg_stat_wal over {float(row[1]) / 86_400:.0f} days)"
     days = settings.wal_retention_days
     expected = rate * days if rate is not None else None
     if limit_mb < 0:
-        detail = (
-            f"about {_size(expected)} at {_size(rate)}/day{measured}"
-            if expected is not None
-            else "as much WAL as the source writes in that time"
-        )
+        detail = (f"about {_size(expected)} at {_size(rate)}/day{measured}" if expected is not None
+                  else "as much WAL as the source writes in that time")
         report.warnings.append(
             f"max_slot_wal_keep_size is unlimited (-1): the slot keeps all WAL from the snapshot until DMS "
             f"reads it, {detail} over a {days:g}-day trip; make sure pg_wal has room for it"
@@ -318,9 +303,8 @@ def _check_existing_slot(conn, settings: ExportSettings, report: PreflightReport
         mismatches.append(manifest_problem or f"no complete export (no {MANIFEST_NAME}) in {settings.export_dir}")
     else:
         if manifest.slot is None or manifest.slot.name != settings.slot_name:
-            mismatches.append(
-                f"the export in {settings.export_dir} names slot {manifest.slot.name if manifest.slot else None!r}"
-            )
+            mismatches.append(f"the export in {settings.export_dir} names slot "
+                              f"{manifest.slot.name if manifest.slot else None!r}")
         if slot_type != "logical" or plugin != PLUGIN:
             mismatches.append(f"the slot is {slot_type} with plugin {plugin!r}, not logical {PLUGIN}")
         if database != report.database:
@@ -328,27 +312,23 @@ def _check_existing_slot(conn, settings: ExportSettings, report: PreflightReport
         if manifest.source.system_identifier != system_id:
             mismatches.append(f"the export came from system {manifest.source.system_identifier}, this is {system_id}")
         if (_lsn(confirmed) or 0) < (_lsn(manifest.cdc_start_position) or 0):
-            mismatches.append(
-                f"the slot's confirmed position {confirmed} is before the export's {manifest.cdc_start_position}"
-            )
+            mismatches.append(f"the slot's confirmed position {confirmed} is before the export's "
+                              f"{manifest.cdc_start_position}")
         if wal_status == "lost":
             mismatches.append("the slot was invalidated (wal_status lost): the WAL after the export is gone")
     if not mismatches:
         report.reuse = manifest
         return True
     if active:
-        problems.append(
-            f"replication slot {settings.slot_name} already exists and is in use (pid {active_pid}, "
-            f"a DMS task?), and does not belong to this export: " + "; ".join(mismatches)
-        )
+        problems.append(f"replication slot {settings.slot_name} already exists and is in use (pid {active_pid}, "
+                        f"a DMS task?), and does not belong to this export: " + "; ".join(mismatches))
     elif settings.replace:
         report.drop_slot = True
         report.warnings.append(f"replacing slot {settings.slot_name}: " + "; ".join(mismatches))
     else:
         problems.append(
             f"replication slot {settings.slot_name} was left by an earlier export that this one cannot reuse ("
-            + "; ".join(mismatches)
-            + f"). If no DMS task reads it, drop it (SELECT pg_drop_replication_slot("
+            + "; ".join(mismatches) + f"). If no DMS task reads it, drop it (SELECT pg_drop_replication_slot("
             f"'{settings.slot_name}')) or export with replace (--replace)"
         )
     return True
@@ -362,9 +342,8 @@ def identify_system(conninfo: str) -> tuple[str, int]:
     return str(system_id), int(timeline)
 
 
-def preflight(
-    conn: psycopg.Connection, specs: list[TableSpec], settings: ExportSettings, system_identifier: str | None = None
-) -> PreflightReport:
+def preflight(conn: psycopg.Connection, specs: list[TableSpec], settings: ExportSettings,
+              system_identifier: str | None = None) -> PreflightReport:
     """Check the source and the target; raise PreflightError listing every problem found."""
     problems: list[str] = []
     report = PreflightReport(system_identifier=system_identifier)
@@ -372,12 +351,8 @@ def preflight(
     report.server_version = conn.execute("SHOW server_version").fetchone()[0]
     report.database = conn.info.dbname
     if version < 100000:
-        raise PreflightError(
-            [
-                f"PostgreSQL {report.server_version} has no logical decoding slots with exported "
-                "snapshots; the export needs PostgreSQL 10 or later"
-            ]
-        )
+        raise PreflightError([f"PostgreSQL {report.server_version} has no logical decoding slots with exported "
+                              "snapshots; the export needs PostgreSQL 10 or later"])
     settings_row = conn.execute(
         "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int, "
         "current_setting('max_wal_senders')::int, "
@@ -389,26 +364,18 @@ def preflight(
     wal_level, max_slots, max_senders, keep_mb, slots_used, senders_used, can_replicate = settings_row
     report.max_slot_wal_keep_size_mb = int(keep_mb)
     if wal_level != "logical":
-        problems.append(
-            f"wal_level is {wal_level!r}, not 'logical': logical decoding (and DMS CDC) needs "
-            "wal_level = logical in postgresql.conf (on RDS: rds.logical_replication = 1), then a restart"
-        )
+        problems.append(f"wal_level is {wal_level!r}, not 'logical': logical decoding (and DMS CDC) needs "
+                        "wal_level = logical in postgresql.conf (on RDS: rds.logical_replication = 1), then a restart")
     if not can_replicate:
-        problems.append(
-            f"role {conn.info.user!r} may not create replication slots: "
-            f"ALTER ROLE {conn.info.user} WITH REPLICATION (on RDS: GRANT rds_replication)"
-        )
+        problems.append(f"role {conn.info.user!r} may not create replication slots: "
+                        f"ALTER ROLE {conn.info.user} WITH REPLICATION (on RDS: GRANT rds_replication)")
     slot_exists = _check_existing_slot(conn, settings, report, problems)
     if not slot_exists and slots_used >= max_slots:
-        problems.append(
-            f"no free replication slot: {slots_used} of max_replication_slots = {max_slots} are used; "
-            "drop an unused one or raise max_replication_slots (restart)"
-        )
+        problems.append(f"no free replication slot: {slots_used} of max_replication_slots = {max_slots} are used; "
+                        "drop an unused one or raise max_replication_slots (restart)")
     if senders_used >= max_senders:
-        problems.append(
-            f"no free WAL sender: {senders_used} of max_wal_senders = {max_senders} are running; "
-            "the export needs one to create the slot, and DMS one to read it"
-        )
+        problems.append(f"no free WAL sender: {senders_used} of max_wal_senders = {max_senders} are running; "
+                        "the export needs one to create the slot, and DMS one to read it")
     report.tables = _describe_tables(conn, specs, problems)
     if report.reuse is None:
         _check_wal_retention(conn, settings, report, problems)
@@ -439,16 +406,10 @@ def retained_wal(conn: psycopg.Connection, slot_name: str) -> dict | None:
     if row is None:
         return None
     retained, wal_status, safe, restart, confirmed, active, keep = row
-    return {
-        "slot": slot_name,
-        "retained_bytes": int(retained) if retained is not None else None,
-        "wal_status": wal_status,
-        "safe_wal_size": int(safe) if safe is not None else None,
-        "restart_lsn": restart,
-        "confirmed_flush_lsn": confirmed,
-        "active": active,
-        "max_slot_wal_keep_size": keep,
-    }
+    return {"slot": slot_name, "retained_bytes": int(retained) if retained is not None else None,
+            "wal_status": wal_status, "safe_wal_size": int(safe) if safe is not None else None,
+            "restart_lsn": restart, "confirmed_flush_lsn": confirmed, "active": active,
+            "max_slot_wal_keep_size": keep}
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -513,11 +474,8 @@ def _csv_batches(stream: _CopyStream, table: _Table) -> Iterator[pa.RecordBatch]
         parse_options=pcsv.ParseOptions(newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
             column_types={c.name: c.arrow_type for c in table.columns},
-            null_values=[""],
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+            true_values=["t"], false_values=["f"],
         ),
     )
     yield from reader
@@ -558,13 +516,8 @@ class ExportResult:
 class PostgresExport:
     """One export run; :meth:`run` returns the manifest (a matching earlier export's, if there is one)."""
 
-    def __init__(
-        self,
-        conninfo: str,
-        tables: list[TableSpec],
-        settings: ExportSettings,
-        report: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, conninfo: str, tables: list[TableSpec], settings: ExportSettings,
+                 report: Callable[[str], None] | None = None) -> None:
         if not tables:
             raise ExportError("no tables to export: name at least one schema.table")
         self.conninfo = conninfo
@@ -593,28 +546,21 @@ class PostgresExport:
             snapshot_position = conn.execute("SELECT clock_timestamp()").fetchone()[0].astimezone(UTC)
             created = False
             try:
-                with connect(
-                    self.conninfo, replication="database", autocommit=True, prepare_threshold=None
-                ) as replication:
+                with connect(self.conninfo, replication="database", autocommit=True,
+                             prepare_threshold=None) as replication:
                     system_id, timeline, _, _ = replication.execute("IDENTIFY_SYSTEM").fetchone()
                     slot, lsn, snapshot = self._create_slot(replication)
                     created = True
-                    self.say(
-                        f"created slot {slot} ({PLUGIN}) at {lsn}; exporting snapshot {snapshot} with "
-                        f"{settings.workers} session(s)"
-                    )
+                    self.say(f"created slot {slot} ({PLUGIN}) at {lsn}; exporting snapshot {snapshot} with "
+                             f"{settings.workers} session(s)")
                     files, counts = self._export_tables(report.tables, snapshot, snapshot_position)
                 wal = retained_wal(conn, settings.slot_name)
                 manifest = ExportManifest(
                     engine="postgres",
                     snapshot_position=snapshot_position.isoformat(),
                     cdc_start_position=lsn,
-                    source=SourceInfo(
-                        database=report.database,
-                        system_identifier=str(system_id),
-                        timeline=int(timeline),
-                        server_version=report.server_version,
-                    ),
+                    source=SourceInfo(database=report.database, system_identifier=str(system_id),
+                                      timeline=int(timeline), server_version=report.server_version),
                     tables=counts,
                     files=files,
                     slot=SlotInfo(name=slot, plugin=PLUGIN),
@@ -629,11 +575,9 @@ class PostgresExport:
                 raise
         seconds = time.monotonic() - started
         rows = sum(t.rows for t in counts.values())
-        self.say(
-            f"exported {rows:,} rows of {len(counts)} table(s) into {len(files)} file(s), "
-            f"{_size(manifest.total_bytes)}, in {seconds:.1f}s; CDC starts at {lsn}; the slot retains "
-            f"{_size(wal['retained_bytes'] or 0) if wal else '?'} of WAL"
-        )
+        self.say(f"exported {rows:,} rows of {len(counts)} table(s) into {len(files)} file(s), "
+                 f"{_size(manifest.total_bytes)}, in {seconds:.1f}s; CDC starts at {lsn}; the slot retains "
+                 f"{_size(wal['retained_bytes'] or 0) if wal else '?'} of WAL")
         return ExportResult(manifest, False, seconds, rows, self._csv_bytes, report.warnings)
 
     def _clear_target(self, report: PreflightReport) -> None:
@@ -655,9 +599,8 @@ class PostgresExport:
         try:
             name, lsn, snapshot, _ = replication.execute(command).fetchone()
         except psycopg.Error as error:
-            raise ExportError(
-                f"creating replication slot {self.settings.slot_name} failed: {str(error).strip().splitlines()[0]}"
-            ) from None
+            raise ExportError(f"creating replication slot {self.settings.slot_name} failed: "
+                              f"{str(error).strip().splitlines()[0]}") from None
         return name, lsn, snapshot
 
     def _drop_slot_after_failure(self, conn: psycopg.Connection) -> None:
@@ -666,18 +609,14 @@ class PostgresExport:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (self.settings.slot_name,))
             log.warning("export failed: dropped the slot %s it had created", self.settings.slot_name)
         except psycopg.Error as error:
-            log.error(
-                "export failed, and dropping slot %s failed too (%s): drop it by hand", self.settings.slot_name, error
-            )
+            log.error("export failed, and dropping slot %s failed too (%s): drop it by hand",
+                      self.settings.slot_name, error)
 
     def _export_tables(self, tables: list[_Table], snapshot: str, load_time: datetime):
         settings = self.settings
         staging = settings.export_dir / STAGING_DIR
-        chunks = [
-            chunk
-            for table in sorted(tables, key=lambda t: -t.heap_bytes)
-            for chunk in _chunks(table, settings.chunk_bytes)
-        ]
+        chunks = [chunk for table in sorted(tables, key=lambda t: -t.heap_bytes)
+                  for chunk in _chunks(table, settings.chunk_bytes)]
         with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="export") as pool:
             results = list(pool.map(lambda chunk: self._export_chunk(chunk, snapshot, load_time, staging), chunks))
         by_table: dict[str, list[tuple[int, list[Path], int]]] = {}
@@ -695,27 +634,20 @@ class PostgresExport:
                 path.replace(target)
                 final.append(target)
             counts[table.spec.qualified_name] = TableExport(
-                rows=sum(rows for _, _, rows in parts),
-                primary_key=table.primary_key,
-                files=len(paths),
+                rows=sum(rows for _, _, rows in parts), primary_key=table.primary_key, files=len(paths),
                 bytes=sum((folder / load_file_name(n)).stat().st_size for n in range(1, len(paths) + 1)),
             )
         shutil.rmtree(staging, ignore_errors=True)
         with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="checksum") as pool:
             files: list[ExportedFile] = list(
-                pool.map(lambda path: describe_file(settings.export_dir, path, settings.part_size), final)
-            )
+                pool.map(lambda path: describe_file(settings.export_dir, path, settings.part_size), final))
         return sorted(files, key=lambda f: f.key), counts
 
     def _export_chunk(self, chunk: _Chunk, snapshot: str, load_time: datetime, staging: Path):
         table = chunk.table
-        writer = LoadFileWriter(
-            staging / table.spec.schema / table.spec.name,
-            f"chunk{chunk.index:05d}",
-            load_time,
-            max_file_bytes=self.settings.max_file_bytes,
-            row_group_bytes=self.settings.row_group_bytes,
-        )
+        writer = LoadFileWriter(staging / table.spec.schema / table.spec.name, f"chunk{chunk.index:05d}", load_time,
+                                max_file_bytes=self.settings.max_file_bytes,
+                                row_group_bytes=self.settings.row_group_bytes)
         try:
             with connect(self.conninfo, autocommit=True) as conn:
                 # Text forms pyarrow parses exactly: UTC ISO timestamps, ISO dates, round-tripping floats.

@@ -71,11 +71,13 @@ def _matches(pattern: re.Pattern[str], expected: str):
     return AfterValidator(check)
 
 
-BucketName = Annotated[str, _matches(_BUCKET_RE, "an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-'")]
+BucketName = Annotated[
+    str, _matches(_BUCKET_RE, "an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-'")
+]
 RoleArn = Annotated[str, _matches(_ROLE_ARN_RE, "an IAM role ARN like arn:aws:iam::123456789012:role/name")]
 InstanceProfileArn = Annotated[
-    str,
-    _matches(_INSTANCE_PROFILE_ARN_RE, "an instance profile ARN like arn:aws:iam::123456789012:instance-profile/name"),
+    str, _matches(_INSTANCE_PROFILE_ARN_RE,
+                  "an instance profile ARN like arn:aws:iam::123456789012:instance-profile/name")
 ]
 KmsKeyArn = Annotated[
     str, _matches(_KMS_KEY_ARN_RE, "a KMS key ARN like arn:aws:kms:us-east-1:123456789012:key/1234abcd-...")
@@ -88,11 +90,8 @@ def _known_regions() -> frozenset[str]:
     import botocore.session
 
     session = botocore.session.get_session()
-    return frozenset(
-        region
-        for partition in session.get_available_partitions()
-        for region in session.get_available_regions("s3", partition_name=partition)
-    )
+    return frozenset(region for partition in session.get_available_partitions()
+                     for region in session.get_available_regions("s3", partition_name=partition))
 
 
 def _known_region(value: str) -> str:
@@ -105,16 +104,18 @@ Region = Annotated[str, AfterValidator(_known_region)]
 # Whole numbers and finite numbers as written: YAML's `true` is not 1 and `.inf` is not a duration.
 Count = Annotated[int, Strict()]
 Number = Annotated[float, Strict(), AllowInfNan(False)]
-Identifier = Annotated[str, _matches(_IDENTIFIER_RE, "an identifier: a letter, then up to 62 letters, digits or '-'")]
+Identifier = Annotated[
+    str, _matches(_IDENTIFIER_RE, "an identifier: a letter, then up to 62 letters, digits or '-'")
+]
 DmsIdentifier = Annotated[
     str,
-    _matches(
-        _DMS_IDENTIFIER_RE,
-        "a DMS identifier: a lowercase letter, then lowercase letters, digits and single '-', not ending in '-'",
-    ),
+    _matches(_DMS_IDENTIFIER_RE, "a DMS identifier: a lowercase letter, then lowercase letters, digits and "
+             "single '-', not ending in '-'"),
 ]
 SqlName = Annotated[str, _matches(_SQL_NAME_RE, "a SQL identifier like public or order_items")]
-Prefix = Annotated[str, _matches(_PREFIX_RE, "an S3 key prefix without leading or trailing '/', like landing/cdc")]
+Prefix = Annotated[
+    str, _matches(_PREFIX_RE, "an S3 key prefix without leading or trailing '/', like landing/cdc")
+]
 
 
 def _resolve_path(value: str | Path, info: ValidationInfo) -> Path:
@@ -205,20 +206,15 @@ class StorageConfig(_Model):
     def _prefixes_apart(self) -> StorageConfig:
         # The sync lists the landing prefix for change files: a dataset or quarantine under it (or the other
         # way round) would be read back as landed data.
-        prefixes = {
-            "landing_prefix": self.landing_prefix,
-            "dataset_prefix": self.dataset_prefix,
-            "quarantine_prefix": self.quarantine_prefix,
-        }
+        prefixes = {"landing_prefix": self.landing_prefix, "dataset_prefix": self.dataset_prefix,
+                    "quarantine_prefix": self.quarantine_prefix}
         names = list(prefixes)
         for i, first in enumerate(names):
-            for second in names[i + 1 :]:
+            for second in names[i + 1:]:
                 a, b = prefixes[first] + "/", prefixes[second] + "/"
                 if a.startswith(b) or b.startswith(a):
-                    raise ValueError(
-                        f"{first} ({prefixes[first]!r}) and {second} ({prefixes[second]!r}) must be "
-                        "separate prefixes, neither inside the other"
-                    )
+                    raise ValueError(f"{first} ({prefixes[first]!r}) and {second} ({prefixes[second]!r}) must be "
+                                     "separate prefixes, neither inside the other")
         return self
 
 
@@ -271,14 +267,9 @@ class SnowballConfig(_Model):
     export_dir: ConfigPath
     # The unlocked device's S3 adapter on the local network, e.g. https://192.168.1.20:8443, or a template
     # rendered when the device is loaded (its address is known only once it is on site).
-    device_endpoint_url: Annotated[
-        str,
-        _matches(
-            _DEVICE_ENDPOINT_RE,
-            "the device's S3 adapter URL like https://192.168.1.20:8443, or a template like "
-            "{{ var.value.finetune_snowball_device_endpoint }}",
-        ),
-    ]
+    device_endpoint_url: Annotated[str, _matches(
+        _DEVICE_ENDPOINT_RE, "the device's S3 adapter URL like https://192.168.1.20:8443, or a template like "
+        "{{ var.value.finetune_snowball_device_endpoint }}")]
     # Connection with the device's own access key; defaults to aws.conn_id.
     device_conn_id: str | None = None
     poll_seconds: Number = Field(default=300, gt=0)
@@ -307,14 +298,11 @@ class DmsConfig(_Model):
     @model_validator(mode="after")
     def _distinct_endpoints(self) -> DmsConfig:
         if self.source_endpoint_id == self.target_endpoint_id:
-            raise ValueError(
-                f"source_endpoint_id and target_endpoint_id must differ, both are "
-                f"{self.source_endpoint_id!r}: one identifier names one endpoint"
-            )
+            raise ValueError(f"source_endpoint_id and target_endpoint_id must differ, both are "
+                             f"{self.source_endpoint_id!r}: one identifier names one endpoint")
         if self.source_secret_id and not self.secrets_manager_access_role_arn:
-            raise ValueError(
-                "source_secret_id needs secrets_manager_access_role_arn, the role DMS reads the secret with"
-            )
+            raise ValueError("source_secret_id needs secrets_manager_access_role_arn, the role DMS reads the "
+                             "secret with")
         return self
 
 
@@ -325,9 +313,8 @@ def _cron_schedule(value: str) -> str:
     try:
         CronTriggerTimetable(value, timezone="UTC").validate()
     except Exception as error:  # AirflowTimetableInvalid, or croniter's own errors
-        raise ValueError(
-            f"expected a cron expression like '0 * * * *' or a preset like @hourly, got {value!r} ({error})"
-        ) from None
+        raise ValueError(f"expected a cron expression like '0 * * * *' or a preset like @hourly, got {value!r} "
+                         f"({error})") from None
     return value
 
 
@@ -391,10 +378,8 @@ class IcebergConfig(_Model):
         if self.sql_uri and re.search(r"://[^/@]+:[^/@]*@", self.sql_uri):
             raise ValueError("sql_uri must not hold a password: use sql_conn_id, an Airflow connection")
         if self.catalog == "s3tables" and not (self.warehouse or "").startswith("arn:"):
-            raise ValueError(
-                "catalog s3tables needs warehouse, the table bucket's ARN "
-                "(arn:aws:s3tables:<region>:<account>:bucket/<name>)"
-            )
+            raise ValueError("catalog s3tables needs warehouse, the table bucket's ARN "
+                             "(arn:aws:s3tables:<region>:<account>:bucket/<name>)")
         if self.catalog == "rest" and not self.rest_uri:
             raise ValueError("catalog rest needs rest_uri, the catalog's endpoint")
         if self.catalog in ("sql", "glue") and self.warehouse and not self.warehouse.startswith("s3://"):
@@ -520,11 +505,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark,
-                )
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -542,9 +524,8 @@ def _load(path: Path, mtime_ns: int) -> PipelineConfig:
     if data is None:
         raise PipelineConfigError(f"pipeline config {path} is empty: start from include/config/pipeline.yaml")
     if not isinstance(data, dict):
-        raise PipelineConfigError(
-            f"pipeline config {path} must be a mapping of sections (project, source, ...), not a {type(data).__name__}"
-        )
+        raise PipelineConfigError(f"pipeline config {path} must be a mapping of sections (project, source, ...), "
+                                  f"not a {type(data).__name__}")
     return parse_config(data, str(path), base_dir=path.resolve().parent)
 
 

@@ -100,10 +100,8 @@ def content_problem(head: dict, item: ExportedFile) -> str | None:
     if differ:
         return "content differs: " + "; ".join(differ)
     if not compared:
-        return (
-            f"nothing S3 reports can be compared (ETag {etag} is of another part size than the manifest's "
-            f"{item.part_size} bytes, and no full-object checksum): cannot verify without downloading"
-        )
+        return (f"nothing S3 reports can be compared (ETag {etag} is of another part size than the manifest's "
+                f"{item.part_size} bytes, and no full-object checksum): cannot verify without downloading")
     return None
 
 
@@ -120,16 +118,10 @@ def verify_landed(s3_client, manifest: ExportManifest, bucket: str, prefix: str)
         if problem:
             problems.append(f"s3://{bucket}/{prefix}/{item.key}: {problem}")
     if problems:
-        raise LandingError(
-            f"{len(problems)} of {len(manifest.files)} exported files did not land intact:\n  " + "\n  ".join(problems)
-        )
-    log.info(
-        "verified %d files (%d bytes) in s3://%s/%s by checksum",
-        len(manifest.files),
-        manifest.total_bytes,
-        bucket,
-        prefix,
-    )
+        raise LandingError(f"{len(problems)} of {len(manifest.files)} exported files did not land intact:\n  "
+                           + "\n  ".join(problems))
+    log.info("verified %d files (%d bytes) in s3://%s/%s by checksum", len(manifest.files), manifest.total_bytes,
+             bucket, prefix)
     return manifest.total_bytes
 
 

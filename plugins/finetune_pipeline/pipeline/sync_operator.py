@@ -150,13 +150,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             late_file_grace=timedelta(minutes=self.late_file_grace_minutes),
         )
         full_rebuild = self.full_rebuild in (True, "True", "true")
-        self.log.info(
-            "syncing %s (full rebuild: %s) after snapshot %s into the %s",
-            self.tables or "all tables",
-            full_rebuild,
-            snapshot.snapshot_position,
-            spec.catalog.describe(),
-        )
+        self.log.info("syncing %s (full rebuild: %s) after snapshot %s into the %s",
+                      self.tables or "all tables", full_rebuild, snapshot.snapshot_position, spec.catalog.describe())
         try:
             result = run_sync(
                 S3Store(client, self.bucket),
@@ -182,12 +177,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             context["ti"].xcom_push(key=REPORT_URL_XCOM_KEY, value=url)
             until = datetime.now(UTC) + sync_defaults.REPORT_LINK_EXPIRY
             # The query string is a signature, not a credential; still, log the object, not the link.
-            self.log.info(
-                "validation report s3://%s/%s, linked on the task (link valid until %s at most)",
-                self.bucket,
-                html_key,
-                until.isoformat(timespec="minutes"),
-            )
+            self.log.info("validation report s3://%s/%s, linked on the task (link valid until %s at most)",
+                          self.bucket, html_key, until.isoformat(timespec="minutes"))
 
         if result.status == "blocked":
             raise AirflowFailException(
@@ -199,9 +190,8 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
             raise AirflowSkipException(f"nothing new since the last sync: {result.version} stays current")
         self.log.info("published dataset %s: %s", result.version, result.row_counts)
         for name, table in result.tables.items():
-            self.log.info(
-                "%s: %s snapshot %s tagged %s", name, table["identifier"], table["snapshot_id"], result.version
-            )
+            self.log.info("%s: %s snapshot %s tagged %s", name, table["identifier"], table["snapshot_id"],
+                          result.version)
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {
                 "version": result.version,
@@ -234,19 +224,13 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         try:
             task = hook.find_replication_task(task_id)
             if task is None:
-                self.log.warning(
-                    "DMS task %s not found in %s: rows are not reconciled with DMS this run",
-                    task_id,
-                    hook.conn_region_name,
-                )
+                self.log.warning("DMS task %s not found in %s: rows are not reconciled with DMS this run",
+                                 task_id, hook.conn_region_name)
                 return {}
             if "StartDate" not in task.get("ReplicationTaskStats", {}):
                 # Statistics count from the task's first start; before it, DMS has captured nothing to compare.
-                self.log.warning(
-                    "DMS task %s has not started yet (%s): rows are not reconciled with DMS this run",
-                    task_id,
-                    task.get("Status"),
-                )
+                self.log.warning("DMS task %s has not started yet (%s): rows are not reconciled with DMS this run",
+                                 task_id, task.get("Status"))
                 return {}
             entries = hook.table_statistics(task["ReplicationTaskArn"])
         except (ClientError, BotoCoreError) as error:
@@ -256,10 +240,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         for entry in entries:
             self.log.info(
                 "DMS %s.%s: %s inserts, %s updates, %s deletes captured",
-                entry["SchemaName"],
-                entry["TableName"],
-                entry.get("Inserts", 0),
-                entry.get("Updates", 0),
+                entry["SchemaName"], entry["TableName"], entry.get("Inserts", 0), entry.get("Updates", 0),
                 entry.get("Deletes", 0),
             )
         from finetune_pipeline.datasets.reconcile import OutsideCounts

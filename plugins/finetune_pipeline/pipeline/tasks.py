@@ -40,19 +40,10 @@ def _source_conninfo(conn_id: str, database: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     conn = BaseHook.get_connection(conn_id)
-    extra = {
-        key: value
-        for key, value in (conn.extra_dejson or {}).items()
-        if key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options")
-    }
-    params = {
-        "host": conn.host,
-        "port": conn.port,
-        "user": conn.login,
-        "password": conn.password,
-        "dbname": conn.schema or database,
-        **extra,
-    }
+    extra = {key: value for key, value in (conn.extra_dejson or {}).items()
+             if key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options")}
+    params = {"host": conn.host, "port": conn.port, "user": conn.login, "password": conn.password,
+              "dbname": conn.schema or database, **extra}
     return make_conninfo(**{key: str(value) for key, value in params.items() if value not in (None, "")})
 
 
@@ -68,18 +59,12 @@ def export_snapshot(config: PipelineConfig) -> dict:
             f"into {config.snowball.export_dir}, and read_export checks its manifest"
         )
     if source.engine != "postgres":
-        raise AirflowFailException(
-            f"the export task runs PostgreSQL exports; for {source.engine}, run "
-            "python -m finetune_pipeline.export --engine mysql on premises"
-        )
+        raise AirflowFailException(f"the export task runs PostgreSQL exports; for {source.engine}, run "
+                                   "python -m finetune_pipeline.export --engine mysql on premises")
     tables = [TableSpec(t.schema_name, t.name, tuple(t.primary_key)) for t in source.tables]
-    settings = ExportSettings(
-        export_dir=config.snowball.export_dir,
-        slot_name=source.slot_name,
-        workers=source.export_workers,
-        wal_retention_days=source.wal_retention_days,
-        wal_bytes_per_day=source.wal_bytes_per_day,
-    )
+    settings = ExportSettings(export_dir=config.snowball.export_dir, slot_name=source.slot_name,
+                              workers=source.export_workers, wal_retention_days=source.wal_retention_days,
+                              wal_bytes_per_day=source.wal_bytes_per_day)
     try:
         result = PostgresExport(_source_conninfo(source.conn_id, source.database), tables, settings).run()
     except SourceUnreachableError:
@@ -90,14 +75,9 @@ def export_snapshot(config: PipelineConfig) -> dict:
     for warning in result.warnings:
         log.warning("export: %s", warning)
     manifest = result.manifest
-    return {
-        "status": "reused" if result.reused else "exported",
-        "cdc_start_position": manifest.cdc_start_position,
-        "files": len(manifest.files),
-        "bytes": manifest.total_bytes,
-        "rows": result.rows,
-        "seconds": round(result.seconds, 2),
-    }
+    return {"status": "reused" if result.reused else "exported", "cdc_start_position": manifest.cdc_start_position,
+            "files": len(manifest.files), "bytes": manifest.total_bytes, "rows": result.rows,
+            "seconds": round(result.seconds, 2)}
 
 
 def plan(config: PipelineConfig) -> dict:
@@ -124,41 +104,23 @@ def plan(config: PipelineConfig) -> dict:
     if config.source.size_bytes:
         log.info("the export is %d bytes; the config estimated %d", manifest.total_bytes, config.source.size_bytes)
     if result.mode == "offline" and result.snowball_days > config.source.wal_retention_days:
-        log.warning(
-            "the Snowball trip takes %.1f days, longer than source.wal_retention_days (%g): the slot must "
-            "keep WAL that long",
-            result.snowball_days,
-            config.source.wal_retention_days,
-        )
+        log.warning("the Snowball trip takes %.1f days, longer than source.wal_retention_days (%g): the slot must "
+                    "keep WAL that long", result.snowball_days, config.source.wal_retention_days)
     return result.as_dict()
 
 
 def read_export(config: PipelineConfig) -> dict:
     manifest = _export_manifest(config)
     wal = manifest.wal or {}
-    log.info(
-        "snapshot export: %d files, %d bytes, %s; CDC starts at %s (snapshot %s)",
-        len(manifest.files),
-        manifest.total_bytes,
-        ", ".join(f"{name} {t.rows} rows" for name, t in sorted(manifest.tables.items())),
-        manifest.cdc_start_position,
-        manifest.snapshot_position,
-    )
+    log.info("snapshot export: %d files, %d bytes, %s; CDC starts at %s (snapshot %s)", len(manifest.files),
+             manifest.total_bytes, ", ".join(f"{name} {t.rows} rows" for name, t in sorted(manifest.tables.items())),
+             manifest.cdc_start_position, manifest.snapshot_position)
     if manifest.slot:
-        log.info(
-            "slot %s retained %s bytes of WAL when the export finished; it keeps WAL until DMS reads it, for "
-            "the whole trip of the device",
-            manifest.slot.name,
-            wal.get("retained_bytes"),
-        )
-    return {
-        "snapshot_position": manifest.snapshot_position,
-        "cdc_start_position": manifest.cdc_start_position,
-        "engine": manifest.engine,
-        "files": len(manifest.files),
-        "bytes": manifest.total_bytes,
-        "retained_wal_bytes": wal.get("retained_bytes"),
-    }
+        log.info("slot %s retained %s bytes of WAL when the export finished; it keeps WAL until DMS reads it, for "
+                 "the whole trip of the device", manifest.slot.name, wal.get("retained_bytes"))
+    return {"snapshot_position": manifest.snapshot_position, "cdc_start_position": manifest.cdc_start_position,
+            "engine": manifest.engine, "files": len(manifest.files), "bytes": manifest.total_bytes,
+            "retained_wal_bytes": wal.get("retained_bytes")}
 
 
 RETAINED_WAL_SQL = (
@@ -188,36 +150,19 @@ def log_retained_wal(config: PipelineConfig) -> dict | None:
         log.warning("cannot read the retained WAL through %s: %s", conn_id, type(error).__name__)
         return None
     if row is None:
-        raise AirflowFailException(
-            f"replication slot {config.source.slot_name} no longer exists: CDC cannot start "
-            "at the snapshot on its way; export again"
-        )
+        raise AirflowFailException(f"replication slot {config.source.slot_name} no longer exists: CDC cannot start "
+                                   "at the snapshot on its way; export again")
     retained, wal_status, safe, active = row
-    report = {
-        "slot": config.source.slot_name,
-        "retained_bytes": retained,
-        "wal_status": wal_status,
-        "safe_wal_size": safe,
-        "active": active,
-    }
-    log.info(
-        "replication slot %s retains %s bytes of WAL (wal_status %s, %s bytes until max_slot_wal_keep_size)",
-        config.source.slot_name,
-        retained,
-        wal_status,
-        "unlimited" if safe is None else safe,
-    )
+    report = {"slot": config.source.slot_name, "retained_bytes": retained, "wal_status": wal_status,
+              "safe_wal_size": safe, "active": active}
+    log.info("replication slot %s retains %s bytes of WAL (wal_status %s, %s bytes until max_slot_wal_keep_size)",
+             config.source.slot_name, retained, wal_status, "unlimited" if safe is None else safe)
     if wal_status == "lost":
-        raise AirflowFailException(
-            f"replication slot {config.source.slot_name} was invalidated (wal_status lost): "
-            "the WAL after the snapshot is gone, so CDC cannot start at it; export again"
-        )
+        raise AirflowFailException(f"replication slot {config.source.slot_name} was invalidated (wal_status lost): "
+                                   "the WAL after the snapshot is gone, so CDC cannot start at it; export again")
     if wal_status == "unreserved":
-        log.warning(
-            "slot %s is past max_slot_wal_keep_size (wal_status unreserved): it is lost at the next "
-            "checkpoint unless DMS starts reading it",
-            config.source.slot_name,
-        )
+        log.warning("slot %s is past max_slot_wal_keep_size (wal_status unreserved): it is lost at the next "
+                    "checkpoint unless DMS starts reading it", config.source.slot_name)
     return report
 
 
@@ -267,12 +212,8 @@ def verify_and_publish_snapshot(config: PipelineConfig) -> ExportManifest:
             "this task."
         ) from None
     key = landing.publish_snapshot_manifest(client, manifest, config.storage.bucket, config.storage.landing_prefix)
-    log.info(
-        "published snapshot manifest s3://%s/%s (CDC starts after %s)",
-        config.storage.bucket,
-        key,
-        manifest.snapshot_position,
-    )
+    log.info("published snapshot manifest s3://%s/%s (CDC starts after %s)",
+             config.storage.bucket, key, manifest.snapshot_position)
     return manifest
 
 
@@ -335,10 +276,8 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
             break
     storage = config.storage
     hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=storage.region)
-    not_yet = (
-        f"no dataset version is published under s3://{storage.bucket}/{storage.dataset_prefix} yet: run "
-        "finetune_incremental_sync first"
-    )
+    not_yet = (f"no dataset version is published under s3://{storage.bucket}/{storage.dataset_prefix} yet: run "
+               "finetune_incremental_sync first")
     try:
         spec, catalog = open_catalog(config.iceberg, hook, storage.bucket, storage.dataset_prefix)
         version = open_version(catalog, spec.namespace, wanted)
@@ -346,11 +285,8 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
         raise AirflowFailException(not_yet) from None
     except VersionNotFound as error:
         raise AirflowFailException(not_yet if wanted is None else str(error)) from None
-    log.info(
-        "training on dataset version %s (%s)",
-        version.version,
-        "from the Asset event" if wanted else "no Asset event: the newest published",
-    )
+    log.info("training on dataset version %s (%s)", version.version,
+             "from the Asset event" if wanted else "no Asset event: the newest published")
     for name, table in sorted(version.tables.items()):
         log.info("%s: %d rows, snapshot %s of %s", name, table.rows, table.snapshot_id, ".".join(table.identifier))
     return version.version
@@ -384,14 +320,8 @@ def hyperpod_instance_groups(config: PipelineConfig) -> list[dict]:
     """A Slurm controller group of one node and a worker group of ``worker_count`` nodes."""
     hyperpod = config.training.hyperpod
     return [
-        {
-            "InstanceGroupName": hyperpod.controller_group,
-            "InstanceType": hyperpod.controller_instance_type,
-            "InstanceCount": 1,
-        },
-        {
-            "InstanceGroupName": hyperpod.worker_group,
-            "InstanceType": hyperpod.worker_instance_type,
-            "InstanceCount": hyperpod.worker_count,
-        },
+        {"InstanceGroupName": hyperpod.controller_group, "InstanceType": hyperpod.controller_instance_type,
+         "InstanceCount": 1},
+        {"InstanceGroupName": hyperpod.worker_group, "InstanceType": hyperpod.worker_instance_type,
+         "InstanceCount": hyperpod.worker_count},
     ]

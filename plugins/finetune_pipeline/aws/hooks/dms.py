@@ -81,7 +81,11 @@ class DmsResourceHook(DmsHook):
         """
         paginator = self.conn.get_paginator("describe_endpoints")
         try:
-            return [endpoint for page in paginator.paginate(Filters=filters) for endpoint in page.get("Endpoints", [])]
+            return [
+                endpoint
+                for page in paginator.paginate(Filters=filters)
+                for endpoint in page.get("Endpoints", [])
+            ]
         except self.conn.exceptions.ResourceNotFoundFault:
             return []
 

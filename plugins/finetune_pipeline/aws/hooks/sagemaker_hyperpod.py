@@ -95,7 +95,9 @@ class HyperPodHook(AwsBaseHook):
         if instance_group_name_contains:
             arguments["InstanceGroupNameContains"] = instance_group_name_contains
         paginator = self.conn.get_paginator("list_cluster_nodes")
-        return [node for page in paginator.paginate(**arguments) for node in page.get("ClusterNodeSummaries", [])]
+        return [
+            node for page in paginator.paginate(**arguments) for node in page.get("ClusterNodeSummaries", [])
+        ]
 
     def delete_cluster(self, cluster_name: str) -> str:
         """

@@ -162,7 +162,9 @@ class SnowballHook(SingleAttemptClientMixin, AwsBaseHook):
     def find_live_jobs_by_description(self, description: str) -> list[dict[str, Any]]:
         """The jobs with this description that are not cancelled, oldest first (``CreationDate``, then ID)."""
         live = [
-            job for job in self.find_jobs_by_description(description) if job.get("JobState") not in self.FAILED_STATES
+            job
+            for job in self.find_jobs_by_description(description)
+            if job.get("JobState") not in self.FAILED_STATES
         ]
         return sorted(live, key=lambda job: (job["CreationDate"], job["JobId"]))
 
@@ -216,4 +218,6 @@ class SnowballDeviceHook(AwsBaseHook):
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/s3/client/upload_file.html
         """
-        self.conn.upload_file(Filename=path, Bucket=bucket, Key=key, Config=transfer_config, Callback=callback)
+        self.conn.upload_file(
+            Filename=path, Bucket=bucket, Key=key, Config=transfer_config, Callback=callback
+        )

@@ -160,10 +160,14 @@ class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
                 "will not become available by itself. Fix or delete it, then retry."
             )
         if status in DmsResourceHook.INSTANCE_GONE_STATES:
-            raise RuntimeError(f"DMS replication instance {arn} is {status}; wait until it is gone, then retry.")
+            raise RuntimeError(
+                f"DMS replication instance {arn} is {status}; wait until it is gone, then retry."
+            )
         if status == "available" or not self.wait_for_completion:
             return arn
-        trigger = DmsReplicationInstanceAvailableTrigger(replication_instance_arn=arn, **trigger_arguments(self))
+        trigger = DmsReplicationInstanceAvailableTrigger(
+            replication_instance_arn=arn, **trigger_arguments(self)
+        )
         return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
@@ -283,7 +287,9 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
 
     def _s3_settings(self) -> dict[str, Any]:
         if self.endpoint_type != "target":
-            raise ValueError(f"Endpoint {self.endpoint_identifier}: only S3 *target* endpoints are supported.")
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: only S3 *target* endpoints are supported."
+            )
         settings = dict(self.s3_settings or {})
         missing = [key for key in ("BucketName", "ServiceAccessRoleArn") if not settings.get(key)]
         if missing:
@@ -297,7 +303,9 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
                 f"Endpoint {self.endpoint_identifier}: a {self.engine_name} endpoint can only be a source."
             )
         if not self.source_conn_id:
-            raise ValueError(f"Endpoint {self.endpoint_identifier}: a {self.engine_name} source needs source_conn_id.")
+            raise ValueError(
+                f"Endpoint {self.endpoint_identifier}: a {self.engine_name} source needs source_conn_id."
+            )
         conn = BaseHook.get_connection(self.source_conn_id)
         if conn.password:
             mask_secret(conn.password)
@@ -447,7 +455,9 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             if ssl_mode and endpoint.get("SslMode") != ssl_mode:
                 drift["SslMode"] = ssl_mode
         differences = [
-            f"{key}={actual[key]!r} (wanted {value!r})" for key, value in expected.items() if actual[key] != value
+            f"{key}={actual[key]!r} (wanted {value!r})"
+            for key, value in expected.items()
+            if actual[key] != value
         ]
         if differences:
             raise AirflowFailException(
@@ -470,7 +480,9 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
             self.log.info("Reusing DMS %s endpoint %s.", self.endpoint_type, endpoint["EndpointArn"])
             return endpoint["EndpointArn"]
         endpoint = self.hook.create_endpoint(**self._create_arguments())
-        self.log.info("Created DMS %s endpoint %s (%s).", self.endpoint_type, endpoint["EndpointArn"], self.engine_name)
+        self.log.info(
+            "Created DMS %s endpoint %s (%s).", self.endpoint_type, endpoint["EndpointArn"], self.engine_name
+        )
         return endpoint["EndpointArn"]
 
 
@@ -557,7 +569,9 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
     def execute(self, context: Context) -> str:
         mappings = self.table_mappings
         if not mappings.get("rules"):
-            raise ValueError(f"DMS replication task {self.replication_task_identifier}: table_mappings has no rules.")
+            raise ValueError(
+                f"DMS replication task {self.replication_task_identifier}: table_mappings has no rules."
+            )
         task = self.hook.find_replication_task(self.replication_task_identifier, without_settings=False)
         if task is None:
             extra: dict[str, Any] = {}
@@ -584,7 +598,9 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
             raise RuntimeError(f"DMS replication task {arn} is {status}; wait until it is gone, then retry.")
         if status != "creating" or not self.wait_for_completion:
             return arn
-        trigger = DmsTaskStatusTrigger(replication_task_arn=arn, target_status="ready", **trigger_arguments(self))
+        trigger = DmsTaskStatusTrigger(
+            replication_task_arn=arn, target_status="ready", **trigger_arguments(self)
+        )
         return defer_or_wait(self, context, trigger)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
@@ -676,7 +692,9 @@ class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
             start_type = "resume-processing"  # continue from the task's recovery checkpoint
         if self.cdc_stop_position:
             extra["CdcStopPosition"] = self.cdc_stop_position
-        self.hook.start_replication_task(replication_task_arn=arn, start_replication_task_type=start_type, **extra)
+        self.hook.start_replication_task(
+            replication_task_arn=arn, start_replication_task_type=start_type, **extra
+        )
         where = f" at CDC position {extra['CdcStartPosition']}" if "CdcStartPosition" in extra else ""
         self.log.info("Started DMS replication task %s (%s%s).", arn, start_type, where)
 
@@ -722,4 +740,6 @@ class DmsStartTaskAtPositionOperator(AwsBaseOperator[DmsResourceHook]):
         return self._wait_running(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
-        return _check_event(event, "replication_task_arn", f"Starting DMS replication task {self.replication_task_arn}")
+        return _check_event(
+            event, "replication_task_arn", f"Starting DMS replication task {self.replication_task_arn}"
+        )

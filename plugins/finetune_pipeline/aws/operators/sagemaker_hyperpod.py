@@ -101,14 +101,20 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
                 "instances can only read lifecycle scripts from buckets named sagemaker-*. Upload them there."
             )
         if not self.instance_groups:
-            raise AirflowFailException(f"HyperPod cluster {self.cluster_name} needs at least one instance group.")
+            raise AirflowFailException(
+                f"HyperPod cluster {self.cluster_name} needs at least one instance group."
+            )
         groups, names = [], set()
         for group in self.instance_groups:
-            missing = [key for key in ("InstanceGroupName", "InstanceType", "InstanceCount") if not group.get(key)]
+            missing = [
+                key for key in ("InstanceGroupName", "InstanceType", "InstanceCount") if not group.get(key)
+            ]
             if missing:
                 raise AirflowFailException(f"Instance group {group!r} lacks {', '.join(missing)}.")
             if group["InstanceGroupName"] in names:
-                raise AirflowFailException(f"Instance group name {group['InstanceGroupName']!r} is used twice.")
+                raise AirflowFailException(
+                    f"Instance group name {group['InstanceGroupName']!r} is used twice."
+                )
             names.add(group["InstanceGroupName"])
             lifecycle = {"SourceS3Uri": self.lifecycle_s3_uri, "OnCreate": self.lifecycle_on_create}
             groups.append(
@@ -148,7 +154,8 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
         if status in HyperPodHook.FAILED_STATES:
             # A Failed cluster stays Failed: retrying only finds it again.
             raise AirflowFailException(
-                f"HyperPod cluster {self.cluster_name} is {status}{reason}. Delete it, then retry to create it again."
+                f"HyperPod cluster {self.cluster_name} is {status}{reason}. "
+                "Delete it, then retry to create it again."
             )
         if status in HyperPodHook.GONE_STATES:
             raise RuntimeError(
@@ -165,7 +172,9 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
     ) -> str:
         event = validate_execute_complete_event(event)
         if event.get("status") != "success":
-            raise AirflowException(f"Waiting for HyperPod cluster {self.cluster_name} failed: {event.get('message')}")
+            raise AirflowException(
+                f"Waiting for HyperPod cluster {self.cluster_name} failed: {event.get('message')}"
+            )
         return cluster_arn or self.hook.describe_cluster(self.cluster_name)["ClusterArn"]
 
 
@@ -294,12 +303,16 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
             and node.get("InstanceStatus", {}).get("Status") == "Running"
         )
         if not running:
-            seen = sorted({f"{n['InstanceGroupName']}:{n.get('InstanceStatus', {}).get('Status')}" for n in nodes})
+            seen = sorted(
+                {f"{n['InstanceGroupName']}:{n.get('InstanceStatus', {}).get('Status')}" for n in nodes}
+            )
             raise RuntimeError(
                 f"HyperPod cluster {self.cluster_name} has no running node in instance group "
                 f"{self.controller_group!r} (nodes seen: {seen or 'none'}). Check controller_group."
             )
-        return f"sagemaker-cluster:{HyperPodHook.cluster_id(cluster_arn)}_{self.controller_group}-{running[0]}"
+        return (
+            f"sagemaker-cluster:{HyperPodHook.cluster_id(cluster_arn)}_{self.controller_group}-{running[0]}"
+        )
 
     def _previous_command(self, target: str, comment: str) -> dict[str, Any] | None:
         """The oldest command of this job that did not fail; later duplicates are cancelled if unfinished."""
@@ -385,7 +398,9 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
             )
             # Another try may have sent one at the same moment: settle on the oldest.
             command = self._previous_command(target, comment) or command
-            self.log.info("Sent SSM command %s to %s: submit job %s.", command["CommandId"], target, self.job_key)
+            self.log.info(
+                "Sent SSM command %s to %s: submit job %s.", command["CommandId"], target, self.job_key
+            )
         command_id = command["CommandId"]
         if command["Status"] == SsmCommandHook.SUCCESS_STATE or not self.wait_for_completion:
             return command_id

@@ -68,7 +68,9 @@ class SnowballCreateAddressOperator(AwsBaseOperator[SnowballHook]):
             if key != "AddressId" and value not in (None, "")
         }
         if not wanted:
-            raise AirflowFailException("SnowballCreateAddressOperator needs a non-empty address (Name, Street1, ...).")
+            raise AirflowFailException(
+                "SnowballCreateAddressOperator needs a non-empty address (Name, Street1, ...)."
+            )
         existing = self._matching_address(wanted)
         if existing:
             self.log.info("Reusing Snowball shipping address %s.", existing)
@@ -322,7 +324,9 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         self.max_concurrency = max_concurrency
 
     def _job_bucket(self, job: dict[str, Any]) -> str:
-        buckets = [item["BucketArn"].split(":::", 1)[-1] for item in job.get("Resources", {}).get("S3Resources", [])]
+        buckets = [
+            item["BucketArn"].split(":::", 1)[-1] for item in job.get("Resources", {}).get("S3Resources", [])
+        ]
         if not buckets:
             raise ValueError(f"Snowball job {self.job_id} has no S3 resource to load data for.")
         if self.bucket is None:
@@ -365,16 +369,20 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         state = job["JobState"]
         if state != "WithCustomer":
             problem = (
-                f"Snowball job {self.job_id} is {state}; its device can only be loaded while the job is WithCustomer."
+                f"Snowball job {self.job_id} is {state}; its device can only be loaded while the job is "
+                "WithCustomer."
             )
             if state in SnowballHook.FAILED_STATES:
                 raise AirflowFailException(f"{problem} Create a new job to ship another device.")
             if state in SnowballHook.states_after("WithCustomer"):
                 raise AirflowFailException(
-                    f"{problem} The device has left: if an earlier try finished loading it, mark this task successful."
+                    f"{problem} The device has left: if an earlier try finished loading it, mark this task "
+                    "successful."
                 )
             # Still on its way: a later try may find it delivered.
-            raise RuntimeError(f"{problem} Wait for it with SnowballJobStateSensor(target_state='WithCustomer').")
+            raise RuntimeError(
+                f"{problem} Wait for it with SnowballJobStateSensor(target_state='WithCustomer')."
+            )
         bucket = self._job_bucket(job)
         files = self._local_files()
         device = SnowballDeviceHook(
@@ -407,11 +415,17 @@ class SnowballLoadDeviceOperator(AwsBaseOperator[SnowballHook]):
         for number, (path, relative) in enumerate(files, start=1):
             key, size = self._key(relative), path.stat().st_size
             present = on_device.get(key)
-            if present and present["Size"] == size and present["ETag"] == local_s3_etag(path, size, transfer_config):
+            if (
+                present
+                and present["Size"] == size
+                and present["ETag"] == local_s3_etag(path, size, transfer_config)
+            ):
                 skipped += 1
                 action = "already on device"
             else:
-                progress = _TransferProgress(self.log, key, size) if size >= self.multipart_threshold else None
+                progress = (
+                    _TransferProgress(self.log, key, size) if size >= self.multipart_threshold else None
+                )
                 device.upload_file(str(path), bucket, key, transfer_config, callback=progress)
                 uploaded += 1
                 action = "uploaded"

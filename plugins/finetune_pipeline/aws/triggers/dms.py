@@ -71,7 +71,9 @@ class DmsReplicationInstanceAvailableTrigger(AwsBaseWaiterTrigger):
         super().__init__(
             serialized_fields={"replication_instance_arn": replication_instance_arn},
             waiter_name="replication_instance_available",
-            waiter_args={"Filters": [{"Name": "replication-instance-arn", "Values": [replication_instance_arn]}]},
+            waiter_args={
+                "Filters": [{"Name": "replication-instance-arn", "Values": [replication_instance_arn]}]
+            },
             failure_message=f"DMS replication instance {replication_instance_arn} did not become available",
             status_message=f"DMS replication instance {replication_instance_arn} is",
             status_queries=["ReplicationInstances[0].ReplicationInstanceStatus"],

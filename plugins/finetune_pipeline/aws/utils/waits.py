@@ -37,7 +37,9 @@ def trigger_arguments(
     """
     return {
         "waiter_delay": task.waiter_delay if waiter_delay is None else waiter_delay,
-        "waiter_max_attempts": (task.waiter_max_attempts if waiter_max_attempts is None else waiter_max_attempts),
+        "waiter_max_attempts": (
+            task.waiter_max_attempts if waiter_max_attempts is None else waiter_max_attempts
+        ),
         "aws_conn_id": task.aws_conn_id,
         "region_name": task.region_name,
         "verify": task.verify,
@@ -57,7 +59,9 @@ def run_waiter_trigger(trigger: AwsBaseWaiterTrigger, hook: AwsGenericHook) -> d
     hook_class = getattr(type(trigger), "aws_hook_class", None)
     if hook_class is not None and not isinstance(hook, hook_class):
         # Another service's client would poll with the wrong API (or miss the custom waiter file).
-        raise TypeError(f"{type(trigger).__name__} waits with a {hook_class.__name__}, not a {type(hook).__name__}.")
+        raise TypeError(
+            f"{type(trigger).__name__} waits with a {hook_class.__name__}, not a {type(hook).__name__}."
+        )
     waiter = hook.get_waiter(trigger.waiter_name, config_overrides=trigger.waiter_config_overrides)
     try:
         wait(
