@@ -35,12 +35,13 @@ Here, on top of moto's instances:
   in ``CapacityReservationSpecification.CapacityReservationTarget``
   (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/capacity-blocks-launch.html), and its instances'
   ``InstanceLifecycle`` is ``capacity-block`` (moto says ``spot`` for any market type). Every instance of
-  a launch gets its ``IamInstanceProfile`` (moto gives it to the first one only).
+  a launch gets its ``IamInstanceProfile`` (moto gives it to the first one only). A launch into a capacity
+  reservation is checked by :mod:`localaws.ec2_capacity_reservations`.
 
 The node's instance metadata (``AWS_EC2_METADATA_SERVICE_ENDPOINT``, the SDKs' setting for another IMDS
 endpoint) is ``/_localaws/imds/<id>/``: a token, then ``instance-id``, ``ami-launch-index`` and a few more.
 
-Not emulated: capacity reservations themselves (a reservation ID is not checked), ``pending`` and
+Not emulated: ``pending`` and
 ``shutting-down`` lasting any time, a reboot from the OS (the shim refuses ``shutdown -r``).
 """
 
@@ -54,6 +55,7 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from localaws.ec2_capacity_reservations import Ec2CapacityReservations
 from localaws.ec2_client_tokens import Ec2ClientTokens
 from localaws.ec2_placement_groups import Ec2Error, Ec2PlacementGroups, ec2_error, indexed
 from localaws.node_runtime import NodeRuntime
@@ -123,11 +125,14 @@ class Ec2Instances:
         nodes: NodeRuntime,
         tokens: Ec2ClientTokens,
         placement_groups: Ec2PlacementGroups,
+        capacity_reservations: Ec2CapacityReservations,
     ) -> Response:
         params = parse_qs(read_body(environ).decode("utf-8", "replace"), keep_blank_values=True)
         account, region = request_account(environ), request_region(environ)
         if operation == "RunInstances":
-            return self._run(environ, params, account, region, moto_app, nodes, tokens, placement_groups)
+            return self._run(
+                environ, params, account, region, moto_app, nodes, tokens, placement_groups, capacity_reservations
+            )
         ended = self._already_terminated(account, region, indexed(params, "InstanceId"))
         response = call_app(moto_app, environ)
         if response.status != 200:
@@ -160,9 +165,14 @@ class Ec2Instances:
 
     # RunInstances
 
-    def _run(self, environ, params, account, region, moto_app, nodes, tokens, placement_groups) -> Response:
+    def _run(
+        self, environ, params, account, region, moto_app, nodes, tokens, placement_groups, capacity_reservations
+    ) -> Response:
         try:
             group = self._check_run(params, account, region, placement_groups)
+            reservation = capacity_reservations.check_run(
+                params, account, region, _launch_zone(params, account, region)
+            )
         except Ec2Error as error:
             log.info("EC2 RunInstances refused: %s", error)
             return ec2_error(error.code, error.message)
@@ -181,6 +191,8 @@ class Ec2Instances:
             for instance_id in fresh:
                 self._where[instance_id] = (account, region)
         self._profile_on_every_instance(params, account, region, fresh)
+        if reservation is not None:
+            capacity_reservations.launched(reservation, fresh)
         for instance_id in fresh:
             instance = _instance(account, region, instance_id)
             if group is not None:
@@ -199,6 +211,12 @@ class Ec2Instances:
                 started.append(instance_id)
         if started:
             log.info("EC2 instances %s run their user data", started)
+        if market == "capacity-block":
+            spot, block = (
+                b"<instanceLifecycle>spot</instanceLifecycle>",
+                b"<instanceLifecycle>capacity-block</instanceLifecycle>",
+            )
+            response = response.with_body(response.body.replace(spot, block))
         return response
 
     @staticmethod
@@ -356,6 +374,19 @@ class Ec2Instances:
         else:
             instance.stop()
         instance.state_reason = StateReason(f"{code}: {message}", code)
+
+
+def _launch_zone(params: dict, account: str, region: str) -> str:
+    """The Availability Zone a launch goes to: its subnet's, else ``Placement``'s, else moto's default."""
+    from moto.ec2.models import ec2_backends
+
+    subnet_id = (params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId") or [""])[0]
+    if subnet_id:
+        try:
+            return ec2_backends[account][region].get_subnet(subnet_id).availability_zone
+        except Exception:  # moto refuses the unknown subnet itself
+            pass
+    return (params.get("Placement.AvailabilityZone") or [f"{region}a"])[0]
 
 
 def _instance(account: str, region: str, instance_id: str):

@@ -29,6 +29,7 @@ import logging
 import math
 import re
 import threading
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -37,6 +38,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from localaws import dms, persistence
 from localaws.clock import VirtualClock
+from localaws.ec2_capacity_reservations import Ec2CapacityReservations
 from localaws.ec2_client_tokens import Ec2ClientTokens
 from localaws.ec2_instances import Ec2Instances
 from localaws.ec2_placement_groups import Ec2PlacementGroups
@@ -64,7 +66,16 @@ log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_localaws/"
 # The simulations whose state a snapshot keeps, beside moto's backends (attributes of LocalAWSApp).
-STATEFUL = ("snowball", "dms", "hyperpod", "ssm", "ec2_client_tokens", "ec2_placement_groups", "ec2_instances")
+STATEFUL = (
+    "snowball",
+    "dms",
+    "hyperpod",
+    "ssm",
+    "ec2_client_tokens",
+    "ec2_placement_groups",
+    "ec2_instances",
+    "ec2_capacity_reservations",
+)
 # POST /_localaws/ec2/instances/<id>/shutdown (the node's OS) and .../interrupt (AWS ends it).
 _EC2_INSTANCE_CONTROL = re.compile(r"^/_localaws/ec2/instances/(i-[0-9a-f]+)/(shutdown|interrupt)$")
 # A node's instance metadata service (localaws.ec2_instances).
@@ -89,6 +100,7 @@ class LocalAWSApp:
         self.ec2_client_tokens = Ec2ClientTokens(clock)
         self.ec2_placement_groups = Ec2PlacementGroups(clock)
         self.ec2_instances = Ec2Instances()
+        self.ec2_capacity_reservations = Ec2CapacityReservations(clock)
         # The local processes that stand in for instances' scripts; told the endpoint once it is bound.
         self.nodes = NodeRuntime()
         self.clock_changes = 0  # moves of the clock through the control endpoint
@@ -170,12 +182,12 @@ class LocalAWSApp:
                 nodes=self.nodes,
                 tokens=self.ec2_client_tokens,
                 placement_groups=self.ec2_placement_groups,
+                capacity_reservations=self.ec2_capacity_reservations,
             )
-        if self.ec2_placement_groups.handles(service, operation):
-            params = parse_qs(read_body(environ).decode("utf-8", "replace"), keep_blank_values=True)
-            return self.ec2_placement_groups.handle(
-                operation, params, request_account(environ), request_region(environ)
-            )
+        for simulation in (self.ec2_placement_groups, self.ec2_capacity_reservations):
+            if simulation.handles(service, operation):
+                params = parse_qs(read_body(environ).decode("utf-8", "replace"), keep_blank_values=True)
+                return simulation.handle(operation, params, request_account(environ), request_region(environ))
         if service == "ssm":
             ensure_public_parameters(request_account(environ), request_region(environ))
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
@@ -203,6 +215,8 @@ class LocalAWSApp:
         match = _EC2_INSTANCE_CONTROL.match(path)
         if match and method == "POST":
             return self._ec2_instance_control(match.group(1), match.group(2), read_body(environ))
+        if path == "/_localaws/ec2/capacity-blocks" and method == "POST":
+            return self._add_capacity_block(read_body(environ))
         match = _IMDS.match(path)
         if match:
             try:
@@ -252,6 +266,29 @@ class LocalAWSApp:
                 return json_response({"error": str(error.args[0])}, 404)
             except ValueError as error:
                 return json_response({"error": str(error)}, 400)
+
+    def _add_capacity_block(self, body: bytes) -> Response:
+        """POST /_localaws/ec2/capacity-blocks ``{"instance_type", "availability_zone", "instance_count",
+        "starts_in_seconds" (0), "duration_hours" (24), "region" (the zone's), "account" (moto's)}``: a
+        Capacity Block as if bought, on the virtual clock."""
+        try:
+            request = json.loads(body or b"{}")
+            start = self.clock.now() + timedelta(seconds=float(request.get("starts_in_seconds", 0)))
+            end = start + timedelta(hours=float(request.get("duration_hours", 24)))
+            zone = request["availability_zone"]
+            with self.gate.shared():
+                answer = self.ec2_capacity_reservations.add_capacity_block(
+                    str(request.get("account", "123456789012")),
+                    request.get("region", zone[:-1]),
+                    request["instance_type"],
+                    zone,
+                    int(request.get("instance_count", 1)),
+                    start,
+                    end,
+                )
+        except (ValueError, KeyError, TypeError) as error:
+            return json_response({"error": f"bad capacity block request: {error!r}"}, 400)
+        return json_response(answer)
 
     def _save_state(self) -> Response:
         """POST /_localaws/state: snapshot now (the server must run with ``--state-file``)."""

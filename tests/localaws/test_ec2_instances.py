@@ -124,7 +124,8 @@ def test_efa_needs_an_instance_type_that_supports_it(ec2):
     assert launch(ec2, InstanceType="p4d.24xlarge", NetworkInterfaces=efa).startswith("i-")
 
 
-def test_a_capacity_block_launch_names_its_reservation(ec2):
+def test_a_capacity_block_launch_names_its_reservation(ec2, localaws):
+    block = control.add_capacity_block(localaws.endpoint_url, "p5.48xlarge", "us-east-1a")
     market = {"MarketType": "capacity-block"}
     assert code_of(lambda: launch(ec2, InstanceType="p5.48xlarge", InstanceMarketOptions=market)) == (
         "InvalidParameterCombination"
@@ -133,9 +134,7 @@ def test_a_capacity_block_launch_names_its_reservation(ec2):
         ec2,
         InstanceType="p5.48xlarge",
         InstanceMarketOptions=market,
-        CapacityReservationSpecification={
-            "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}
-        },
+        CapacityReservationSpecification={"CapacityReservationTarget": {"CapacityReservationId": block}},
     )
     assert described(ec2, instance_id)["InstanceLifecycle"] == "capacity-block"
 

@@ -227,15 +227,15 @@ def test_efa_interfaces(ec2, context):
         launch(efa_interfaces=1)._run_instances_arguments("t", "b", IMAGE_ID)
 
 
-def test_a_capacity_block(ec2, context):
+def test_a_capacity_block(ec2, context, localaws):
+    block = control.add_capacity_block(localaws.endpoint_url, "p5.48xlarge", "us-east-1a")
     operator = launch(
-        instance_type="p5.48xlarge", capacity_reservation_id="cr-0123456789abcdef0", capacity_block=True,
-        wait_for_completion=False,
+        instance_type="p5.48xlarge", capacity_reservation_id=block, capacity_block=True, wait_for_completion=False,
     )  # fmt: skip
     arguments = operator._run_instances_arguments("t", "b", IMAGE_ID)
     assert arguments["InstanceMarketOptions"] == {"MarketType": "capacity-block"}
     assert arguments["CapacityReservationSpecification"] == {
-        "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}
+        "CapacityReservationTarget": {"CapacityReservationId": block}
     }
     (instance_id,) = operator.execute(context)
     assert (
