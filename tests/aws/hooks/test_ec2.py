@@ -71,3 +71,24 @@ def test_describe_skips_instances_that_no_longer_show(hook, boto_client):
     described = hook.describe([instance["InstanceId"], "i-0123456789abcdef0"])
     assert [i["InstanceId"] for i in described] == [instance["InstanceId"]]
     assert hook.describe([]) == []
+
+
+def test_preflight_of_a_capacity_block(hook, boto_client, localaws):
+    from localaws import control
+
+    subnet = subnet_in(boto_client, "us-east-1a")
+    block = control.add_capacity_block(localaws.endpoint_url, "p5.48xlarge", "us-east-1a", instance_count=2)
+    launch = {"instance_type": "p5.48xlarge", "subnet_id": subnet, "capacity_reservation_id": block}
+    assert hook.check_launch(**launch, instance_count=2, capacity_block=True) == []
+    with pytest.raises(Ec2PreflightError) as failed:
+        hook.check_launch(**{**launch, "instance_type": "p4d.24xlarge"}, instance_count=3)
+    assert failed.value.problems == [
+        f"{block} is a Capacity Block: launch it with the capacity-block market type",
+        f"Capacity Block {block} holds p5.48xlarge, not p4d.24xlarge",
+        f"Capacity Block {block} has 2 instances available, 3 are needed",
+    ]
+    later = control.add_capacity_block(localaws.endpoint_url, "p5.48xlarge", "us-east-1b", starts_in_seconds=86400)
+    with pytest.raises(Ec2PreflightError, match=r"is scheduled, not active \(it starts at .*is in us-east-1b"):
+        hook.check_launch(**{**launch, "capacity_reservation_id": later}, capacity_block=True)
+    with pytest.raises(Ec2PreflightError, match="cr-0123456789abcdef0 does not exist"):
+        hook.check_launch(**{**launch, "capacity_reservation_id": "cr-0123456789abcdef0"})

@@ -217,6 +217,24 @@ class Ec2InstancesHook(EC2Hook):
             raise
         return True
 
+    def get_capacity_reservation(self, reservation_id: str) -> dict[str, Any] | None:
+        """
+        The capacity reservation (or Capacity Block's), or ``None`` (``DescribeCapacityReservations``).
+
+        .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/ec2/client/describe_capacity_reservations.html
+        """
+        try:
+            found = self.conn.describe_capacity_reservations(CapacityReservationIds=[reservation_id])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in (
+                "InvalidCapacityReservationId.NotFound",
+                "InvalidCapacityReservationId.Malformed",
+            ):
+                return None
+            raise
+        reservations = found["CapacityReservations"]
+        return reservations[0] if reservations else None
+
     def check_launch(
         self,
         *,
@@ -225,6 +243,8 @@ class Ec2InstancesHook(EC2Hook):
         subnet_id: str | None = None,
         instance_profile: str | None = None,
         efa: bool = False,
+        capacity_reservation_id: str | None = None,
+        capacity_block: bool = False,
     ) -> list[str]:
         """
         Check what the APIs can tell before ``RunInstances``; raise :class:`Ec2PreflightError` with every
@@ -232,17 +252,19 @@ class Ec2InstancesHook(EC2Hook):
 
         The instance type must exist and be offered in the subnet's Availability Zone (or the Region),
         support EFA when EFA is asked for; the count must be at least 1; the instance profile must exist
-        (when this role may call ``iam:GetInstanceProfile``).
+        (when this role may call ``iam:GetInstanceProfile``); a capacity reservation must exist, be active,
+        be a Capacity Block exactly when one is asked for, hold the instance type in the subnet's zone, and
+        have room for the count.
         """
         problems: list[str] = []
         notes: list[str] = []
+        zone = None
         if instance_count < 1:
             problems.append(f"instance count must be at least 1, got {instance_count}")
         described = self.describe_instance_type(instance_type)
         if described is None:
             problems.append(f"instance type {instance_type!r} does not exist in {self.conn_region_name}")
         else:
-            zone = None
             if subnet_id:
                 zone = self.subnet_availability_zone(subnet_id)
                 if zone is None:
@@ -263,6 +285,39 @@ class Ec2InstancesHook(EC2Hook):
                 problems.append(f"IAM instance profile {instance_profile} does not exist")
             elif exists is None:
                 notes.append(f"not allowed to check instance profile {instance_profile} (iam:GetInstanceProfile)")
+        if capacity_block and not capacity_reservation_id:
+            problems.append("a Capacity Block launch needs the Capacity Block's reservation ID")
+        if capacity_reservation_id:
+            problems += self._capacity_problems(
+                capacity_reservation_id, capacity_block, instance_type, instance_count, zone
+            )
         if problems:
             raise Ec2PreflightError(problems)
         return notes
+
+    def _capacity_problems(
+        self, reservation_id: str, capacity_block: bool, instance_type: str, count: int, zone: str | None
+    ) -> list[str]:
+        reservation = self.get_capacity_reservation(reservation_id)
+        if reservation is None:
+            return [f"capacity reservation {reservation_id} does not exist in {self.conn_region_name}"]
+        problems = []
+        kind = "Capacity Block" if reservation.get("ReservationType") == "capacity-block" else "capacity reservation"
+        if (kind == "Capacity Block") != capacity_block:
+            problems.append(
+                f"{reservation_id} is a {kind}: launch it {'with' if kind == 'Capacity Block' else 'without'} "
+                "the capacity-block market type"
+            )
+        if reservation["State"] != "active":
+            when = f" (it starts at {reservation['StartDate']})" if reservation["State"] == "scheduled" else ""
+            problems.append(f"{kind} {reservation_id} is {reservation['State']}, not active{when}")
+        if reservation["InstanceType"] != instance_type:
+            problems.append(f"{kind} {reservation_id} holds {reservation['InstanceType']}, not {instance_type}")
+        if zone and reservation["AvailabilityZone"] != zone:
+            problems.append(f"{kind} {reservation_id} is in {reservation['AvailabilityZone']}, the subnet in {zone}")
+        if reservation["AvailableInstanceCount"] < count:
+            problems.append(
+                f"{kind} {reservation_id} has {reservation['AvailableInstanceCount']} instances available, "
+                f"{count} are needed"
+            )
+        return problems
