@@ -248,6 +248,13 @@ class Ec2Instances:
                 raise Ec2Error("InvalidUserData.Malformed", "Invalid BASE64 encoding of user data.") from None
             if size > MAX_USER_DATA_BYTES:
                 raise Ec2Error("InvalidParameterValue", f"User data is limited to {MAX_USER_DATA_BYTES} bytes")
+        behaviour = (params.get("InstanceInitiatedShutdownBehavior") or ["stop"])[0]
+        if behaviour not in ("stop", "terminate"):  # botocore's ShutdownBehavior enum
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({behaviour}) for parameter instanceInitiatedShutdownBehavior is invalid. "
+                "Valid values: stop, terminate.",
+            )
         group = None
         name, group_id = (
             (params.get("Placement.GroupName") or [None])[0],

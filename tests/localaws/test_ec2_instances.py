@@ -176,3 +176,7 @@ def test_the_node_reads_its_instance_metadata(ec2, localaws):
     wait_for(lambda: localaws.app.nodes.exit_code(second) == 0, what="the script's end")
     console = ec2.get_console_output(InstanceId=second)["Output"]
     assert f"instance-id={second}\nami-launch-index=1\nplacement/region=us-east-1\n" in console
+
+
+def test_an_unknown_shutdown_behaviour_is_refused(ec2):
+    assert code_of(lambda: launch(ec2, InstanceInitiatedShutdownBehavior="hibernate")) == "InvalidParameterValue"
