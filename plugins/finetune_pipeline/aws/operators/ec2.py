@@ -478,22 +478,23 @@ class Ec2TerminateTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
             self.log.info("All of them are terminated or terminating: nothing to do.")
             return []
         self.log.info("Terminating %s.", live)
-        terminate_aborted(self.hook, live, self.log, raise_errors=True)
+        terminate_aborted(self.hook, live, self.log, raise_on_terminate=True)
         return live
 
 
-def terminate_aborted(hook: Ec2InstancesHook, instance_ids: list[str], log, raise_errors: bool = False) -> None:
-    """Tag ``instance_ids`` as aborted, then terminate them; errors are logged (or raised, if asked)."""
+def terminate_aborted(hook: Ec2InstancesHook, instance_ids: list[str], log, raise_on_terminate: bool = False) -> None:
+    """
+    Tag ``instance_ids`` as aborted (best-effort: the tag only explains the termination), then terminate
+    them; a failed termination is logged, or raised if asked.
+    """
     try:
         hook.tag(instance_ids, {ABORTED_TAG: "true"})
     except Exception:
-        if raise_errors:
-            raise
         log.exception("Could not tag EC2 instances %s as aborted; terminating them anyway.", instance_ids)
     try:
         hook.terminate_instances(instance_ids=instance_ids)
     except Exception:
-        if raise_errors:
+        if raise_on_terminate:
             raise
         log.exception("Could not terminate EC2 instances %s; terminate them by hand.", instance_ids)
 
