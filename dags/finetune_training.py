@@ -1,114 +1,123 @@
-"""Stage 4: fine-tune on each newly published dataset version, on SageMaker HyperPod or EC2."""
+"""Stage 4: fine-tune on a published dataset version, on SageMaker HyperPod, on EC2 or locally."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, task
 
-from finetune_pipeline.aws.operators.ec2 import Ec2LaunchTrainingInstancesOperator
-from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
-    HyperPodEnsureClusterOperator,
-    HyperPodSubmitJobOperator,
-)
 from finetune_pipeline.pipeline import tasks as pipeline_tasks
-from finetune_pipeline.pipeline.assets import dataset_asset
+from finetune_pipeline.pipeline import training as training_tasks
+from finetune_pipeline.pipeline import training_dag
+from finetune_pipeline.pipeline.assets import dataset_asset, model_asset
 from finetune_pipeline.pipeline.config import load_config
 from finetune_pipeline.pipeline.dag_defaults import DEFAULT_ARGS
 
 config = load_config()
 training = config.training
 DATASET = dataset_asset(config)
-DATASET_URI = f"s3://{config.storage.bucket}/{config.storage.dataset_prefix}"
-VERSION = "{{ ti.xcom_pull(task_ids='dataset_version') }}"
-ENTRYPOINT_ARGS = ["--dataset-uri", DATASET_URI, "--dataset-version", VERSION,
-                   "--output-uri", f"s3://{config.storage.bucket}/models/{VERSION}"]
+MODEL = model_asset(config)
 
 with DAG(
     dag_id="finetune_training",
-    description="Launch fine-tuning on the dataset version the sync just published.",
+    description="Fine-tune on a published dataset version when the retrain policy says it is worth it.",
     doc_md=__doc__
     + """
 
-Scheduled on the dataset Asset: every published version starts one training run for exactly that
-version (read from the Asset event; a manual run uses the newest published one), opened through the
-dataset reader first, so a version missing from any table stops the run. The entrypoint opens the same
-version from its record under the dataset prefix (`versions/<version>.json`), with the same reader. The backend is
-`training.backend` in the pipeline config: a SageMaker HyperPod cluster (created if missing, reused
-otherwise) that runs the job through Slurm, submitted over SSM to its controller; or EC2 instances that
-run the entrypoint from their user data and terminate when it ends. Every wait is deferred.
+Scheduled on the dataset Asset: a published version starts a run for exactly that version (read from the
+Asset event; a manual run takes the form's `dataset_version`, or the newest published one). The version is
+opened through the dataset reader first, so a version missing from any table stops the run, and the
+entrypoint on the nodes opens the same version with the same reader.
+
+`retrain_gate` skips the run, saying why, unless the retrain policy (`training.retrain` in the config: a
+share of rows changed since the last trained version, or enough hours since it) or the form's `force` says
+the version is worth training. `preflight` refuses what can never run before anything launches.
+
+Backends: `hyperpod` (a SageMaker HyperPod Slurm cluster, created if missing), `ec2` (instances that run
+the entrypoint from their user data), `local` (the entrypoint as a process beside the worker). Each runs
+the same bundle (entrypoint, trainers, package) and ends when the model's `_SUCCESS` is written; the model
+Asset event then carries the version and the metrics.
 """,
     schedule=[DATASET],
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    tags=["finetune", "training", training.backend],
+    params={
+        "backend": Param(training.backend, type="string", enum=training.backends,
+                         description="Where to train (the backends this deployment's config sets up)."),
+        "dataset_version": Param("", type="string", pattern=r"^(v[0-9]{6,})?$",
+                                 description="A published version like v000012; empty: the one that triggered "
+                                             "the run, or the newest."),
+        "instance_type": Param("", type="string", pattern=r"^([a-z0-9]+\.)?[a-z0-9-]+\.[a-z0-9]+$|^$",
+                               description="Empty: the config's (ml.* for HyperPod, an EC2 type for EC2)."),
+        "instance_count": Param(None, type=["null", "integer"], minimum=1,
+                                description="Training nodes; empty: the config's."),
+        "hyperparameters": Param(training.hyperparameters, type="object",
+                                 description="A JSON object for the trainer, e.g. {\"epochs\": 3}."),
+        "max_runtime_hours": Param(training.max_runtime_hours, type="number", exclusiveMinimum=0,
+                                   maximum=training.runtime_limit_hours,
+                                   description="The job is stopped after this long."),
+        "force": Param(False, type="boolean", description="Train even if the retrain policy would skip."),
+    },
+    tags=["finetune", "training", *training.backends],
 ) as dag:
 
-    @task
-    def dataset_version(triggering_asset_events=None) -> str:
-        """The version published by the sync run that triggered this run."""
-        return pipeline_tasks.triggered_dataset_version(config, triggering_asset_events)
+    @task(multiple_outputs=False)
+    def dataset_version(params=None, triggering_asset_events=None) -> str:
+        """The version to train: the form's, the triggering sync's, or the newest published one."""
+        return pipeline_tasks.triggered_dataset_version(config, triggering_asset_events,
+                                                        params.get("dataset_version"))
 
-    version = dataset_version()
-    if training.backend == "hyperpod":
-        hyperpod = training.hyperpod
+    @task(multiple_outputs=False)
+    def run_settings(version: str, params=None) -> dict:
+        """The form's values over the config's defaults, checked before anything launches."""
+        return training_tasks.run_settings(config, params, version).to_dict()
 
-        @task
-        def upload_lifecycle_scripts() -> str:
-            """Put the lifecycle scripts and the entrypoint where the cluster's nodes read them."""
-            return pipeline_tasks.upload_lifecycle_scripts(config)
+    @task(multiple_outputs=False)
+    def retrain_gate(run: dict) -> dict:
+        """Skip, saying why, unless the retrain policy (or force) says this version is worth a run."""
+        return training_tasks.retrain_gate(config, run["version"], run["force"])
 
-        cluster = HyperPodEnsureClusterOperator(
-            task_id="ensure_cluster",
-            cluster_name=hyperpod.cluster_name,
-            instance_groups=pipeline_tasks.hyperpod_instance_groups(config),
-            execution_role_arn=hyperpod.execution_role_arn,
-            lifecycle_s3_uri=hyperpod.lifecycle_s3_uri,
-            lifecycle_on_create=hyperpod.lifecycle_on_create,
-            waiter_delay=hyperpod.poll_seconds,
-            aws_conn_id=config.aws.conn_id,
-            deferrable=True,
-            # Creating a cluster (instances, lifecycle scripts, health checks) can take most of an hour.
-            execution_timeout=timedelta(hours=3),
-        )
-        submit = HyperPodSubmitJobOperator(
-            task_id="submit_training_job",
-            cluster_name=hyperpod.cluster_name,
-            job_key=f"{config.project}-{VERSION}",
-            # on_create.sh copies the uploaded entrypoint onto the cluster's shared file system.
-            entrypoint=f"/fsx/finetune/{training.entrypoint.name}",
-            entrypoint_args=ENTRYPOINT_ARGS,
-            nodes=hyperpod.worker_count,
-            controller_group=hyperpod.controller_group,
-            waiter_delay=hyperpod.poll_seconds,
-            aws_conn_id=config.aws.conn_id,
-            deferrable=True,
-        )
-        upload_lifecycle_scripts() >> cluster
-        [version, cluster] >> submit
-    else:
-        ec2 = training.ec2
+    @task(multiple_outputs=False)
+    def preflight(run: dict) -> dict:
+        """What the APIs can tell before launching: the bucket's region, the role, the instance type, the
+        hyperparameters (asked of the trainer)."""
+        run = training_tasks.TrainingRun(**run)
+        training_tasks.check_bucket_region(config)
+        if run.backend == "hyperpod":
+            training_tasks.check_role(config, training.hyperpod.execution_role_arn)
+            training_tasks.check_hyperpod_instance_type(config, run.instance_type)
+        elif run.backend == "ec2":
+            training_tasks.check_ec2(config, run)
+        return {**run.to_dict(),
+                "hyperparameters": training_tasks.check_hyperparameters(config, run.hyperparameters)}
 
-        @task
-        def upload_training_code() -> str:
-            """Put the entrypoint where the instances' user data downloads it from."""
-            return pipeline_tasks.upload_training_code(config)
+    @task(multiple_outputs=False)
+    def upload_training_bundle() -> str:
+        """The entrypoint, the trainers and the package as one zip at its content key."""
+        return training_tasks.upload_training_bundle(config)
 
-        code = upload_training_code()
-        launch = Ec2LaunchTrainingInstancesOperator(
-            task_id="launch_training_instances",
-            image_id=ec2.image_id,
-            instance_type=ec2.instance_type,
-            user_data_path=str(ec2.user_data_path),
-            user_data_variables={"ENTRYPOINT_URI": code, "DATASET_URI": DATASET_URI, "DATASET_VERSION": VERSION,
-                                 "OUTPUT_URI": f"s3://{config.storage.bucket}/models/{VERSION}"},
-            instance_profile=ec2.instance_profile_arn,
-            subnet_id=ec2.subnet_id,
-            min_count=ec2.instance_count,
-            max_count=ec2.instance_count,
-            aws_conn_id=config.aws.conn_id,
-            deferrable=True,
-        )
-        [version, code] >> launch
+    @task.branch
+    def choose_backend(run: dict) -> str:
+        """The first task of the chosen backend's group; the other groups are skipped."""
+        return training_dag.first_task_id(run["backend"])
+
+    @task(multiple_outputs=False, trigger_rule="none_failed_min_one_success", outlets=[MODEL])
+    def record_model(run: dict, outlet_events=None) -> dict:
+        """The model's record (version, URI, metrics), carried by the model Asset event."""
+        record = training_tasks.record_model(config, run["version"])
+        outlet_events[MODEL].extra = record
+        return record
+
+    settings = run_settings(dataset_version())
+    run = preflight(settings)
+    retrain_gate(settings) >> run
+    bundle = upload_training_bundle()
+    branch = choose_backend(run)
+    run >> bundle >> branch
+    done = record_model(run)
+    for backend in training.backends:
+        first, last = training_dag.backend_tasks(config, backend, run, bundle)
+        branch >> first
+        last >> done

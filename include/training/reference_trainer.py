@@ -52,7 +52,11 @@ class TorchCollective:
     """Several ranks (torchrun, or srun with MASTER_ADDR/MASTER_PORT set): reductions over torch.distributed."""
 
     def __init__(self, rank: int, world_size: int):
-        import torch.distributed as dist  # optional: needed only with several ranks
+        try:
+            import torch.distributed as dist  # optional: needed only with several ranks
+        except ImportError:
+            raise ValueError(f"training on {world_size} ranks needs torch (torch.distributed) on every node to "
+                             "average the gradients: install it there, or train on one node") from None
 
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=rank, world_size=world_size)

@@ -103,14 +103,50 @@ def test_dms_resources_and_the_sync_use_the_bucket_region(dagbag):
     assert {task.task_id: task.region_name for task in aws_tasks} == {task.task_id: region for task in aws_tasks}
 
 
-def test_ec2_training_backend_parses_and_uploads_code_before_launching(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["hyperpod", "ec2", "local"])
+def test_training_branches_to_the_chosen_backend_after_the_gate_and_preflight(tmp_path, monkeypatch, backend):
     from devstack.config import write_demo_config
+    from finetune_pipeline.pipeline.training_dag import first_task_id
 
-    ec2 = {"backend": "ec2", "ec2": {"image_id": "ami-0123456789abcdef0", "instance_type": "g5.2xlarge"}}
+    overrides = {"backend": backend}
+    if backend == "ec2":
+        overrides["ec2"] = {"instance_type": "g5.2xlarge",
+                            "instance_profile_arn": "arn:aws:iam::123456789012:instance-profile/finetune-training"}
     path = write_demo_config(tmp_path / "pipeline.yaml", home=tmp_path, localaws_url="http://127.0.0.1:4566",
-                             overrides={"training": ec2})
+                             overrides={"training": overrides})
     monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(path))
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert bag.import_errors == {}
-    launch = bag.dags["finetune_training"].get_task("launch_training_instances")
-    assert {"upload_training_code", "dataset_version"} <= launch.upstream_task_ids
+    dag = bag.dags["finetune_training"]
+    assert dag.params["backend"] == backend
+    first = dag.get_task(first_task_id(backend))
+    assert "choose_backend" in first.upstream_task_ids
+    assert dag.get_task("choose_backend").upstream_task_ids == {"preflight", "upload_training_bundle"}
+    assert {"retrain_gate", "run_settings"} == dag.get_task("preflight").upstream_task_ids
+    record = dag.get_task("record_model")
+    assert record.trigger_rule == "none_failed_min_one_success" and record.outlets
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"dataset_version": "does-not-exist"},
+        {"instance_count": 0},
+        {"max_runtime_hours": 1000},
+        {"max_runtime_hours": 0},
+        {"hyperparameters": "not json"},
+        {"backend": "nope"},
+    ],
+)
+def test_the_training_form_refuses_what_can_never_train(dagbag, conf):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from finetune_pipeline.pipeline.training import FORM_FIELDS
+
+    params = dagbag.dags["finetune_training"].params
+    assert tuple(params) == FORM_FIELDS
+    merged = ParamsDict({key: params.get_param(key) for key in params})
+    with pytest.raises(ParamValidationError):  # the form's own schema: the run is never created
+        merged.update(conf)
+        merged.validate()

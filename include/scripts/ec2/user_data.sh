@@ -33,6 +33,23 @@ imds() {
 # Instances launched by one RunInstances call are numbered 0..n-1 (ami-launch-index): the rank.
 RANK=$(imds ami-launch-index) || RANK=0
 export RANK WORLD_SIZE
+if [ "${WORLD_SIZE}" -gt 1 ]; then
+  # torch.distributed's rendezvous (env://): rank 0's private address, found through this launch's
+  # reservation (the instance role needs ec2:DescribeInstances). Without it a trainer that needs ranks to
+  # meet says so itself; one that does not (each rank on its own share) runs anyway.
+  MASTER_ADDR=$(python3 - "$(imds reservation-id || true)" 2>/dev/null <<'PY'
+import sys
+
+import boto3
+
+pages = boto3.client("ec2").get_paginator("describe_instances").paginate(
+    Filters=[{"Name": "reservation-id", "Values": [sys.argv[1]]}])
+print(next(i["PrivateIpAddress"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+           if i["AmiLaunchIndex"] == 0))
+PY
+) && export MASTER_ADDR MASTER_PORT=29500 && log "rendezvous at rank 0, ${MASTER_ADDR}:${MASTER_PORT}" ||
+    log "rank 0's address not found (ec2:DescribeInstances): no rendezvous address for the trainer"
+fi
 log "instance $(imds instance-id || echo unknown), rank ${RANK} of ${WORLD_SIZE}, dataset version ${DATASET_VERSION}"
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/finetune.XXXXXX")

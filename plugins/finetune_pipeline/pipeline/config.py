@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from finetune_pipeline.aws.hooks.ec2 import DLAMI_PARAMETER
 from finetune_pipeline.datasets import sync_defaults
 
 CONFIG_PATH_ENV = "FINETUNE_PIPELINE_CONFIG"
@@ -406,13 +407,34 @@ class HyperPodConfig(_Model):
 
 
 class Ec2TrainingConfig(_Model):
-    image_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
+    # None: the Deep Learning AMI, resolved at launch from its public SSM parameter (always the newest).
+    image_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    image_ssm_parameter: str = Field(default=DLAMI_PARAMETER, pattern=r"^/aws/service/[\w./-]+$")
     instance_type: str = Field(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")
     instance_count: Count = Field(default=1, ge=1)
-    instance_profile_arn: InstanceProfileArn | None = None
+    # The instances read the bundle and the dataset and write the model with its role (include/iam/).
+    instance_profile_arn: InstanceProfileArn
     subnet_id: str | None = Field(default=None, pattern=r"^subnet-[0-9a-f]{8,17}$")
-    # Rendered into each instance's user data; it downloads and runs the training entrypoint.
+    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]{8,17}$")]] = Field(default_factory=list)
+    # A cluster placement group (created if absent): the instances on one low-latency network spine.
+    placement_group: Identifier | None = None
+    # EFA interfaces per instance (one per network card); they need subnet_id and security_group_ids.
+    efa_interfaces: Count = Field(default=0, ge=0)
+    # An On-Demand Capacity Reservation, or with capacity_block a Capacity Block for ML (cr-...).
+    capacity_reservation_id: str | None = Field(default=None, pattern=r"^cr-[0-9a-f]{17}$")
+    capacity_block: Annotated[bool, Strict()] = False
+    poll_seconds: Number = Field(default=30, gt=0)
+    # Rendered into each instance's user data; it downloads and runs the training bundle.
     user_data_path: ConfigPath = _path_field("../scripts/ec2/user_data.sh")
+
+    @model_validator(mode="after")
+    def _launch_settings_fit(self) -> Ec2TrainingConfig:
+        if self.efa_interfaces and not (self.subnet_id and self.security_group_ids):
+            raise ValueError("efa_interfaces need subnet_id and security_group_ids (EFA interfaces are created in "
+                             "the launch, in that subnet)")
+        if self.capacity_block and not self.capacity_reservation_id:
+            raise ValueError("capacity_block needs capacity_reservation_id, the block's cr-... id")
+        return self
 
 
 class RetrainPolicy(_Model):

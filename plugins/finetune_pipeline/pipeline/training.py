@@ -226,8 +226,22 @@ def check_hyperpod_instance_type(config: PipelineConfig, instance_type: str) -> 
 
 
 def check_ec2(config: PipelineConfig, run: TrainingRun) -> None:
-    """The EC2 backend's checks (see the EC2 hook's preflight)."""
-    log.info("EC2 preflight for %s x%d: nothing checked yet", run.instance_type, run.instance_count)
+    """The EC2 launch as far as the APIs can tell: type offered in the subnet's zone, EFA, the instance
+    profile, the capacity reservation (:meth:`Ec2InstancesHook.check_launch`)."""
+    from finetune_pipeline.aws.hooks.ec2 import Ec2InstancesHook, Ec2PreflightError
+
+    ec2 = config.training.ec2
+    hook = Ec2InstancesHook(aws_conn_id=config.aws.conn_id, region_name=config.training.region)
+    try:
+        notes = hook.check_launch(instance_type=run.instance_type, instance_count=run.instance_count,
+                                  subnet_id=ec2.subnet_id, instance_profile=ec2.instance_profile_arn,
+                                  efa=ec2.efa_interfaces > 0, capacity_reservation_id=ec2.capacity_reservation_id,
+                                  capacity_block=ec2.capacity_block)
+    except Ec2PreflightError as error:
+        raise AirflowFailException("the EC2 launch would fail: " + "; ".join(error.problems)) from None
+    for note in notes:
+        log.warning("EC2 preflight: %s", note)
+    log.info("EC2 preflight passed: %d x %s", run.instance_count, run.instance_type)
 
 
 def upload_training_bundle(config: PipelineConfig) -> str:

@@ -132,6 +132,9 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
         "success_marker_uri",
         "placement_group",
         "capacity_reservation_id",
+        "min_count",
+        "max_count",
+        "waiter_max_attempts",
     )
 
     def __init__(
@@ -356,6 +359,8 @@ class Ec2LaunchTrainingInstancesOperator(AwsBaseOperator[Ec2InstancesHook]):
         }
 
     def execute(self, context: Context) -> list[str]:
+        # Templated from the run's settings, these arrive as text.
+        self.waiter_max_attempts = int(self.waiter_max_attempts)
         ti = context["ti"]
         base = launch_token_base(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         instance_ids, finished = self._find_or_launch(base)

@@ -1,0 +1,97 @@
+"""The training DAG end to end with ``dag.test()`` on localaws: a published version in, a model and its Asset
+event out, on the local backend and on EC2 (whose instances run the shipped user data as local processes).
+The HyperPod backend runs in the full-stack end-to-end test (tests/e2e)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import Asset
+from test_sync_operator import landed, make_context, make_operator  # noqa: F401 - the fixture
+
+from devstack.config import write_demo_config
+from finetune_pipeline.pipeline.config import load_config
+
+INSTANCE_PROFILE = "finetune-training"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def airflow_db():
+    """A fresh metadata DB for each run (a second DAG of the same id, parsed from another config, would
+    meet the first one's serialized version)."""
+    from airflow.utils.db import resetdb
+
+    resetdb(skip_init=False)
+
+
+@pytest.fixture(params=["local", "ec2"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def config_path(tmp_path, localaws, backend, monkeypatch):
+    training = {"backend": backend, "hyperparameters": {"epochs": 2}}
+    if backend == "ec2":
+        training["ec2"] = {"instance_type": "m5.xlarge", "poll_seconds": 0.5,
+                           "instance_profile_arn": f"arn:aws:iam::123456789012:instance-profile/{INSTANCE_PROFILE}"}
+    path = write_demo_config(tmp_path / "pipeline.yaml", home=tmp_path, localaws_url=localaws.endpoint_url,
+                             overrides={"storage": {"bucket": f"ft-train-{uuid.uuid4().hex[:12]}"},
+                                        "training": training})
+    monkeypatch.setenv("FINETUNE_PIPELINE_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def pipeline_config(config_path):
+    return load_config(config_path)
+
+
+def test_a_published_version_is_trained_and_its_model_announced(
+    airflow_db, pipeline_config, landed, boto_client, backend  # noqa: F811 - the fixture imported above
+):
+    version = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())["version"]
+    if backend == "ec2":
+        iam = boto_client("iam")
+        iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps({"Statement": []}))
+        iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
+        iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("finetune_training")
+    run = dag.test(run_conf={"backend": backend})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    from finetune_pipeline.pipeline.training_dag import first_task_id
+
+    assert states["record_model"] == "success" and states[first_task_id(backend)] == "success"
+    s3 = boto_client("s3")
+    marker = json.loads(s3.get_object(Bucket=pipeline_config.storage.bucket,
+                                      Key=f"models/{version}/_SUCCESS")["Body"].read())
+    assert marker["version"] == version and marker["metrics"]["baselines"]
+    # The model Asset event carries the version and the metrics.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from finetune_pipeline.pipeline.assets import model_asset
+
+    with create_session() as session:
+        extras = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.uri == model_asset(pipeline_config).uri)).all()
+    assert [extra["version"] for extra in extras] == [version]
+    assert extras[0]["metrics"] == marker["metrics"] and extras[0]["uri"].endswith(f"/models/{version}")
+    print(f"\n{backend}: {marker['metrics']['rows']} rows, accuracy {marker['metrics']['accuracy']:.3f}, "
+          f"{marker['metrics']['seconds']} s of training")
+    if backend == "ec2":
+        # The instance ran the shipped user data, shut itself down when done, and teardown found nothing left.
+        instances = [instance for reservation in boto_client("ec2").describe_instances()["Reservations"]
+                     for instance in reservation["Instances"]
+                     if {"Key": "finetune-pipeline:dataset-version", "Value": version} in instance.get("Tags", [])]
+        assert len(instances) == 1 and instances[0]["State"]["Name"] == "terminated"
+        assert instances[0]["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
+        assert states["ec2.terminate_training_instances"] == "success"
