@@ -72,6 +72,7 @@ class LocalAWSApp:
     def _wire(self) -> None:
         self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
         self.snowball_device = SnowballDevice(self.snowball, self.moto)
+        self.hyperpod.attach(self.nodes)  # HyperPod nodes run their lifecycle scripts here
 
     # State
 
@@ -271,6 +272,8 @@ class LocalAWS:
         )
         self.port = self._server.server_port
         self.app.nodes.endpoint_url = self.endpoint_url
+        if restored is not None:
+            self.app.hyperpod.resume_nodes()  # the nodes' processes were not saved: their scripts run again
         self._thread = threading.Thread(target=self._server.serve_forever, name="localaws", daemon=True)
         self._thread.start()
         if self.state_file and self.state_interval > 0:
@@ -293,6 +296,7 @@ class LocalAWS:
             return
         if self.app is not None:
             self.app.dms.shutdown()  # end the replication threads before the port goes
+            self.app.hyperpod.shutdown()  # HyperPod nodes and their Slurm jobs (sessions of their own)
             self.app.nodes.stop_all()  # and the nodes' scripts, which would talk to it
         self._server.shutdown()
         self._server.server_close()

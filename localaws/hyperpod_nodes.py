@@ -1,0 +1,177 @@
+"""A HyperPod cluster's nodes as local processes: the lifecycle scripts run on them as HyperPod runs them.
+
+When a cluster is created, each node (a :class:`~localaws.node_runtime.NodeRuntime` folder, named by its
+instance ID) gets what a HyperPod instance gets before its ``OnCreate`` script runs
+(https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-lifecycle-best-practices-slurm.html):
+
+- the objects under its group's ``LifeCycleConfig.SourceS3Uri``, read from this localaws's S3, in
+  ``<node>/lifecycle/``; ``OnCreate`` runs from there with bash;
+- ``resource_config.json`` (cluster ARN and name, each group's instances with their IP addresses), its path
+  in ``SAGEMAKER_RESOURCE_CONFIG_PATH``
+  (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-lifecycle-best-practices-slurm-slurm-base-config.html);
+- an IP address of its own, which ``hostname -I`` answers (a shim), so a script finds its group as on AWS;
+- Slurm's commands (:mod:`localaws.slurm_shims`), sharing one record folder per cluster
+  (``<nodes root>/<cluster id>-slurm``), so the job agent and its batch scripts run unchanged; and a
+  ``systemctl`` that says the node has no systemd (the scripts then start services in the background).
+
+A missing ``OnCreate`` object or a script that exits non-zero fails the cluster, as on AWS; the cluster's
+status follows in :mod:`localaws.sagemaker_hyperpod`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from localaws import slurm_shims
+from localaws.node_runtime import NodeRuntime
+
+log = logging.getLogger(__name__)
+
+# AWS's message for a cluster whose lifecycle scripts failed; here the logs are in the nodes' folders.
+LIFECYCLE_FAILURE = (
+    "Lifecycle scripts did not run successfully on node {node} of instance group {group} ({detail}). "
+    "localaws keeps the script's output in {log_path}"
+)
+NO_SYSTEMD = (
+    "#!/bin/sh\n"
+    "echo 'System has not been booted with systemd as init system (PID 1). Can'\"'\"'t operate.' >&2\n"
+    "exit 1\n"
+)
+
+
+@dataclass
+class ClusterNode:
+    node_id: str  # the instance ID, also the NodeRuntime folder's name
+    group: str
+    instance_name: str
+    ip: str
+
+
+def _hostname_shim(ip: str) -> str:
+    return (
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-I" ] || [ "$1" = "--all-ip-addresses" ]; then echo "{ip} "; '
+        f'else echo "ip-{ip.replace(".", "-")}"; fi\n'
+    )
+
+
+def _lifecycle_files(account: str, source_uri: str) -> dict[str, bytes]:
+    """The objects under ``s3://bucket/prefix``, by their path below the prefix (moto's S3, directly)."""
+    from moto.s3.models import s3_backends
+
+    bucket_name, _, prefix = source_uri.removeprefix("s3://").partition("/")
+    prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    try:
+        bucket = s3_backends[account]["global"].get_bucket(bucket_name)
+    except Exception:
+        return {}
+    files = {}
+    for name in list(bucket.keys.keys()):
+        if not name.startswith(prefix) or name.endswith("/"):
+            continue
+        key = bucket.keys[name]
+        value = getattr(key, "value", None)
+        if value is not None:
+            files[name[len(prefix) :]] = value
+    return files
+
+
+class HyperPodNodes:
+    """Starts, watches and stops the lifecycle scripts of HyperPod clusters' nodes."""
+
+    def __init__(self, runtime: NodeRuntime):
+        self.runtime = runtime
+
+    def slurm_dir(self, cluster_id: str) -> Path:
+        return self.runtime.root / f"{cluster_id}-slurm"
+
+    def launch(
+        self,
+        *,
+        cluster_arn: str,
+        cluster_name: str,
+        account: str,
+        region: str,
+        groups: list[dict],
+        nodes: list[ClusterNode],
+    ) -> str | None:
+        """Run ``OnCreate`` on every node; return a failure message if a node cannot even start it."""
+        cluster_id = cluster_arn.rsplit("/", 1)[-1]
+        resource_config = {
+            "ClusterConfig": {"ClusterArn": cluster_arn, "ClusterName": cluster_name},
+            "InstanceGroups": [
+                {
+                    "Name": group["InstanceGroupName"],
+                    "InstanceType": group["InstanceType"],
+                    "Instances": [
+                        {"InstanceName": n.instance_name, "AgentIpAddress": n.ip, "CustomerIpAddress": n.ip,
+                         "InstanceId": n.node_id}
+                        for n in nodes
+                        if n.group == group["InstanceGroupName"]
+                    ],
+                }
+                for group in groups
+            ],
+        }
+        slurm = self.slurm_dir(cluster_id)
+        slurm.mkdir(parents=True, exist_ok=True)
+        shims = {name: slurm_shims.shim_text(name, slurm) for name in slurm_shims.COMMANDS}
+        by_group = {group["InstanceGroupName"]: group for group in groups}
+        for node in nodes:
+            lifecycle = by_group[node.group].get("LifeCycleConfig") or {}
+            source, on_create = lifecycle.get("SourceS3Uri", ""), lifecycle.get("OnCreate", "")
+            files = _lifecycle_files(account, source)
+            if on_create not in files:
+                return LIFECYCLE_FAILURE.format(
+                    node=node.node_id, group=node.group, log_path="(nothing ran)",
+                    detail=f"{on_create!r} is not under {source}",
+                )
+            home = self.runtime.node_dir(node.node_id)
+            for relative, body in files.items():
+                target = home / "lifecycle" / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(body)
+            config_path = home / "opt" / "ml" / "config" / "resource_config.json"
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(json.dumps(resource_config, indent=1))
+            script = f'#!/bin/bash\ncd "$HOME/lifecycle" || exit 1\nexec /bin/bash ./{on_create}\n'
+            self.runtime.start(
+                node.node_id,
+                script,
+                region=region,
+                shims={**shims, "hostname": _hostname_shim(node.ip), "systemctl": NO_SYSTEMD},
+                env={"SAGEMAKER_RESOURCE_CONFIG_PATH": str(config_path)},
+            )
+        log.info("HyperPod cluster %s: OnCreate started on %d nodes", cluster_name, len(nodes))
+        return None
+
+    def failure(self, nodes: list[ClusterNode]) -> str | None:
+        """A message if a node's ``OnCreate`` exited non-zero (or cannot be followed), else ``None``."""
+        for node in nodes:
+            code = self.runtime.exit_code(node.node_id)
+            if code not in (None, 0):
+                return LIFECYCLE_FAILURE.format(
+                    node=node.node_id, group=node.group, detail=f"OnCreate exited {code}",
+                    log_path=self.runtime.node_dir(node.node_id) / "script.log",
+                )
+        return None
+
+    def finished(self, nodes: list[ClusterNode]) -> bool:
+        """Whether every node's ``OnCreate`` has exited 0."""
+        return all(self.runtime.exit_code(node.node_id) == 0 for node in nodes)
+
+    def stop(self, cluster_arn: str, nodes: list[ClusterNode]) -> None:
+        """End the nodes' processes and the cluster's Slurm jobs (each job runs in a session of its own)."""
+        for node in nodes:
+            self.runtime.stop(node.node_id)
+        slurm = self.slurm_dir(cluster_arn.rsplit("/", 1)[-1])
+        for record in slurm_shims.records(slurm) if slurm.exists() else []:
+            if record["state"] in slurm_shims.ACTIVE and record.get("runner_pid"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(record["runner_pid"], signal.SIGKILL)
