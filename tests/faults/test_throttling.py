@@ -148,7 +148,8 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
             lifecycle_s3_uri=LIFECYCLE_URI, deferrable=True, **FAST_WAIT,
         )  # fmt: skip
         runs(lambda: _defer_and_complete(ensure, context, run_trigger))
-        keys["bucket"], job_key = bucket, keys["job_key"] = hyperpod_job_key
+        keys["bucket"], keys["job_key"] = bucket, hyperpod_job_key
+        job_key = hyperpod_job_key
         submit = HyperPodSubmitJobOperator(
             task_id="submit", cluster_name=cluster, job_key=job_key, controller_group="controller",
             jobs_uri=f"s3://{bucket}/hyperpod", bundle_uri=f"s3://{bucket}/code/training.zip",
