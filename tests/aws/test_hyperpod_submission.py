@@ -141,6 +141,19 @@ def test_killing_the_task_cancels_the_job(aws_conn, cluster, context, unique, ru
         wait_for(lambda pid=pid: not alive(pid), what=f"process {pid} to end")
 
 
+def test_killing_the_deferred_task_cancels_the_job(aws_conn, cluster, context, unique, run_trigger):
+    """A user marks the deferred task failed: Airflow calls the trigger's on_kill in the triggerer."""
+    import asyncio
+
+    job_key = unique("ftp-kill-deferred")
+    operator = submit(cluster, job_key, "--sleep", "60")
+    trigger = defer(operator, context).trigger
+    wait_for(lambda: (state_of(cluster, job_key) or {}).get("state") == "RUNNING", what="the job to run")
+    asyncio.run(trigger.on_kill())
+    event = run_trigger(trigger, timeout=60)
+    assert event["state"]["state"] == "CANCELLED"
+
+
 def test_a_retry_after_the_spec_was_written_runs_one_slurm_job(aws_conn, cluster, context, unique, run_trigger):
     """The first try is killed right after its PUT (while deferred); the retry finds the spec and waits on it."""
     job_key = unique("ftp-retry")

@@ -63,7 +63,8 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
     watches the cluster (``DescribeCluster``, ``ListClusterNodes``): it logs the node counts by status while
     the cluster is not ``InService`` or a node is not ``Running``, and ends with an error if the cluster is
     ``Failed`` or being deleted. The calls are boto3's, run in a thread so the triggerer's loop never blocks;
-    running again after a triggerer restart just polls again.
+    running again after a triggerer restart just polls again. A user's kill of the deferred task
+    (``on_kill``) writes ``cancel/<job_key>``, which the agent turns into ``scancel``.
 
     The event: ``{"status": "success" | "error", "job_key", "state": <state record or None>, "message"}``.
 
@@ -142,6 +143,23 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
             for node in hyperpod.list_cluster_nodes(self.cluster_name)
         )
         return status, dict(sorted(nodes.items()))
+
+    def write_cancel_marker(self) -> None:
+        store = HyperPodJobStore(self.jobs_uri)
+        S3ObjectHook(**self._hook_arguments()).put_object(store.bucket, store.cancel_key(self.job_key), b"")
+
+    async def on_kill(self) -> None:
+        """
+        The deferred task was killed by a user (marked failed, cleared): ask the agent to cancel the job.
+
+        Airflow calls this only for a user's action, never when the triggerer restarts or the trigger ends
+        (``BaseTrigger.on_kill``); the operator's own ``on_kill`` covers a task killed while in a worker.
+        """
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.write_cancel_marker), timeout=30)
+            self.log.info("Asked the job agent to cancel HyperPod job %s.", self.job_key)
+        except Exception:
+            self.log.exception("Could not ask the job agent to cancel HyperPod job %s.", self.job_key)
 
     def _event(self, status: str, record: dict[str, Any] | None, message: str) -> TriggerEvent:
         return TriggerEvent({"status": status, "job_key": self.job_key, "state": record, "message": message})
