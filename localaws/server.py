@@ -11,6 +11,7 @@ Routing, in order:
 - ``X-Amz-Target: SageMaker.<cluster operation>``: moto's HyperPod clusters, created and deleted on the clock;
 - ``X-Amz-Target: AmazonSSM.<Run Command operation>``: moto's SSM commands, run on the clock;
 - EC2 ``RunInstances`` with a ``ClientToken``: launched once per token (:mod:`localaws.ec2_client_tokens`);
+- S3 ``PutObject`` with ``If-None-Match``/``If-Match``: one at a time per key (:mod:`localaws.s3_conditional`);
 - everything else: straight to moto.
 
 Every request but the control endpoint's is processed inside the request gate, so a state snapshot
@@ -33,6 +34,7 @@ from localaws.clock import VirtualClock
 from localaws.ec2_client_tokens import Ec2ClientTokens
 from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.node_runtime import NodeRuntime
+from localaws.s3_conditional import ConditionalWrites
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
@@ -64,6 +66,7 @@ class LocalAWSApp:
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
         self.ec2_client_tokens = Ec2ClientTokens(clock)
+        self.s3_conditional = ConditionalWrites()
         # The local processes that stand in for instances' scripts; told the endpoint once it is bound.
         self.nodes = NodeRuntime()
         self.clock_changes = 0  # moves of the clock through the control endpoint
@@ -137,8 +140,11 @@ class LocalAWSApp:
         if self.ssm.handles(target):
             return self.ssm.handle(environ, self.moto)
         service = request_service(environ)
-        if self.ec2_client_tokens.handles(service, request_operation(environ, service)):
+        operation = request_operation(environ, service)
+        if self.ec2_client_tokens.handles(service, operation):
             return self.ec2_client_tokens.handle(environ, self.moto)
+        if self.s3_conditional.handles(service, operation, environ):
+            return self.s3_conditional.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
             for name in STATEFUL:
