@@ -167,11 +167,31 @@ class HyperPodNodes:
         return all(self.runtime.exit_code(node.node_id) == 0 for node in nodes)
 
     def stop(self, cluster_arn: str, nodes: list[ClusterNode]) -> None:
-        """End the nodes' processes and the cluster's Slurm jobs (each job runs in a session of its own)."""
+        """End everything the nodes run: their scripts, what those left running, and their Slurm jobs."""
         for node in nodes:
             self.runtime.stop(node.node_id)
+        # The Slurm jobs run in sessions of their own, and after a restart of localaws the processes the
+        # nodes ran before are no child of this one: every process of a node carries its LOCALAWS_NODE_ID.
+        _kill_processes_of({node.node_id for node in nodes})
         slurm = self.slurm_dir(cluster_arn.rsplit("/", 1)[-1])
         for record in slurm_shims.records(slurm) if slurm.exists() else []:
             if record["state"] in slurm_shims.ACTIVE and record.get("runner_pid"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(record["runner_pid"], signal.SIGKILL)
+
+
+def _kill_processes_of(node_ids: set[str]) -> None:
+    """SIGKILL this user's processes whose environment names one of ``node_ids`` (Linux: /proc)."""
+    if not node_ids or not os.path.isdir("/proc"):
+        return
+    wanted = {f"LOCALAWS_NODE_ID={node_id}".encode() for node_id in node_ids}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = set(Path(entry.path, "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if environment & wanted:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)

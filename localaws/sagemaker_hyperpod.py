@@ -14,10 +14,11 @@ exits non-zero (or an ``OnCreate`` missing from ``SourceS3Uri``) makes it ``Fail
 ``FailureMessage``, as on AWS (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-faq.html).
 Scripts take the real time they take. ``DeleteCluster`` stops the nodes and their Slurm jobs.
 
-A state snapshot keeps the nodes' folders, not their processes. After a restart, :meth:`resume_nodes` runs
-``OnCreate`` again on the nodes of every ``Creating`` and ``InService`` cluster: a lifecycle script that was
-cut short finishes, and the job agent (which keeps a single copy of itself running) comes back. Slurm jobs
-that died with localaws end ``NODE_FAIL``; the agent reports them ``FAILED``.
+A state snapshot keeps the nodes' folders, not their processes. A restart ends every node process (a clean
+stop ends them; after a SIGKILL, the first thing a node does on resume is end what its earlier run left),
+then :meth:`resume_nodes` runs ``OnCreate`` again on the nodes of every ``Creating`` and ``InService``
+cluster, in the same folders: a lifecycle script cut short runs to its end, a job agent starts again.
+Slurm jobs that were running end ``NODE_FAIL`` (their job agent reports them ``FAILED``).
 """
 
 from __future__ import annotations

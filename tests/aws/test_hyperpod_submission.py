@@ -221,7 +221,9 @@ def restart_agent(cluster) -> None:
     pid = int((agent / "job_agent.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), what="the agent to die")
-    environment = {**os.environ, "HOME": str(home), "PATH": f"{home / '.localaws-bin'}:{os.environ['PATH']}",
+    # What the node's own processes have (localaws ends a node's processes by its LOCALAWS_NODE_ID).
+    environment = {**os.environ, "HOME": str(home), "LOCALAWS_NODE_ID": home.name,
+                   "PATH": f"{home / '.localaws-bin'}:{os.environ['PATH']}",
                    "SAGEMAKER_RESOURCE_CONFIG_PATH": str(home / "opt/ml/config/resource_config.json"),
                    "AWS_ENDPOINT_URL": cluster["server"].endpoint_url,
                    "AWS_ACCESS_KEY_ID": "localaws", "AWS_SECRET_ACCESS_KEY": "localaws"}  # fmt: skip

@@ -58,6 +58,8 @@ After=network-online.target slurmctld.service
 Wants=network-online.target
 
 [Service]
+# Slurm's commands live in /opt/slurm/bin on HyperPod, which systemd's default PATH lacks.
+Environment=PATH=/opt/slurm/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ExecStart=$(command -v python3) -u ${AGENT_DIR}/job_agent.py --config ${AGENT_DIR}/job_agent.json
 Restart=always
 RestartSec=10

@@ -45,7 +45,12 @@ class HyperPodClusterInServiceTrigger(AwsBaseWaiterTrigger):
             waiter_args={"ClusterName": cluster_name},
             failure_message=f"HyperPod cluster {cluster_name} did not come into service",
             status_message=f"HyperPod cluster {cluster_name} is",
-            status_queries=["ClusterStatus", "FailureMessage"],
+            # Each group's status and running nodes against its target, as the cluster comes up.
+            status_queries=[
+                "ClusterStatus",
+                "FailureMessage",
+                "InstanceGroups[].[InstanceGroupName, Status, CurrentCount, TargetCount]",
+            ],
             return_key="cluster_name",
             return_value=cluster_name,
             waiter_delay=waiter_delay,
