@@ -83,6 +83,10 @@ class _ClusterTrack:
     account: str = ""
     region: str = ""
 
+    def __setstate__(self, state: dict) -> None:
+        # A snapshot from before the nodes ran their scripts has none of these.
+        self.__dict__.update({"nodes": [], "account": "", "region": "", **state})
+
 
 class HyperPodLifecycle:
     """Moves moto's HyperPod clusters through ``Creating``, ``InService`` and ``Deleting`` on the clock."""

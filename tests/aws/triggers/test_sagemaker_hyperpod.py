@@ -153,6 +153,11 @@ def test_job_trigger_ends_when_the_cluster_failed(hook, bucket, boto_client, uni
     assert event["status"] == "error" and event["message"] == f"HyperPod cluster {name} is Failed"
 
 
+def test_job_trigger_ends_when_there_is_no_such_cluster(bucket, unique, run_trigger):
+    event = run_trigger(job_trigger("hp-never-made", unique("job"), f"s3://{bucket}/jobs"))
+    assert (event["status"], event["message"]) == ("error", "HyperPod cluster hp-never-made does not exist")
+
+
 def test_job_trigger_gives_up_after_its_attempts(cluster, bucket, unique, run_trigger):
     event = run_trigger(job_trigger(cluster, "never", f"s3://{bucket}/jobs", attempts=3))
     assert event["status"] == "error"

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError
 
 from finetune_pipeline.aws.hooks.s3_objects import S3ObjectHook
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
@@ -186,7 +187,13 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
                 yield self._event(status, record, f"HyperPod job {self.job_key} ended {state}")
                 return
             if state not in ("RUNNING",):
-                cluster_status, nodes = await asyncio.to_thread(self.cluster_view, hyperpod)
+                try:
+                    cluster_status, nodes = await asyncio.to_thread(self.cluster_view, hyperpod)
+                except ClientError as error:
+                    if error.response.get("Error", {}).get("Code") != "ResourceNotFound":
+                        raise
+                    yield self._event("error", record, f"HyperPod cluster {self.cluster_name} does not exist")
+                    return
                 if cluster_status in HyperPodHook.FAILED_STATES | HyperPodHook.GONE_STATES:
                     yield self._event(
                         "error", record, f"HyperPod cluster {self.cluster_name} is {cluster_status}"
