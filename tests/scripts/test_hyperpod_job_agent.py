@@ -56,10 +56,10 @@ def jobs(boto_client, tmp_path, job_agent, slurm):
         def agent(self):
             return job_agent.JobAgent(config, s3=s3)
 
-        def put_spec(self, job_key: str, *args: str) -> None:
+        def put_spec(self, job_key: str, *args: str, env: dict | None = None) -> None:
             spec = {"job_key": job_key, "bundle_uri": f"s3://{bucket}/code/bundle.zip",
                     "command": ["python3", "train.py", "--output-uri", f"s3://{bucket}/models/{job_key}", *args],
-                    "env": {"GREETING": "hello world"}, "nodes": 1, "time_limit_minutes": 5, "sbatch_args": [],
+                    "env": env or {"GREETING": "hello world"}, "nodes": 1, "time_limit_minutes": 5, "sbatch_args": [],
                     "installed_modules": []}  # fmt: skip
             s3.put_object(Bucket=bucket, Key=f"hp/jobs/{job_key}.json", Body=json.dumps(spec).encode(), IfNoneMatch="*")
 
@@ -117,6 +117,15 @@ def test_the_batch_script_runs_srun_auto_resume_in_the_bundle(jobs):
     restarted = jobs.agent()  # a job with a final state is left alone
     restarted.poll_once()
     assert jobs.sbatch_count(job_key) == 1 and job_key in restarted.finished
+
+
+def test_job_dir_stands_for_the_jobs_folder_on_shared_storage(jobs):
+    job_key = "ftp-job-dir"
+    jobs.put_spec(job_key, "--sleep", "0", env={"CHECKPOINTS": "{job_dir}/checkpoints"})
+    jobs.run_until_done(jobs.agent(), job_key)
+    script = (jobs.config.work_dir / job_key / "job.sbatch").read_text()
+    job_dir = jobs.config.work_dir / job_key
+    assert f"export JOB_DIR={job_dir}" in script and f"export CHECKPOINTS={job_dir}/checkpoints" in script
 
 
 def test_a_cancel_before_submission_submits_nothing(jobs):

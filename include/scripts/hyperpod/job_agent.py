@@ -16,7 +16,9 @@ Session Manager's interactive ``StartSession`` reaches them). The cluster's exec
 
 For each spec that has no final state, the agent downloads the bundle to shared storage
 (``<work_dir>/<job_key>/bundle``), writes a batch script that runs ``srun --auto-resume=1 <command>`` on
-``nodes`` nodes, and submits it with ``sbatch --parsable --job-name=<job_key>``. ``--auto-resume=1`` is
+``nodes`` nodes, and submits it with ``sbatch --parsable --job-name=<job_key>``. ``{job_dir}`` in the command
+or env stands for ``<work_dir>/<job_key>``, which the job also gets as ``JOB_DIR``: the place for checkpoints
+that every restart sees. ``--auto-resume=1`` is
 HyperPod's srun flag that re-runs the step after HyperPod has replaced a faulty node
 (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-resiliency-slurm-auto-resume.html), which
 is why the bundle and the job's checkpoints live on storage every node sees.
@@ -294,10 +296,18 @@ class JobAgent:
         partial.rename(target)
         return target
 
+    @staticmethod
+    def placeholders(text: str, job_dir: Path) -> str:
+        """``{job_dir}`` in a command argument or env value: the job's folder on shared storage."""
+        return text.replace("{job_dir}", str(job_dir))
+
     def batch_script(self, job_key: str, spec: dict, bundle: Path) -> Path:
         job_dir = self.job_dir(job_key)
         nodes = int(spec.get("nodes", 1))
-        exports = "".join(f"export {name}={shlex.quote(str(value))}\n" for name, value in spec.get("env", {}).items())
+        env = {"JOB_DIR": str(job_dir), **spec.get("env", {})}
+        exports = "".join(
+            f"export {name}={shlex.quote(self.placeholders(str(value), job_dir))}\n" for name, value in env.items()
+        )
         install = ""
         if (bundle / "requirements.txt").exists():
             pip = "python3 -m pip install --quiet --requirement requirements.txt || exit 1"
@@ -305,7 +315,7 @@ class JobAgent:
             install = f"python3 -c {shlex.quote(f'import {modules}')} 2>/dev/null || {pip}\n" if modules else f"{pip}\n"
         srun = shlex.join(
             ["srun", "--auto-resume=1", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-             *[str(part) for part in spec["command"]]]
+             *[self.placeholders(str(part), job_dir) for part in spec["command"]]]
         )
         exit_file = shlex.quote(str(job_dir / "exit_code")) + '."$SLURM_JOB_ID"'
         script = (

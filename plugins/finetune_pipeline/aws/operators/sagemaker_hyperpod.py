@@ -229,7 +229,9 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
         (checked when the task runs).
     :param bundle_uri: ``s3://`` URI of the code bundle (a zip) the job runs from. Required (checked when the
         task runs).
-    :param entrypoint_args: Its arguments (templated).
+    :param entrypoint_args: Its arguments (templated). ``{job_dir}`` stands for the job's folder on the
+        cluster's shared storage (also ``$JOB_DIR``), e.g. ``["--checkpoint-dir", "{job_dir}/checkpoints"]``:
+        checkpoints there survive the node replacement after which ``--auto-resume`` re-runs the step.
     :param interpreter: What runs the entrypoint under ``srun``; ``None`` runs the entrypoint itself.
     :param env: Environment variables of the job.
     :param nodes: Slurm nodes for the job (``srun`` starts one task on each).

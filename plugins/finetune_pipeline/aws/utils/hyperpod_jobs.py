@@ -12,7 +12,8 @@ that polls a prefix, and Airflow talks to it through objects under ``jobs_uri``:
 - ``cancel/<job_key>``: present when the job is to be cancelled (``scancel``).
 
 Spec: ``{"job_key", "bundle_uri", "command": [...], "env": {...}, "nodes", "time_limit_minutes",
-"sbatch_args": [...], "installed_modules": [...]}``. State: ``{"job_key", "state", "slurm_job_id",
+"sbatch_args": [...], "installed_modules": [...]}`` (``{job_dir}`` in ``command`` or ``env``: the job's folder on
+the cluster's shared storage). State: ``{"job_key", "state", "slurm_job_id",
 "exit_code", "reason", "log_tail": [...], "updated"}``. The agent keeps its own copy of these names
 (it runs on the node with the standard library and boto3 only).
 """
