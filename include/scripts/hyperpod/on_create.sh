@@ -37,10 +37,9 @@ if [[ ! -f job_agent.json ]]; then
   echo "[on_create] no job_agent.json next to this script: no job agent on this cluster"
   exit 0
 fi
-read -r CONTROLLER_GROUP WORK_DIR < <(python3 -c '
-import json, os, sys
-config = json.load(open("job_agent.json"))
-print(config.get("controller_group", "controller-machine"), os.path.expanduser(config["work_dir"]))')
+# (Each value on its own, so that a broken job_agent.json stops the script here: set -e.)
+CONTROLLER_GROUP="$(python3 -c 'import json; print(json.load(open("job_agent.json")).get("controller_group", "controller-machine"))')"
+WORK_DIR="$(python3 -c 'import json, os; print(os.path.expanduser(json.load(open("job_agent.json"))["work_dir"]))')"
 if [[ "$GROUP" != "$CONTROLLER_GROUP" ]]; then
   echo "[on_create] done (the job agent runs on the ${CONTROLLER_GROUP} group)"
   exit 0
@@ -54,7 +53,8 @@ if [[ -d /run/systemd/system ]] && systemctl --version >/dev/null 2>&1; then
   cat > /etc/systemd/system/finetune-job-agent.service <<UNIT
 [Unit]
 Description=Runs the HyperPod job specs Airflow writes to S3 (finetune pipeline)
-After=network-online.target slurmctld.service
+After=network-online.target remote-fs.target slurmctld.service
+RequiresMountsFor=${WORK_DIR}
 Wants=network-online.target
 
 [Service]
