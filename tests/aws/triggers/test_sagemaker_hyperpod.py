@@ -93,10 +93,13 @@ def test_error_event_for_a_missing_cluster(unique, run_trigger):
 # HyperPodJobCompleteTrigger
 
 
-def job_trigger(cluster: str, job_key: str, jobs_uri: str, attempts: int = 2000) -> HyperPodJobCompleteTrigger:
+def job_trigger(
+    cluster: str, job_key: str, jobs_uri: str, attempts: int = 2000, controller_group: str = "controller"
+) -> HyperPodJobCompleteTrigger:
     return HyperPodJobCompleteTrigger(
-        cluster_name=cluster, job_key=job_key, jobs_uri=jobs_uri, waiter_delay=0.01, waiter_max_attempts=attempts
-    )
+        cluster_name=cluster, job_key=job_key, jobs_uri=jobs_uri, controller_group=controller_group,
+        waiter_delay=0.01, waiter_max_attempts=attempts,
+    )  # fmt: skip
 
 
 def write_state(boto_client, bucket: str, job_key: str, state: str, **fields) -> None:
@@ -107,12 +110,13 @@ def write_state(boto_client, bucket: str, job_key: str, state: str, **fields) ->
 
 def test_job_trigger_serialize_round_trip():
     trigger = HyperPodJobCompleteTrigger(
-        cluster_name="hp", job_key="k", jobs_uri="s3://b/jobs", waiter_delay=2, waiter_max_attempts=3,
-        region_name="eu-west-1",
+        cluster_name="hp", job_key="k", jobs_uri="s3://b/jobs", controller_group="controller-machine",
+        waiter_delay=2, waiter_max_attempts=3, region_name="eu-west-1",
     )  # fmt: skip
     classpath, kwargs = trigger.serialize()
     assert classpath == "finetune_pipeline.aws.triggers.sagemaker_hyperpod.HyperPodJobCompleteTrigger"
-    assert kwargs == {"cluster_name": "hp", "job_key": "k", "jobs_uri": "s3://b/jobs", "waiter_delay": 2,
+    assert kwargs == {"cluster_name": "hp", "job_key": "k", "jobs_uri": "s3://b/jobs",
+                      "controller_group": "controller-machine", "waiter_delay": 2,
                       "waiter_max_attempts": 3, "aws_conn_id": "aws_default", "region_name": "eu-west-1"}  # fmt: skip
     assert HyperPodJobCompleteTrigger(**kwargs).serialize() == (classpath, kwargs)
 
@@ -151,6 +155,14 @@ def test_job_trigger_ends_when_the_cluster_failed(hook, bucket, boto_client, uni
     hook.create_cluster(name, [{**GROUP, "LifeCycleConfig": {**LIFECYCLE, "OnCreate": "not-there.sh"}}])
     event = run_trigger(job_trigger(name, unique("job"), f"s3://{bucket}/jobs"))
     assert event["status"] == "error" and event["message"] == f"HyperPod cluster {name} is Failed"
+
+
+def test_job_trigger_ends_when_the_cluster_has_no_controller_group(cluster, bucket, unique, run_trigger):
+    event = run_trigger(job_trigger(cluster, unique("job"), f"s3://{bucket}/jobs", controller_group="head"))
+    assert event["status"] == "error"
+    assert event["message"] == (
+        f"HyperPod cluster {cluster} has no instance group 'head' (it has controller), where the job agent was to run"
+    )
 
 
 def test_job_trigger_ends_when_there_is_no_such_cluster(bucket, unique, run_trigger):

@@ -239,7 +239,8 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
     :param sbatch_args: Further ``sbatch`` options, e.g. ``["--gpus-per-node=8"]``.
     :param installed_modules: Python modules whose import means the node already has what the bundle's
         ``requirements.txt`` lists; without them, the job installs it first.
-    :param controller_group: Instance group of the Slurm controller (named when it has no running node).
+    :param controller_group: Instance group of the Slurm controller, where the job agent runs (the
+        ``controller_group`` of its ``job_agent.json``); a cluster without this group fails the wait.
     :param wait_for_completion: Wait until the job has ended; otherwise return once the spec is written.
     :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
     :param waiter_delay: Seconds between state polls.
@@ -406,6 +407,7 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
             cluster_name=self.cluster_name,
             job_key=self.job_key,
             jobs_uri=self.jobs_uri,
+            controller_group=self.controller_group,
             **trigger_arguments(self),
         )
         return defer_or_wait(self, context, trigger)

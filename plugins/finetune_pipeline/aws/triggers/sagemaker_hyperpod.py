@@ -77,6 +77,7 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
     :param cluster_name: The HyperPod cluster that runs the job.
     :param job_key: The job's key (its spec is ``jobs/<job_key>.json``).
     :param jobs_uri: ``s3://bucket/prefix`` the job agent polls.
+    :param controller_group: The instance group the job agent runs on; a cluster without it ends the wait.
     :param waiter_delay: Seconds between polls.
     :param waiter_max_attempts: Polls before giving up (with an error event).
     """
@@ -87,6 +88,7 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
         cluster_name: str,
         job_key: str,
         jobs_uri: str,
+        controller_group: str | None = None,
         waiter_delay: float = 30,
         waiter_max_attempts: int = 2880,
         aws_conn_id: str | None = "aws_default",
@@ -98,6 +100,7 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
         self.cluster_name = cluster_name
         self.job_key = job_key
         self.jobs_uri = jobs_uri
+        self.controller_group = controller_group
         self.waiter_delay = waiter_delay
         self.waiter_max_attempts = waiter_max_attempts
         self.aws_conn_id = aws_conn_id
@@ -121,6 +124,7 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
                 "cluster_name": self.cluster_name,
                 "job_key": self.job_key,
                 "jobs_uri": self.jobs_uri,
+                "controller_group": self.controller_group,
                 "waiter_delay": self.waiter_delay,
                 "waiter_max_attempts": self.waiter_max_attempts,
                 "aws_conn_id": self.aws_conn_id,
@@ -141,14 +145,15 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
         store = HyperPodJobStore(self.jobs_uri)
         return decode_record(s3.get_object_body(store.bucket, store.state_key(self.job_key)))
 
-    def cluster_view(self, hyperpod: HyperPodHook) -> tuple[str, dict[str, int]]:
-        """The cluster's status and its nodes counted by status."""
-        status = hyperpod.describe_cluster(self.cluster_name)["ClusterStatus"]
+    def cluster_view(self, hyperpod: HyperPodHook) -> tuple[str, dict[str, int], set[str]]:
+        """The cluster's status, its nodes counted by status, and its instance groups."""
+        cluster = hyperpod.describe_cluster(self.cluster_name)
         nodes = Counter(
             node.get("InstanceStatus", {}).get("Status", "Unknown")
             for node in hyperpod.list_cluster_nodes(self.cluster_name)
         )
-        return status, dict(sorted(nodes.items()))
+        groups = {group["InstanceGroupName"] for group in cluster.get("InstanceGroups", [])}
+        return cluster["ClusterStatus"], dict(sorted(nodes.items())), groups
 
     def write_cancel_marker(self) -> None:
         store = HyperPodJobStore(self.jobs_uri)
@@ -188,7 +193,7 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
                 return
             if state not in ("RUNNING",):
                 try:
-                    cluster_status, nodes = await asyncio.to_thread(self.cluster_view, hyperpod)
+                    cluster_status, nodes, groups = await asyncio.to_thread(self.cluster_view, hyperpod)
                 except ClientError as error:
                     if error.response.get("Error", {}).get("Code") != "ResourceNotFound":
                         raise
@@ -197,6 +202,14 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
                 if cluster_status in HyperPodHook.FAILED_STATES | HyperPodHook.GONE_STATES:
                     yield self._event(
                         "error", record, f"HyperPod cluster {self.cluster_name} is {cluster_status}"
+                    )
+                    return
+                if self.controller_group and groups and self.controller_group not in groups:
+                    yield self._event(
+                        "error",
+                        record,
+                        f"HyperPod cluster {self.cluster_name} has no instance group {self.controller_group!r} "
+                        f"(it has {', '.join(sorted(groups))}), where the job agent was to run",
                     )
                     return
                 settled = cluster_status == HyperPodHook.IN_SERVICE_STATE and set(nodes) <= {"Running"}
