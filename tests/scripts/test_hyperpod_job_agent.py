@@ -56,11 +56,12 @@ def jobs(boto_client, tmp_path, job_agent, slurm):
         def agent(self):
             return job_agent.JobAgent(config, s3=s3)
 
-        def put_spec(self, job_key: str, *args: str, env: dict | None = None) -> None:
-            spec = {"job_key": job_key, "bundle_uri": f"s3://{bucket}/code/bundle.zip",
+        def put_spec(self, job_key: str, *args: str, env: dict | None = None, bundle: str = "bundle.zip",
+                     sbatch_args: tuple = ()) -> None:  # fmt: skip
+            spec = {"job_key": job_key, "bundle_uri": f"s3://{bucket}/code/{bundle}",
                     "command": ["python3", "train.py", "--output-uri", f"s3://{bucket}/models/{job_key}", *args],
-                    "env": env or {"GREETING": "hello world"}, "nodes": 1, "time_limit_minutes": 5, "sbatch_args": [],
-                    "installed_modules": []}  # fmt: skip
+                    "env": env or {"GREETING": "hello world"}, "nodes": 1, "time_limit_minutes": 5,
+                    "sbatch_args": list(sbatch_args), "installed_modules": []}  # fmt: skip
             s3.put_object(Bucket=bucket, Key=f"hp/jobs/{job_key}.json", Body=json.dumps(spec).encode(), IfNoneMatch="*")
 
         def state(self, job_key: str) -> dict | None:
@@ -156,3 +157,17 @@ def test_a_job_slurm_lost_is_failed(jobs, slurm):
     final = jobs.run_until_done(agent, job_key)
     assert final["state"] == "FAILED" and "NODE_FAIL" in final["reason"]
     assert record["name"] == job_key
+
+
+def test_a_spec_that_cannot_run_is_failed_not_retried_forever(jobs):
+    jobs.put_spec("ftp-no-bundle", bundle="missing.zip")
+    jobs.s3.put_object(Bucket=jobs.bucket, Key="code/not-a-zip.zip", Body=b"plain text")
+    jobs.put_spec("ftp-bad-bundle", bundle="not-a-zip.zip")
+    jobs.put_spec("ftp-bad-option", sbatch_args=("bad-option",))  # sbatch: no such script
+    agent = jobs.agent()
+    for _ in range(3):
+        agent.poll_once()
+    assert jobs.state("ftp-no-bundle")["reason"].startswith("cannot read the bundle")
+    assert jobs.state("ftp-bad-bundle")["reason"].startswith("the spec cannot run: BadZipFile")
+    assert jobs.state("ftp-bad-option")["reason"].startswith("sbatch failed 3 times")
+    assert {jobs.state(key)["state"] for key in ("ftp-no-bundle", "ftp-bad-bundle", "ftp-bad-option")} == {"FAILED"}

@@ -57,6 +57,7 @@ from botocore.exceptions import ClientError
 log = logging.getLogger("job_agent")
 
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+SUBMIT_ATTEMPTS = 3  # polls in a row in which sbatch failed before a spec is FAILED
 # squeue's job states (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES) as the agent reports them.
 QUEUE_STATES = {
     "PENDING": "PENDING",
@@ -160,6 +161,7 @@ class JobAgent:
         self.s3 = s3 or boto3.client("s3", region_name=config.region)
         self.slurm = slurm or Slurm()
         self.finished: set[str] = set()  # job keys whose final state is written
+        self.submit_failures: dict[str, int] = {}
 
     # S3
 
@@ -255,7 +257,14 @@ class JobAgent:
             if cancel:
                 self.write_state(job_key, state="CANCELLED", reason="cancelled before it was submitted")
                 return
-            job_id = self.submit(job_key, spec)
+            try:
+                job_id = self.submit(job_key, spec)
+            except Exception as error:
+                reason = self.cannot_submit(job_key, error)
+                if reason is None:
+                    raise  # the next poll tries again
+                self.write_state(job_key, state="FAILED", reason=reason)
+                return
             self.write_state(job_key, state="SUBMITTED", slurm_job_id=job_id, log_tail=self.log_tail(job_key, job_id))
             return
         if cancel:
@@ -335,6 +344,24 @@ class JobAgent:
         path.write_text(script)
         path.chmod(0o755)
         return path
+
+    def cannot_submit(self, job_key: str, error: Exception) -> str | None:
+        """Why this spec can never be submitted (then it is FAILED), or ``None`` to try again next poll.
+
+        A bundle that is not there or not a zip, or a spec without a command, stays so; ``sbatch`` refusing
+        the job (unknown option, more nodes than the cluster has) is given ``SUBMIT_ATTEMPTS`` polls, as
+        slurmctld can be briefly unreachable.
+        """
+        if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in (
+            "NoSuchKey", "404", "NoSuchBucket", "403", "AccessDenied",
+        ):
+            return f"cannot read the bundle: {error}"
+        if isinstance(error, (zipfile.BadZipFile, KeyError, ValueError, TypeError)):
+            return f"the spec cannot run: {type(error).__name__}: {error}"
+        self.submit_failures[job_key] = self.submit_failures.get(job_key, 0) + 1
+        if self.submit_failures[job_key] >= SUBMIT_ATTEMPTS:
+            return f"sbatch failed {SUBMIT_ATTEMPTS} times; the last time: {error}"
+        return None
 
     def submit(self, job_key: str, spec: dict) -> str:
         bundle = self.download_bundle(job_key, spec["bundle_uri"])
