@@ -121,6 +121,8 @@ class HyperPodNodes:
         }
         slurm = self.slurm_dir(cluster_id)
         slurm.mkdir(parents=True, exist_ok=True)
+        # Which node is in which group, for sbatch to count the compute nodes (those outside the controller's).
+        (slurm / "nodes.json").write_text(json.dumps([{"node_id": n.node_id, "group": n.group} for n in nodes]))
         shims = {name: slurm_shims.shim_text(name, slurm) for name in slurm_shims.COMMANDS}
         by_group = {group["InstanceGroupName"]: group for group in groups}
         for node in nodes:

@@ -5,7 +5,8 @@ folder (``<nodes root>/<cluster id>-slurm``), which holds one JSON record per jo
 next job ID, and ``sbatch.log`` (one line per accepted submission, which tests count). Standard library only:
 it runs in the node's processes, not in the server.
 
-- ``sbatch [--parsable] [--job-name=N] [--nodes=N] [--time=M] [--output=F] [--chdir=D] script [args]``: records
+- ``sbatch [--parsable] [--job-name=N] [--nodes=N] [--time=M] [--output=F] [--chdir=D] script [args]``: refuses
+  more ``--nodes`` than the cluster has outside the submitting node's group (its compute nodes), records
   the job ``PENDING``, starts a runner in a session of its own (so ``scancel`` can end the whole job) and prints
   the job ID; the runner marks it ``RUNNING``, runs the script with ``SLURM_JOB_ID`` and friends, and records
   ``COMPLETED`` or ``FAILED`` with the exit code, or ``TIMEOUT`` after ``--time`` minutes
@@ -151,6 +152,12 @@ def sbatch(folder: Path, args: list[str]) -> int:
     if not rest:
         print("sbatch: error: no batch script given (localaws runs script files only)", file=sys.stderr)
         return 1
+    nodes, available = int(options.get("nodes", 1)), _compute_nodes(folder)
+    if available is not None and nodes > available:
+        # What slurmctld answers for more nodes than the partition has (https://slurm.schedmd.com/sbatch.html).
+        print("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+              file=sys.stderr)  # fmt: skip
+        return 1
     script = Path(options.get("chdir", ".")) / rest[0] if not os.path.isabs(rest[0]) else Path(rest[0])
     if not script.is_file():
         print(f"sbatch: error: Unable to open file {rest[0]}", file=sys.stderr)
@@ -187,6 +194,17 @@ def sbatch(folder: Path, args: list[str]) -> int:
 _RUNNER = (
     "import sys; sys.path.insert(0, sys.argv[1]); from localaws.slurm_shims import run_job; run_job(*sys.argv[2:])"
 )
+
+
+def _compute_nodes(folder: Path) -> int | None:
+    """The cluster's Slurm compute nodes: every node outside the submitting node's instance group (its
+    controller's), from ``nodes.json``; ``None`` when there is no cluster to count (a bare test folder)."""
+    try:
+        nodes = json.loads((folder / "nodes.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    own = next((n["group"] for n in nodes if n["node_id"] == os.environ.get("LOCALAWS_NODE_ID")), None)
+    return sum(1 for n in nodes if n["group"] != own) if own else None
 
 
 def _minutes(value) -> float | None:

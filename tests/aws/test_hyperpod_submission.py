@@ -154,6 +154,15 @@ def test_killing_the_deferred_task_cancels_the_job(aws_conn, cluster, context, u
     assert event["state"]["state"] == "CANCELLED"
 
 
+def test_more_nodes_than_the_cluster_has_fails_the_job(aws_conn, cluster, context, unique, run_trigger):
+    """sbatch refuses 3 nodes on a cluster of 2 compute nodes, as slurmctld does: the agent reports FAILED."""
+    job_key = unique("ftp-too-big")
+    operator = submit(cluster, job_key, nodes=3)
+    with pytest.raises(AirflowFailException, match="Requested node configuration is not available"):
+        operator.execute_complete(context, run_trigger(defer(operator, context).trigger, timeout=60))
+    assert sbatch_calls(cluster["server"], cluster["arn"], job_key) == []
+
+
 def test_a_retry_after_the_spec_was_written_runs_one_slurm_job(aws_conn, cluster, context, unique, run_trigger):
     """The first try is killed right after its PUT (while deferred); the retry finds the spec and waits on it."""
     job_key = unique("ftp-retry")
