@@ -11,6 +11,7 @@ source while the syncs run, until Ctrl-C, which stops exactly the processes it s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -166,16 +167,35 @@ def load_source(source: DemoSource, report: Callable[[str], None] = print):
     return counts
 
 
-def ensure_bucket(config, localaws_url: str) -> None:
+def prepare_demo_account(config, localaws_url: str) -> None:
+    """What an administrator creates once in a real account (README, "Point it at AWS"): the bucket, and the
+    HyperPod execution role that training's preflight checks, with the policy in include/iam/."""
     import boto3
+    from botocore.exceptions import ClientError
 
-    s3 = boto3.client("s3", endpoint_url=localaws_url, region_name=config.storage.region,
-                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
+    def client(service: str):
+        return boto3.client(service, endpoint_url=localaws_url, region_name=config.storage.region,
+                            aws_access_key_id="localaws", aws_secret_access_key="localaws")
+
+    s3 = client("s3")
     if config.storage.region == "us-east-1":
         s3.create_bucket(Bucket=config.storage.bucket)
     else:
         s3.create_bucket(Bucket=config.storage.bucket,
                          CreateBucketConfiguration={"LocationConstraint": config.storage.region})
+    if config.training.hyperpod is None:
+        return
+    iam = client("iam")
+    name = config.training.hyperpod.execution_role_arn.rsplit("/", 1)[-1]
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                     "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
+    try:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "EntityAlreadyExists":
+            raise
+    policy = Path(__file__).resolve().parents[1] / "include" / "iam" / "hyperpod-execution-role.json"
+    iam.put_role_policy(RoleName=name, PolicyName="finetune-hyperpod-nodes", PolicyDocument=policy.read_text())
 
 
 def keep_trickle_going(source: DemoSource, watcher: PipelineWatcher, every_seconds: float = 2.0) -> None:
@@ -246,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                          config_path=config_path)
     exit_code = 0
     try:
-        ensure_bucket(config, localaws_url)
+        prepare_demo_account(config, localaws_url)
         print("preparing Airflow (metadata DB, connections)...", flush=True)
         stack.prepare(source_conn=source.connection)
         print(f"starting Airflow on {stack.url} (api-server, scheduler, dag-processor, triggerer)", flush=True)

@@ -6,7 +6,10 @@ package, so nothing is downloaded at run time. The model is the embedding bag Wo
 of the token embeddings) followed by a softmax classifier; fine-tuning updates the classifier and the
 embedding rows of the tokens it sees, with numpy on the CPU (seconds to a minute for the demo).
 
-Any trainer with the same :func:`train` signature can replace this one (see train.py's docstring).
+It learns the demo's support tickets: ``subject`` + ``body`` -> ``priority`` (:func:`fit`, what train.py calls).
+Several ranks train one model together: each reads its share of the files and the gradients are averaged
+across ranks every step (:class:`TorchCollective`, gloo; torch is needed only then). An organisation's own
+trainer replaces this module (see train.py's docstring).
 """
 
 from __future__ import annotations
@@ -26,6 +29,69 @@ import numpy as np
 log = logging.getLogger("reference_trainer")
 
 BASE_MODEL = "wordllama/l2_supercat_256"
+# What fit() learns from the dataset (the demo's contract, include/contracts/public.tickets.yaml).
+TABLE, KEY_COLUMN, TEXT_COLUMNS, LABEL_COLUMN = "public.tickets", "ticket_id", ("subject", "body"), "priority"
+# The zero-shot baseline matches a text against each class's name, so the priorities 1..4 get words.
+PRIORITY_NAMES = {1: "urgent", 2: "high priority", 3: "normal", 4: "low priority"}
+
+
+class LocalCollective:
+    """One rank: reductions are the identity."""
+
+    world_size = 1
+    rank = 0
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def min(self, value: int) -> int:
+        return value
+
+
+class TorchCollective:
+    """Several ranks (torchrun, or srun with MASTER_ADDR/MASTER_PORT set): reductions over torch.distributed."""
+
+    def __init__(self, rank: int, world_size: int):
+        import torch.distributed as dist  # optional: needed only with several ranks
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        self.dist, self.rank, self.world_size = dist, rank, world_size
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(values))
+        self.dist.all_reduce(tensor)
+        return tensor.numpy()
+
+    def min(self, value: int) -> int:
+        import torch
+
+        tensor = torch.tensor([value])
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+
+def fit(job) -> dict[str, Any]:
+    """train.py's trainer interface: the tickets of this rank's share of the version, into ``job.output_dir``."""
+    rows = job.read(TABLE, [KEY_COLUMN, *TEXT_COLUMNS, LABEL_COLUMN]).to_pylist()
+    labelled = [row for row in rows if row[LABEL_COLUMN] in PRIORITY_NAMES]
+    if len(labelled) < len(rows):
+        job.log(f"{len(rows) - len(labelled)} of {len(rows)} rows have no {LABEL_COLUMN} in 1..4: left out")
+    collective = LocalCollective() if job.rank.world_size == 1 else TorchCollective(job.rank.rank,
+                                                                                    job.rank.world_size)
+    return train(
+        texts=["\n".join(row[column] or "" for column in TEXT_COLUMNS) for row in labelled],
+        labels=[PRIORITY_NAMES[row[LABEL_COLUMN]] for row in labelled],
+        keys=[str(row[KEY_COLUMN]) for row in labelled],
+        output_dir=job.output_dir,
+        hyperparameters=job.hyperparameters,
+        checkpoint_dir=job.checkpoint_dir,
+        label_names=sorted(PRIORITY_NAMES.values()),
+        on_progress=job.log,
+        collective=collective,
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +122,11 @@ class Hyperparameters:
         if problems:
             raise ValueError(f"hyperparameters out of range: {problems} (counts >= 1, rates > 0, 0 < holdout < 1)")
         return params
+
+
+def check_hyperparameters(values: dict[str, Any] | None) -> dict[str, Any]:
+    """train.py's optional interface: refuse bad hyperparameters before anything launches (preflight)."""
+    return asdict(Hyperparameters.parse(values))
 
 
 @dataclass
@@ -104,8 +175,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _accuracy(predicted: np.ndarray, expected: np.ndarray) -> float:
-    return float((predicted == expected).mean()) if len(expected) else 0.0
+def _accuracy(predicted: np.ndarray, expected: np.ndarray, collective=None) -> float:
+    """The share of right predictions, over every rank's rows."""
+    right, total = (collective or LocalCollective()).sum(np.array([(predicted == expected).sum(), len(expected)]))
+    return float(right / total) if total else 0.0
 
 
 def _adam(state: TrainingState, name: str, param: np.ndarray, grad: np.ndarray, rate: float) -> None:
@@ -129,6 +202,7 @@ def train(
     checkpoint_dir: Path | None = None,
     label_names: Sequence[str] | None = None,
     on_progress: Callable[[str], None] = print,
+    collective: LocalCollective | TorchCollective | None = None,
 ) -> dict[str, Any]:
     """
     Fine-tune on ``texts`` -> ``labels`` and write the model to ``output_dir``; return the metrics.
@@ -136,7 +210,9 @@ def train(
     :param keys: Each row's primary key; it decides the held-out split.
     :param checkpoint_dir: Resume from the newest checkpoint here, and write new ones; none, no resume.
     :param label_names: The label classes (in a fixed order); those found in ``labels`` if None.
+    :param collective: The ranks that train together (each passing its own rows); one rank if None.
     """
+    collective = collective or LocalCollective()
     params = Hyperparameters.parse(hyperparameters)
     started = time.monotonic()
     classes = sorted(label_names or set(labels))
@@ -151,9 +227,10 @@ def train(
     target = np.asarray([index[label] for label in labels], dtype=np.int64)
     holdout = np.asarray([held_out(key, params.holdout_fraction) for key in keys])
     train_rows, test_rows = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-    if not len(train_rows) or not len(test_rows):
+    total_train, total_test = (int(n) for n in collective.sum(np.array([len(train_rows), len(test_rows)])))
+    if not total_train or not total_test:
         raise ValueError(f"{len(texts)} rows are too few to hold {params.holdout_fraction:.0%} out for testing")
-    on_progress(f"fine-tuning {BASE_MODEL} on {len(train_rows)} rows, {len(test_rows)} held out, "
+    on_progress(f"fine-tuning {BASE_MODEL} on {total_train} rows, {total_test} held out, "
                 f"{len(classes)} classes {classes}")
 
     state = _resume(checkpoint_dir) if checkpoint_dir else None
@@ -164,32 +241,36 @@ def train(
                               bias=np.zeros(len(classes), dtype=np.float32))
     else:
         on_progress(f"resumed from the checkpoint at epoch {state.epoch}, step {state.step}")
-    batches_per_epoch = -(-len(train_rows) // params.batch_size)
+    # Every rank takes the same number of steps (each step averages all ranks' gradients).
+    batches_per_epoch = collective.min(-(-len(train_rows) // params.batch_size))
     while state.epoch < params.epochs:
         order = np.random.default_rng(params.seed + state.epoch).permutation(train_rows)
         first = state.step - state.epoch * batches_per_epoch  # a resumed epoch skips the batches it has done
         for batch_number in range(first, batches_per_epoch):
             batch = order[batch_number * params.batch_size:(batch_number + 1) * params.batch_size]
-            _train_step(state, [ids[row] for row in batch], target[batch], params)
+            _train_step(state, [ids[row] for row in batch], target[batch], params, collective)
             state.step += 1
-            if checkpoint_dir and state.step % params.checkpoint_every_steps == 0:
+            # The ranks hold the same state; rank 0 writes it to the shared checkpoint folder.
+            if checkpoint_dir and collective.rank == 0 and state.step % params.checkpoint_every_steps == 0:
                 _checkpoint(checkpoint_dir, state)
         state.epoch += 1
-        accuracy = _accuracy(_predict(state, [ids[row] for row in test_rows]), target[test_rows])
+        accuracy = _accuracy(_predict(state, [ids[row] for row in test_rows]), target[test_rows], collective)
         on_progress(f"epoch {state.epoch}/{params.epochs}: held-out accuracy {accuracy:.3f}")
-        if checkpoint_dir:
+        if checkpoint_dir and collective.rank == 0:
             _checkpoint(checkpoint_dir, state)
 
     test_ids = [ids[row] for row in test_rows]
+    majority = collective.sum(np.bincount(target[train_rows], minlength=len(classes))).argmax()
     metrics = {
         "base_model": BASE_MODEL,
-        "rows": {"train": int(len(train_rows)), "held_out": int(len(test_rows))},
+        "rows": {"train": total_train, "held_out": total_test},
+        "ranks": collective.world_size,
         "classes": classes,
-        "accuracy": _accuracy(_predict(state, test_ids), target[test_rows]),
+        "accuracy": _accuracy(_predict(state, test_ids), target[test_rows], collective),
         "baselines": {
-            "majority": _accuracy(np.full(len(test_rows), np.bincount(target[train_rows]).argmax()),
-                                  target[test_rows]),
-            "zero_shot": _accuracy(_zero_shot(base_embedding, tokenizer, classes, test_ids, params), target[test_rows]),
+            "majority": _accuracy(np.full(len(test_rows), majority), target[test_rows], collective),
+            "zero_shot": _accuracy(_zero_shot(base_embedding, tokenizer, classes, test_ids, params),
+                                   target[test_rows], collective),
         },
         "hyperparameters": asdict(params),
         "seconds": round(time.monotonic() - started, 1),
@@ -198,14 +279,16 @@ def train(
     return metrics
 
 
-def _train_step(state: TrainingState, ids: list[np.ndarray], target: np.ndarray, params: Hyperparameters) -> None:
+def _train_step(state: TrainingState, ids: list[np.ndarray], target: np.ndarray, params: Hyperparameters,
+                collective: LocalCollective | TorchCollective) -> None:
     pooled = _pool(state.embedding, ids)
     probabilities = _softmax(pooled @ state.weight + state.bias)
     probabilities[np.arange(len(target)), target] -= 1.0
     error = probabilities / len(target)  # d(mean cross-entropy)/d(logits)
     grad_pooled = error @ state.weight.T
-    _adam(state, "weight", state.weight, pooled.T @ error, params.learning_rate)
-    _adam(state, "bias", state.bias, error.sum(axis=0), params.learning_rate)
+    ranks = collective.world_size
+    _adam(state, "weight", state.weight, collective.sum(pooled.T @ error) / ranks, params.learning_rate)
+    _adam(state, "bias", state.bias, collective.sum(error.sum(axis=0)) / ranks, params.learning_rate)
     # The embedding's gradient is sparse (only the batch's tokens): plain SGD on those rows.
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
     grads = np.repeat(grad_pooled / lengths[:, None], lengths, axis=0)
@@ -213,7 +296,14 @@ def _train_step(state: TrainingState, ids: list[np.ndarray], target: np.ndarray,
     # Sum each token's gradients once (np.add.at row by row is ~10x slower), then update those rows only.
     order = np.argsort(tokens, kind="stable")
     unique_tokens, starts = np.unique(tokens[order], return_index=True)
-    state.embedding[unique_tokens] -= params.embedding_learning_rate * np.add.reduceat(grads[order], starts, axis=0)
+    token_grads = np.add.reduceat(grads[order], starts, axis=0)
+    if ranks > 1:  # the ranks saw different tokens: average over the whole table, then update what any touched
+        dense = np.zeros_like(state.embedding)
+        dense[unique_tokens] = token_grads
+        dense = collective.sum(dense) / ranks
+        unique_tokens = np.flatnonzero(np.any(dense != 0, axis=1))
+        token_grads = dense[unique_tokens]
+    state.embedding[unique_tokens] -= params.embedding_learning_rate * token_grads
 
 
 def _predict(state: TrainingState, ids: list[np.ndarray]) -> np.ndarray:

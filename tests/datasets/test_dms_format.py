@@ -100,6 +100,20 @@ def test_csv_with_and_without_header(store, items_contract, header):
     assert events.column(TS).to_pylist() == [at(1), at(2)]
 
 
+def test_csv_values_holding_line_breaks_read_back_across_read_blocks(store, items_contract):
+    # DMS quotes a value holding a line break (RFC 4180). Arrow reads a CSV in blocks of 1 MiB and more, cut
+    # at line breaks: unless it knows values may hold them, a cut inside a quoted value breaks that row.
+    rows = [("I", 1, n, n, f"line one of {n}\nline two, \"quoted\"\r\n" + "x" * 40, n, "new")
+            for n in range(1, 40_001)]
+    key = "landing/shop/items/" + cdc_file_name(at(10), "csv")
+    write_dms_file(store, key, item_events(rows), "csv")
+    with store.local_path(key) as path:
+        assert path.stat().st_size > 3 << 20  # several read blocks
+    events = _read_all(store, key, items_contract, CsvSettings())
+    assert events.num_rows == len(rows)
+    assert events.column("name").to_pylist() == [row[4] for row in rows]
+
+
 def test_load_file_rows_have_no_sequence(store, items_contract):
     key = "landing/shop/items/" + load_file_name(1)
     write_dms_file(store, key, item_load([(1, "a", 1, "new")]))

@@ -111,25 +111,33 @@ def test_the_reader_returns_exactly_the_rows_the_sync_published(store, spec):
     assert _rows(recorded.tables["shop.items"].to_arrow()) == expected
 
 
-def test_the_training_entrypoint_gets_the_files_of_the_version_it_was_given(store, spec, monkeypatch, capsys):
+def test_the_training_entrypoint_gets_the_files_of_the_version_it_was_given(store, spec, monkeypatch, capsys,
+                                                                          tmp_path):
     _base(store)
     first = run_sync(store, spec, now=NOW)
     put_cdc(store, item_events([("I", 20, 3, 4, "d", 4, "new")]), 22)
     run_sync(store, spec, now=NOW)  # a newer version exists; training must use the one it was launched for
     seen = {}
     trainer = types.ModuleType("fake_trainer")
-    trainer.main = lambda files, output_uri: seen.update(files=files, output=output_uri)
+
+    def fit(job):
+        seen.update(version=job.version, files=job.files, rows=job.read("shop.items").to_pylist())
+        return {}
+
+    trainer.fit = fit
     monkeypatch.setitem(sys.modules, "fake_trainer", trainer)
     monkeypatch.setenv("FINETUNE_TRAINER", "fake_trainer")
     monkeypatch.syspath_prepend(str(REPO / "include" / "training"))
     train = importlib.import_module("train")
     dataset = str(store.root / spec.dataset_prefix)
-    assert train.main(["--dataset-uri", dataset, "--dataset-version", first.version, "--output-uri", "s3://m/x"]) == 0
-    assert seen["output"] == "s3://m/x" and seen["files"]
-    assert _rows(pa.concat_tables([pq.read_table(f.removeprefix("file://")) for f in seen["files"]])) == [
+    output = tmp_path / "model"
+    assert train.main(["--dataset-uri", dataset, "--dataset-version", first.version, "--output-uri", str(output)]) == 0
+    assert seen["version"] == first.version and len(seen["files"]["shop.items"]) == 1
+    assert sorted((r["item_id"], r["name"], r["qty"], r["status"]) for r in seen["rows"]) == [
         (1, "a1", 10, "done"), (2, "b", 2, "new")
     ]
-    assert f"training on 1 files of dataset version {first.version}" in capsys.readouterr().out
+    assert "shop.items: 2 rows in 1 files" in capsys.readouterr().out
+    assert json.loads((output / "_SUCCESS").read_text())["version"] == first.version
 
 
 def test_other_engines_read_a_version_from_the_metadata_alone(store, spec):

@@ -17,7 +17,14 @@ import psycopg
 import pytest
 
 from devstack.config import write_demo_config
-from devstack.demo import PIPELINE_DAGS, PipelineWatcher, ensure_bucket, start_localaws, start_source, stop_process
+from devstack.demo import (
+    PIPELINE_DAGS,
+    PipelineWatcher,
+    prepare_demo_account,
+    start_localaws,
+    start_source,
+    stop_process,
+)
 from devstack.stack import AirflowStack
 from devstack.support_desk import Trickle, load_support_desk
 from finetune_pipeline.pipeline.config import load_config
@@ -48,7 +55,7 @@ def running_stack():
     config_path = write_demo_config(home / "pipeline.yaml", home=home, localaws_url=localaws_url)
     stack = AirflowStack(home=home / "airflow", localaws_url=localaws_url, port=free_port(), config_path=config_path)
     try:
-        ensure_bucket(load_config(config_path), localaws_url)
+        prepare_demo_account(load_config(config_path), localaws_url)
         stack.prepare(source_conn=source.connection)
         stack.start()
         stack.wait_for_dags(PIPELINE_DAGS)

@@ -134,7 +134,11 @@ CREATES = {
     "CreateCluster": "sagemaker",
     "PutObject": "s3",  # the HyperPod job spec (If-None-Match: *)
     "RunInstances": "ec2",
+    "CreateReplicationInstance": "dms",
+    "CreateEndpoint": "dms",
+    "CreateReplicationTask": "dms",
 }
+DMS_OPERATORS = "finetune_pipeline.aws.operators.dms"
 
 
 @dataclass
@@ -192,6 +196,8 @@ def create_case(operation: str, endpoint_url: str, unique: Callable[[str], str],
         return CreateCase(service, operation,
                           "finetune_pipeline.aws.operators.sagemaker_hyperpod.HyperPodSubmitJobOperator",
                           arguments, lambda: job_specs(endpoint_url, bucket, job_key))  # fmt: skip
+    if service == "dms":
+        return _dms_case(operation, endpoint_url, unique)
     from finetune_pipeline.aws.operators.ec2 import launch_token_base
 
     token = f"{launch_token_base(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)}-0"
@@ -199,3 +205,33 @@ def create_case(operation: str, endpoint_url: str, unique: Callable[[str], str],
                  "wait_for_completion": False}  # fmt: skip
     return CreateCase(service, operation, "finetune_pipeline.aws.operators.ec2.Ec2LaunchTrainingInstancesOperator",
                       arguments, lambda: instances_with_token(endpoint_url, token))  # fmt: skip
+
+
+def _dms_case(operation: str, endpoint_url: str, unique: Callable[[str], str]) -> CreateCase:
+    from finetune_pipeline.datasets.dms_target import cdc_table_mappings
+
+    name = unique("faults")
+    if operation == "CreateReplicationInstance":
+        return CreateCase("dms", operation, f"{DMS_OPERATORS}.DmsEnsureReplicationInstanceOperator",
+                          {"task_id": "instance", "replication_instance_identifier": name,
+                           "wait_for_completion": False},
+                          lambda: dms_resources(endpoint_url, "instance", name))  # fmt: skip
+    if operation == "CreateEndpoint":
+        settings = {"BucketName": unique("faults-landing"), "ServiceAccessRoleArn": ROLE_ARN,
+                    "DataFormat": "parquet", "IncludeOpForFullLoad": True, "TimestampColumnName": "_dms_ts"}
+        return CreateCase("dms", operation, f"{DMS_OPERATORS}.DmsEnsureEndpointOperator",
+                          {"task_id": "endpoint", "endpoint_identifier": name, "endpoint_type": "target",
+                           "engine_name": "s3", "s3_settings": settings},
+                          lambda: dms_resources(endpoint_url, "endpoint", name))  # fmt: skip
+    dms = client(endpoint_url, "dms")
+    instance = dms.create_replication_instance(
+        ReplicationInstanceIdentifier=unique("ri"), ReplicationInstanceClass="dms.t3.medium"
+    )["ReplicationInstance"]["ReplicationInstanceArn"]
+    source = dms.create_endpoint(EndpointIdentifier=unique("s"), EndpointType="source", EngineName="postgres")
+    target = dms.create_endpoint(EndpointIdentifier=unique("t"), EndpointType="target", EngineName="s3")
+    arguments = {"task_id": "task", "replication_task_identifier": name, "wait_for_completion": False,
+                 "table_mappings": cdc_table_mappings([("public", "tickets")]), "replication_instance_arn": instance,
+                 "source_endpoint_arn": source["Endpoint"]["EndpointArn"],
+                 "target_endpoint_arn": target["Endpoint"]["EndpointArn"]}
+    return CreateCase("dms", operation, f"{DMS_OPERATORS}.DmsEnsureTaskOperator", arguments,
+                      lambda: dms_resources(endpoint_url, "task", name))

@@ -121,3 +121,54 @@ def test_bad_hyperparameters_are_refused(trainer, hyperparameters, message):
 def test_one_label_class_is_refused(trainer, tmp_path):
     with pytest.raises(ValueError, match="at least two label classes"):
         trainer.train(["a", "b"], ["x", "x"], ["1", "2"], tmp_path / "model")
+
+
+class ThreadCollective:
+    """The ranks of one job as threads, reducing through a shared board (torch.distributed's role)."""
+
+    def __init__(self, rank: int, world_size: int, board: dict):
+        self.rank, self.world_size, self.board = rank, world_size, board
+
+    def _reduce(self, value, combine):
+        slots, barrier = self.board["slots"], self.board["barrier"]
+        slots[self.rank] = np.array(value, copy=True)
+        barrier.wait()
+        result = combine([slots[rank] for rank in range(self.world_size)])
+        barrier.wait()  # everyone has read the slots before the next reduction writes them
+        return result
+
+    def sum(self, values):
+        return self._reduce(values, lambda parts: np.sum(parts, axis=0).astype(np.asarray(values).dtype))
+
+    def min(self, value):
+        return int(self._reduce(value, np.min))
+
+
+def test_two_ranks_each_on_its_own_share_train_one_model_together(trainer, tmp_path):
+    import threading
+
+    texts, labels, keys = tickets(3000)
+    board = {"slots": {}, "barrier": threading.Barrier(2)}
+    results: dict[int, dict] = {}
+
+    def rank(number: int) -> None:
+        share = slice(number, None, 2)  # each rank sees only its half of the rows
+        results[number] = trainer.train(texts[share], labels[share], keys[share], tmp_path / f"rank{number}",
+                                        {"epochs": 2}, on_progress=lambda _: None,
+                                        collective=ThreadCollective(number, 2, board))
+
+    threads = [threading.Thread(target=rank, args=(number,)) for number in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    from safetensors.numpy import load_file
+
+    first, second = (load_file(tmp_path / f"rank{n}" / "model.safetensors") for n in range(2))
+    # The gradients were averaged every step, so both ranks hold the same model...
+    assert all(np.array_equal(first[name], second[name]) for name in first)
+    # ...measured on all held-out rows of both shares, and better than both baselines.
+    assert results[0]["rows"] == results[1]["rows"] and results[0]["ranks"] == 2
+    assert sum(results[0]["rows"].values()) == 3000
+    assert results[0]["accuracy"] == results[1]["accuracy"] > results[0]["baselines"]["zero_shot"] + 0.05
+    assert results[0]["accuracy"] > results[0]["baselines"]["majority"] + 0.2

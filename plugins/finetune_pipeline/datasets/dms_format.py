@@ -303,7 +303,9 @@ def _csv_reader(path: str | Path, f: DmsFile, contract: TableContract, csv: CsvS
     return pcsv.open_csv(
         path,
         read_options=read,
-        parse_options=pcsv.ParseOptions(delimiter=csv.delimiter),
+        # DMS quotes a value holding a line break (RFC 4180). Arrow's docs ask for newlines_in_values then; its
+        # streaming reader happens to cope without (tested), a multi-threaded read would not.
+        parse_options=pcsv.ParseOptions(delimiter=csv.delimiter, newlines_in_values=True),
         convert_options=convert,
     )
 

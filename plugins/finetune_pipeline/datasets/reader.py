@@ -70,6 +70,19 @@ class TableVersion:
         return int(self.summary.get("total-records", "0"))
 
     @property
+    def changes_applied(self) -> int:
+        """CDC events (inserts, updates, deletes) the sync had applied since the table's full load, as of this
+        version: its running count, so two versions' difference is what changed between them."""
+        events = json.loads(self.summary.get(SUMMARY_PREFIX + "state.cdc_events", "{}"))
+        return sum(int(n) for n in events.values())
+
+    @property
+    def snapshot_rows(self) -> int | None:
+        """The rows of the full load this table was built from (a rebuild starts a new count)."""
+        value = json.loads(self.summary.get(SUMMARY_PREFIX + "state.snapshot_rows", "null"))
+        return None if value is None else int(value)
+
+    @property
     def metadata_location(self) -> str:
         return self.iceberg_table.metadata_location
 

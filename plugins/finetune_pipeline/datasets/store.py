@@ -83,7 +83,7 @@ class LocalStore:
         return self.root / key
 
     def uri(self, key: str) -> str:
-        return str(self._path(key))
+        return str(self._path(key)) if key else str(self.root)  # "": the store's root (a prefix-less dataset)
 
     def location(self, key: str) -> str:
         """The key as a ``file://`` URI, the form Iceberg metadata records (a warehouse in this folder)."""

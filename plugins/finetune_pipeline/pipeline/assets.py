@@ -1,4 +1,4 @@
-"""The Assets that link the pipeline's DAGs: snapshot -> replication -> dataset -> training."""
+"""The Assets that link the pipeline's DAGs: snapshot -> replication -> dataset -> training -> model."""
 
 from __future__ import annotations
 
@@ -22,3 +22,9 @@ def dataset_asset(config: PipelineConfig) -> Asset:
     version (the tag on every table), the row counts, and each table's identifier and tagged snapshot id."""
     iceberg = config.iceberg
     return Asset(name=f"{config.project}-dataset", uri=f"iceberg://{iceberg.catalog_name}/{iceberg.namespace}")
+
+
+def model_asset(config: PipelineConfig) -> Asset:
+    """The fine-tuned models, one folder per dataset version. Each event carries the version, the model's URI
+    and its metrics (held-out accuracy and the baselines)."""
+    return Asset(name=f"{config.project}-model", uri=f"s3://{config.storage.bucket}/{config.training.models_prefix}/")

@@ -16,7 +16,7 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -415,19 +415,45 @@ class Ec2TrainingConfig(_Model):
     user_data_path: ConfigPath = _path_field("../scripts/ec2/user_data.sh")
 
 
+class RetrainPolicy(_Model):
+    """When a newly published version is worth a training run (an hourly sync must not mean hourly training):
+    no model yet, or at least ``min_changed_fraction`` of the rows changed since the last trained version, or
+    any change once ``max_hours_between`` hours have passed since that one."""
+
+    min_changed_fraction: Number = Field(default=0.05, ge=0, le=1)
+    max_hours_between: Number | None = Field(default=168, gt=0)
+
+
 class TrainingConfig(_Model):
-    backend: Literal["hyperpod", "ec2"]
+    backend: Literal["hyperpod", "ec2", "local"]
     region: Region
-    # The training script every backend runs (uploaded next to the data, then run on the nodes).
+    # The training script every backend runs, and the trainers beside it: shipped to the nodes as one bundle.
     entrypoint: ConfigPath = _path_field("../training/train.py")
+    # The trainer module train.py loads (FINETUNE_TRAINER); its file lives beside the entrypoint.
+    trainer: str = Field(default="reference_trainer", pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    # Where each version's model goes: s3://<bucket>/<models_prefix>/<version>/.
+    models_prefix: Prefix = "models"
+    max_runtime_hours: Number = Field(default=12, gt=0)
+    # The most a run may ask for in its trigger form.
+    runtime_limit_hours: Number = Field(default=72, gt=0)
+    retrain: RetrainPolicy = RetrainPolicy()
     hyperpod: HyperPodConfig | None = None
     ec2: Ec2TrainingConfig | None = None
 
     @model_validator(mode="after")
     def _backend_has_settings(self) -> TrainingConfig:
-        if getattr(self, self.backend) is None:
+        if self.backend != "local" and getattr(self, self.backend) is None:
             raise ValueError(f"backend is {self.backend!r}, so a '{self.backend}' section is required")
+        if self.max_runtime_hours > self.runtime_limit_hours:
+            raise ValueError(f"max_runtime_hours ({self.max_runtime_hours}) is above runtime_limit_hours "
+                             f"({self.runtime_limit_hours})")
         return self
+
+    @property
+    def backends(self) -> list[str]:
+        """The backends a run may choose: those with settings, and the local one."""
+        return [name for name in ("hyperpod", "ec2") if getattr(self, name) is not None] + ["local"]
 
 
 class AwsConfig(_Model):

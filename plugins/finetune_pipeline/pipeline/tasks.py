@@ -261,16 +261,17 @@ def dms_table_mappings(config: PipelineConfig) -> dict:
     return dms_target.cdc_table_mappings([(table.schema_name, table.name) for table in config.source.tables])
 
 
-def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -> str:
-    """The version in the newest dataset Asset event (on a manual run, the newest published one), opened
-    through the dataset reader: it must be on every table of the dataset, or training does not start."""
+def triggered_dataset_version(config: PipelineConfig, triggering_asset_events, requested: str | None = None) -> str:
+    """The version to train: ``requested`` (the trigger form's), else the one in the newest dataset Asset event,
+    else (a manual run) the newest published one. It is opened through the dataset reader: it must be on every
+    table of the dataset, or training does not start."""
     from finetune_pipeline.datasets.catalog import NoNamespaceError
     from finetune_pipeline.datasets.reader import VersionNotFound, open_version
     from finetune_pipeline.pipeline.assets import dataset_asset
     from finetune_pipeline.pipeline.catalog import open_catalog
 
-    wanted = None
-    for event in reversed(list((triggering_asset_events or {}).get(dataset_asset(config), []))):
+    wanted = requested or None
+    for event in reversed(list((triggering_asset_events or {}).get(dataset_asset(config), [])) if not wanted else []):
         if version := (event.extra or {}).get("version"):
             wanted = version
             break
@@ -285,8 +286,8 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events) -
         raise AirflowFailException(not_yet) from None
     except VersionNotFound as error:
         raise AirflowFailException(not_yet if wanted is None else str(error)) from None
-    log.info("training on dataset version %s (%s)", version.version,
-             "from the Asset event" if wanted else "no Asset event: the newest published")
+    origin = "asked for" if requested else "from the Asset event" if wanted else "no Asset event: the newest published"
+    log.info("training on dataset version %s (%s)", version.version, origin)
     for name, table in sorted(version.tables.items()):
         log.info("%s: %d rows, snapshot %s of %s", name, table.rows, table.snapshot_id, ".".join(table.identifier))
     return version.version

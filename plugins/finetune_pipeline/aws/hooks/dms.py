@@ -8,14 +8,20 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.dms import DmsHook
 
 from finetune_pipeline.aws.utils.redaction import keep_bodies_out_of_logs
+from finetune_pipeline.aws.utils.retries import SingleAttemptClientMixin
 
 # Calls whose request may carry a password: their bodies never reach botocore's DEBUG log.
 SECRET_BEARING_OPERATIONS = ("CreateEndpoint", "ModifyEndpoint")
 
 
-class DmsResourceHook(DmsHook):
+class DmsResourceHook(SingleAttemptClientMixin, DmsHook):
     """
     The provider's ``DmsHook`` (``boto3.client("dms")``) plus the calls to create resources idempotently.
+
+    DMS's creates take no client token; a resource's identifier is unique, so a create that botocore sends
+    again after its answer was lost fails with ``ResourceAlreadyExistsFault``. The creates here are sent
+    once (``single_attempt_conn``), for the operators to look the resource up after any error
+    (:func:`finetune_pipeline.aws.utils.retries.create_once`) instead of failing a try that succeeded.
 
     It keeps the provider's waiter path, so both botocore's built-in DMS waiters
     (``replication_task_ready``, ``replication_task_running``, ``replication_instance_available``) and the
@@ -71,7 +77,7 @@ class DmsResourceHook(DmsHook):
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/dms/client/create_replication_instance.html
         """
-        return self.conn.create_replication_instance(**kwargs)["ReplicationInstance"]
+        return self.single_attempt_conn.create_replication_instance(**kwargs)["ReplicationInstance"]
 
     def describe_endpoints(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """
@@ -101,8 +107,8 @@ class DmsResourceHook(DmsHook):
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/dms/client/create_endpoint.html
         """
-        keep_bodies_out_of_logs(self.conn, *SECRET_BEARING_OPERATIONS)
-        return self.conn.create_endpoint(**kwargs)["Endpoint"]
+        keep_bodies_out_of_logs(self.single_attempt_conn, *SECRET_BEARING_OPERATIONS)
+        return self.single_attempt_conn.create_endpoint(**kwargs)["Endpoint"]
 
     def modify_endpoint(self, **kwargs: Any) -> dict[str, Any]:
         """
@@ -162,7 +168,7 @@ class DmsResourceHook(DmsHook):
 
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/dms/client/create_replication_task.html
         """
-        response = self.conn.create_replication_task(
+        response = self.single_attempt_conn.create_replication_task(
             ReplicationTaskIdentifier=replication_task_id,
             SourceEndpointArn=source_endpoint_arn,
             TargetEndpointArn=target_endpoint_arn,

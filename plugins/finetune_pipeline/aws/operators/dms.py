@@ -16,6 +16,7 @@ from airflow.sdk.log import mask_secret
 from finetune_pipeline.aws.hooks.dms import DmsResourceHook
 from finetune_pipeline.aws.hooks.secrets_manager import SecretsManagerSecretHook
 from finetune_pipeline.aws.triggers.dms import DmsReplicationInstanceAvailableTrigger, DmsTaskStatusTrigger
+from finetune_pipeline.aws.utils.retries import create_once
 from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # Source engines whose credentials come from an Airflow connection, with their settings key and port.
@@ -150,7 +151,12 @@ class DmsEnsureReplicationInstanceOperator(AwsBaseOperator[DmsResourceHook]):
     def execute(self, context: Context) -> str:
         instance = self.hook.find_replication_instance(self.replication_instance_identifier)
         if instance is None:
-            instance = self.hook.create_replication_instance(**self._create_arguments())
+            instance = create_once(
+                lambda: self.hook.create_replication_instance(**self._create_arguments()),
+                lambda: self.hook.find_replication_instance(self.replication_instance_identifier),
+                what=f"DMS replication instance {self.replication_instance_identifier}",
+                log=self.log,
+            )
             self.log.info("Created DMS replication instance %s.", instance["ReplicationInstanceArn"])
         arn, status = instance["ReplicationInstanceArn"], instance["ReplicationInstanceStatus"]
         self.log.info("DMS replication instance %s is %s.", arn, status)
@@ -479,7 +485,12 @@ class DmsEnsureEndpointOperator(AwsBaseOperator[DmsResourceHook]):
                 return endpoint["EndpointArn"]
             self.log.info("Reusing DMS %s endpoint %s.", self.endpoint_type, endpoint["EndpointArn"])
             return endpoint["EndpointArn"]
-        endpoint = self.hook.create_endpoint(**self._create_arguments())
+        endpoint = create_once(
+            lambda: self.hook.create_endpoint(**self._create_arguments()),
+            lambda: self.hook.find_endpoint(self.endpoint_identifier),
+            what=f"DMS endpoint {self.endpoint_identifier}",
+            log=self.log,
+        )
         self.log.info(
             "Created DMS %s endpoint %s (%s).", self.endpoint_type, endpoint["EndpointArn"], self.engine_name
         )
@@ -579,14 +590,24 @@ class DmsEnsureTaskOperator(AwsBaseOperator[DmsResourceHook]):
                 extra["ReplicationTaskSettings"] = json.dumps(self.replication_task_settings)
             if self.tags:
                 extra["Tags"] = _tags(self.tags)
-            arn = self.hook.create_replication_task_nowait(
-                replication_task_id=self.replication_task_identifier,
-                source_endpoint_arn=self.source_endpoint_arn,
-                target_endpoint_arn=self.target_endpoint_arn,
-                replication_instance_arn=self.replication_instance_arn,
-                migration_type=self.migration_type,
-                table_mappings=mappings,
-                **extra,
+
+            def find() -> str | None:
+                found = self.hook.find_replication_task(self.replication_task_identifier)
+                return found["ReplicationTaskArn"] if found else None
+
+            arn = create_once(
+                lambda: self.hook.create_replication_task_nowait(
+                    replication_task_id=self.replication_task_identifier,
+                    source_endpoint_arn=self.source_endpoint_arn,
+                    target_endpoint_arn=self.target_endpoint_arn,
+                    replication_instance_arn=self.replication_instance_arn,
+                    migration_type=self.migration_type,
+                    table_mappings=mappings,
+                    **extra,
+                ),
+                find,
+                what=f"DMS replication task {self.replication_task_identifier}",
+                log=self.log,
             )
             status = "creating"
             self.log.info("Created DMS replication task %s with %d mapping rules.", arn, len(mappings["rules"]))
