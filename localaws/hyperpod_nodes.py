@@ -33,10 +33,20 @@ from localaws.node_runtime import NodeRuntime
 
 log = logging.getLogger(__name__)
 
-# AWS's message for a cluster whose lifecycle scripts failed; here the logs are in the nodes' folders.
-LIFECYCLE_FAILURE = (
-    "Lifecycle scripts did not run successfully on node {node} of instance group {group} ({detail}). "
-    "localaws keeps the script's output in {log_path}"
+# AWS's FailureMessage for a cluster whose lifecycle script failed on a node, naming the CloudWatch stream its
+# output went to (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-cluster-management-slurm.html,
+# "Lifecycle script failure messages"); localaws adds where the output really is.
+SCRIPT_FAILED = (
+    'Instance {node} failed to provision with the following error: "Lifecycle scripts did not run successfully. '
+    "To view lifecycle script logs, visit log group '/aws/sagemaker/Clusters/{cluster}/{cluster_id}' and log "
+    "stream 'LifecycleConfig/{group}/{node}'.\" Note that multiple instances may be impacted. "
+    "(localaws: OnCreate exited {code}; its output is in {log_path})"
+)
+# ... and for scripts it could not find or read.
+SCRIPT_MISSING = (
+    'Instance {node} failed to provision with the following error: "Lifecycle scripts did not run successfully. '
+    'Ensure the scripts exist in provided S3 path, are accessible, and run without errors." '
+    "(localaws: {on_create!r} is not under {source})"
 )
 NO_SYSTEMD = (
     "#!/bin/sh\n"
@@ -130,10 +140,7 @@ class HyperPodNodes:
             source, on_create = lifecycle.get("SourceS3Uri", ""), lifecycle.get("OnCreate", "")
             files = _lifecycle_files(account, source)
             if on_create not in files:
-                return LIFECYCLE_FAILURE.format(
-                    node=node.node_id, group=node.group, log_path="(nothing ran)",
-                    detail=f"{on_create!r} is not under {source}",
-                )
+                return SCRIPT_MISSING.format(node=node.node_id, on_create=on_create, source=source)
             home = self.runtime.node_dir(node.node_id)
             for relative, body in files.items():
                 target = home / "lifecycle" / relative
@@ -153,13 +160,14 @@ class HyperPodNodes:
         log.info("HyperPod cluster %s: OnCreate started on %d nodes", cluster_name, len(nodes))
         return None
 
-    def failure(self, nodes: list[ClusterNode]) -> str | None:
-        """A message if a node's ``OnCreate`` exited non-zero (or cannot be followed), else ``None``."""
+    def failure(self, cluster_arn: str, cluster_name: str, nodes: list[ClusterNode]) -> str | None:
+        """AWS's message if a node's ``OnCreate`` exited non-zero (the first such node), else ``None``."""
         for node in nodes:
             code = self.runtime.exit_code(node.node_id)
             if code not in (None, 0):
-                return LIFECYCLE_FAILURE.format(
-                    node=node.node_id, group=node.group, detail=f"OnCreate exited {code}",
+                return SCRIPT_FAILED.format(
+                    node=node.node_id, group=node.group, code=code, cluster=cluster_name,
+                    cluster_id=cluster_arn.rsplit("/", 1)[-1],
                     log_path=self.runtime.node_dir(node.node_id) / "script.log",
                 )
         return None

@@ -11,7 +11,8 @@ and reports an unknown cluster or node as ``ResourceNotFound``, as the service m
 The nodes run their lifecycle scripts (:mod:`localaws.hyperpod_nodes`): a cluster is ``InService`` only once
 ``cluster_creating`` virtual seconds have passed *and* every node's ``OnCreate`` has exited 0; a script that
 exits non-zero (or an ``OnCreate`` missing from ``SourceS3Uri``) makes it ``Failed`` with a
-``FailureMessage``, as on AWS (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-faq.html).
+``FailureMessage`` in AWS's words
+(https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-cluster-management-slurm.html).
 Scripts take the real time they take. ``DeleteCluster`` stops the nodes and their Slurm jobs.
 
 A state snapshot keeps the nodes' folders, not their processes. A restart ends every node process (a clean
@@ -226,7 +227,7 @@ class HyperPodLifecycle:
     def _fail(self, track: _ClusterTrack, cluster: Cluster, message: str) -> None:
         """Creation failed: ``Failed`` with AWS's kind of message; the nodes are stopped."""
         log.info("HyperPod cluster %s failed: %s", track.name, message)
-        failed = {n.node_id for n in track.nodes if self.nodes and self.nodes.failure([n])}
+        failed = {n.node_id for n in track.nodes if self.nodes and self.nodes.failure(cluster.arn, track.name, [n])}
         _set_status(cluster, "Failed", failed_nodes=failed)
         cluster.failure_message = message
         if self.nodes is not None:
@@ -254,7 +255,7 @@ class HyperPodLifecycle:
             if cluster is None or cluster.arn != arn:
                 del self._clusters[arn]
             elif cluster.status == "Creating":
-                failure = self.nodes.failure(track.nodes) if self.nodes else None
+                failure = self.nodes.failure(arn, track.name, track.nodes) if self.nodes else None
                 if failure:
                     self._fail(track, cluster, failure)
                 elif now >= track.since + _seconds(self.timing.cluster_creating) and (

@@ -176,8 +176,10 @@ def test_a_failing_on_create_fails_the_cluster(localaws, sagemaker, boto_client)
     name, _ = _create(sagemaker, "fails.sh")
     wait_for(lambda: sagemaker.describe_cluster(ClusterName=name)["ClusterStatus"] == "Failed", what="Failed")
     described = sagemaker.describe_cluster(ClusterName=name)
-    assert "Lifecycle scripts did not run successfully" in described["FailureMessage"]
-    assert "OnCreate exited 3" in described["FailureMessage"]
+    message = described["FailureMessage"]
+    assert re.match(r'Instance i-\w+ failed to provision with the following error: "Lifecycle scripts did not', message)
+    assert f"log group '/aws/sagemaker/Clusters/{name}/{described['ClusterArn'].rsplit('/', 1)[-1]}'" in message
+    assert "OnCreate exited 3" in message
     assert {g["Status"] for g in described["InstanceGroups"]} == {"Failed"}
     assert "Failure" in set(_node_statuses(sagemaker, name).values())
 
@@ -186,6 +188,7 @@ def test_an_on_create_missing_from_s3_fails_the_cluster(sagemaker):
     name, _ = _create(sagemaker, "not-uploaded.sh")
     described = sagemaker.describe_cluster(ClusterName=name)
     assert described["ClusterStatus"] == "Failed"
+    assert "Ensure the scripts exist in provided S3 path" in described["FailureMessage"]
     assert "'not-uploaded.sh' is not under s3://sagemaker-lifecycle/scripts" in described["FailureMessage"]
 
 

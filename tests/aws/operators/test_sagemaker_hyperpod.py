@@ -110,7 +110,8 @@ def test_ensure_cluster_fails_without_retry_on_a_failed_cluster(hook, context, u
              "ExecutionRole": ROLE_ARN}  # fmt: skip
     hook.create_cluster(name, [group])
     wait_for(lambda: hook.describe_cluster(name)["ClusterStatus"] == "Failed", what="the cluster to fail")
-    with pytest.raises(AirflowFailException, match=f"HyperPod cluster {name} is Failed: Lifecycle scripts did not"):
+    failed = rf"HyperPod cluster {name} is Failed: Instance i-\w+ failed to provision .*Delete it"
+    with pytest.raises(AirflowFailException, match=failed):
         ensure(name).execute(context)
 
 
