@@ -10,6 +10,8 @@ instance ID) gets what a HyperPod instance gets before its ``OnCreate`` script r
   in ``SAGEMAKER_RESOURCE_CONFIG_PATH``
   (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-lifecycle-best-practices-slurm-slurm-base-config.html);
 - an IP address of its own, which ``hostname -I`` answers (a shim), so a script finds its group as on AWS;
+- ``PROVISION_LOG``: the node's own stand-in for ``/var/log/provision/provisioning.log``, the file HyperPod
+  uploads to CloudWatch (the shipped ``on_create.sh`` honours it; on AWS it is unset);
 - Slurm's commands (:mod:`localaws.slurm_shims`), sharing one record folder per cluster
   (``<nodes root>/<cluster id>-slurm``), so the job agent and its batch scripts run unchanged; and a
   ``systemctl`` that says the node has no systemd (the scripts then start services in the background).
@@ -155,7 +157,11 @@ class HyperPodNodes:
                 script,
                 region=region,
                 shims={**shims, "hostname": _hostname_shim(node.ip), "systemctl": NO_SYSTEMD},
-                env={"SAGEMAKER_RESOURCE_CONFIG_PATH": str(config_path)},
+                env={
+                    "SAGEMAKER_RESOURCE_CONFIG_PATH": str(config_path),
+                    # Where the script logs instead of /var/log/provision (which a local process must not touch).
+                    "PROVISION_LOG": str(home / "var" / "log" / "provision" / "provisioning.log"),
+                },
             )
         log.info("HyperPod cluster %s: OnCreate started on %d nodes", cluster_name, len(nodes))
         return None

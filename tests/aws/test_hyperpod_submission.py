@@ -234,6 +234,7 @@ def restart_agent(cluster) -> None:
     environment = {**os.environ, "HOME": str(home), "LOCALAWS_NODE_ID": home.name,
                    "PATH": f"{home / '.localaws-bin'}:{os.environ['PATH']}",
                    "SAGEMAKER_RESOURCE_CONFIG_PATH": str(home / "opt/ml/config/resource_config.json"),
+                   "PROVISION_LOG": str(home / "var/log/provision/provisioning.log"),
                    "AWS_ENDPOINT_URL": cluster["server"].endpoint_url,
                    "AWS_ACCESS_KEY_ID": "localaws", "AWS_SECRET_ACCESS_KEY": "localaws"}  # fmt: skip
     subprocess.run(["/bin/bash", "./on_create.sh"], cwd=home / "lifecycle", env=environment, check=True,

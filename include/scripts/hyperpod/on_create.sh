@@ -8,6 +8,13 @@
 # 2. On the controller, it installs the job agent (job_agent.py, configured by job_agent.json) that runs the
 #    job specs Airflow writes to S3: a systemd service where systemd runs, a background process otherwise.
 set -euo pipefail
+# HyperPod uploads /var/log/provision/provisioning.log to CloudWatch, the log stream a failed cluster's
+# FailureMessage names (https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-cluster-management-slurm.html).
+# (PROVISION_LOG moves it, for a node that is a local process: localaws.)
+PROVISION_LOG="${PROVISION_LOG:-/var/log/provision/provisioning.log}"
+if mkdir -p "$(dirname "$PROVISION_LOG")" 2>/dev/null && [[ -w "$(dirname "$PROVISION_LOG")" ]]; then
+  exec > >(tee -a "$PROVISION_LOG") 2>&1
+fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"
 # HyperPod writes the cluster's resource config and names its path in SAGEMAKER_RESOURCE_CONFIG_PATH
