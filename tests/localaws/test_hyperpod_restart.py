@@ -50,7 +50,8 @@ def test_the_job_agent_comes_back_after_a_restart(localaws_process, tmp_path, si
     group = {"InstanceGroupName": "controller", "InstanceType": "ml.t3.medium", "InstanceCount": 1,
              "LifeCycleConfig": {"SourceS3Uri": "s3://sagemaker-restart/lc", "OnCreate": "on_create.sh"},
              "ExecutionRole": ROLE}  # fmt: skip
-    sagemaker.create_cluster(ClusterName="restarted", InstanceGroups=[group])
+    worker = {**group, "InstanceGroupName": "workers", "InstanceType": "ml.g5.2xlarge"}  # Slurm's compute node
+    sagemaker.create_cluster(ClusterName="restarted", InstanceGroups=[group, worker])
     control.advance_clock(server.url, control.get_timing(server.url)["hyperpod"]["cluster_creating"])
     wait_for(lambda: sagemaker.describe_cluster(ClusterName="restarted")["ClusterStatus"] == "InService",
              what="InService")  # fmt: skip
