@@ -52,6 +52,20 @@ def save_state(endpoint_url: str) -> dict:
     return _call(endpoint_url, "POST", "/_localaws/state", {})
 
 
+def interrupt_instance(endpoint_url: str, instance_id: str, code: str, state: str | None = None) -> dict:
+    """AWS ends an EC2 instance itself: ``terminated`` (or ``stopped``) with StateReason ``code``, e.g.
+    ``Server.InsufficientInstanceCapacity`` or ``Server.SpotInstanceTermination``; its node stops."""
+    payload = {"code": code, **({"state": state} if state else {})}
+    return _call(endpoint_url, "POST", f"/_localaws/ec2/instances/{instance_id}/interrupt", payload)
+
+
+def add_capacity_block(endpoint_url: str, instance_type: str, availability_zone: str, **options) -> str:
+    """A Capacity Block as if bought (``instance_count``, ``starts_in_seconds``, ``duration_hours``,
+    ``region``, ``account``); returns its capacity reservation ID."""
+    payload = {"instance_type": instance_type, "availability_zone": availability_zone, **options}
+    return _call(endpoint_url, "POST", "/_localaws/ec2/capacity-blocks", payload)["capacity_reservation_id"]
+
+
 def wait_until_healthy(endpoint_url: str, timeout: float = 30.0) -> None:
     """Poll GET /_localaws/health until it answers ok; raises TimeoutError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,12 @@ Routing, in order:
 - ``X-Amz-Target: AmazonDMSv20160101.*``: moto's DMS, with statuses moving on the virtual clock;
 - ``X-Amz-Target: SageMaker.<cluster operation>``: moto's HyperPod clusters, created and deleted on the clock;
 - ``X-Amz-Target: AmazonSSM.<Run Command operation>``: moto's SSM commands, run on the clock;
-- EC2 ``RunInstances`` with a ``ClientToken``: launched once per token (:mod:`localaws.ec2_client_tokens`);
+- EC2 ``RunInstances``, ``TerminateInstances``, ``StopInstances``, ``GetConsoleOutput``: instances whose user
+  data runs on a node (:mod:`localaws.ec2_instances`), ``RunInstances`` with a ``ClientToken`` launched once
+  per token (:mod:`localaws.ec2_client_tokens`);
+- EC2 placement groups, which moto lacks (:mod:`localaws.ec2_placement_groups`);
+- SSM: the public Deep Learning AMI parameters are put into moto's store first
+  (:mod:`localaws.ssm_public_parameters`);
 - S3 ``PutObject`` with ``If-None-Match``/``If-Match``: one at a time per key (:mod:`localaws.s3_conditional`);
 - everything else: straight to moto.
 
@@ -23,15 +28,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from localaws import dms, persistence
 from localaws.clock import VirtualClock
+from localaws.ec2_capacity_reservations import Ec2CapacityReservations
 from localaws.ec2_client_tokens import Ec2ClientTokens
+from localaws.ec2_instances import Ec2Instances
+from localaws.ec2_placement_groups import Ec2PlacementGroups
 from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.node_runtime import NodeRuntime
 from localaws.s3_conditional import ConditionalWrites
@@ -40,14 +51,37 @@ from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
 from localaws.snowball.models import SnowballBackend
 from localaws.ssm import SsmCommandLifecycle
+from localaws.ssm_public_parameters import ensure_public_parameters, forget
 from localaws.timing import TimingProfile, get_profile
-from localaws.wsgi import Response, call_app, json_response, read_body, request_operation, request_service
+from localaws.wsgi import (
+    Response,
+    call_app,
+    json_response,
+    read_body,
+    request_account,
+    request_operation,
+    request_region,
+    request_service,
+)
 
 log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_localaws/"
 # The simulations whose state a snapshot keeps, beside moto's backends (attributes of LocalAWSApp).
-STATEFUL = ("snowball", "dms", "hyperpod", "ssm", "ec2_client_tokens")
+STATEFUL = (
+    "snowball",
+    "dms",
+    "hyperpod",
+    "ssm",
+    "ec2_client_tokens",
+    "ec2_placement_groups",
+    "ec2_instances",
+    "ec2_capacity_reservations",
+)
+# POST /_localaws/ec2/instances/<id>/shutdown (the node's OS) and .../interrupt (AWS ends it).
+_EC2_INSTANCE_CONTROL = re.compile(r"^/_localaws/ec2/instances/(i-[0-9a-f]+)/(shutdown|interrupt)$")
+# A node's instance metadata service (localaws.ec2_instances).
+_IMDS = re.compile(r"^/_localaws/imds/(i-[0-9a-f]+)/(.*)$")
 
 
 class LocalAWSApp:
@@ -66,6 +100,9 @@ class LocalAWSApp:
         self.hyperpod = HyperPodLifecycle(clock, profile.hyperpod)
         self.ssm = SsmCommandLifecycle(clock, profile.ssm)
         self.ec2_client_tokens = Ec2ClientTokens(clock)
+        self.ec2_placement_groups = Ec2PlacementGroups(clock)
+        self.ec2_instances = Ec2Instances()
+        self.ec2_capacity_reservations = Ec2CapacityReservations(clock)
         self.s3_conditional = ConditionalWrites()
         # The local processes that stand in for instances' scripts; told the endpoint once it is bound.
         self.nodes = NodeRuntime()
@@ -141,14 +178,30 @@ class LocalAWSApp:
             return self.ssm.handle(environ, self.moto)
         service = request_service(environ)
         operation = request_operation(environ, service)
-        if self.ec2_client_tokens.handles(service, operation):
-            return self.ec2_client_tokens.handle(environ, self.moto)
+        if self.ec2_instances.handles(service, operation):
+            return self.ec2_instances.handle(
+                environ,
+                operation,
+                self.moto,
+                nodes=self.nodes,
+                tokens=self.ec2_client_tokens,
+                placement_groups=self.ec2_placement_groups,
+                capacity_reservations=self.ec2_capacity_reservations,
+            )
+        for simulation in (self.ec2_placement_groups, self.ec2_capacity_reservations):
+            if simulation.handles(service, operation):
+                params = parse_qs(read_body(environ).decode("utf-8", "replace"), keep_blank_values=True)
+                return simulation.handle(operation, params, request_account(environ), request_region(environ))
+        if service == "ssm":
+            ensure_public_parameters(request_account(environ), request_region(environ))
         if self.s3_conditional.handles(service, operation, environ):
             return self.s3_conditional.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
             for name in STATEFUL:
                 getattr(self, name).reset()
+            forget()
+            self.nodes.stop_all()  # the instances they stood in for are gone
         return self.moto
 
     def _control(self, environ: dict, path: str) -> Response:
@@ -165,6 +218,18 @@ class LocalAWSApp:
             return self._faults(method, environ)
         if path == "/_localaws/state" and method == "POST":
             return self._save_state()
+        match = _EC2_INSTANCE_CONTROL.match(path)
+        if match and method == "POST":
+            return self._ec2_instance_control(match.group(1), match.group(2), read_body(environ))
+        if path == "/_localaws/ec2/capacity-blocks" and method == "POST":
+            return self._add_capacity_block(read_body(environ))
+        match = _IMDS.match(path)
+        if match:
+            try:
+                status, text = self.ec2_instances.metadata(match.group(1), method, match.group(2))
+            except KeyError:
+                status, text = 404, ""
+            return Response(status, text.encode(), [("Content-Type", "text/plain")])
         return json_response({"error": f"no control endpoint {method} {path}"}, 404)
 
     def _faults(self, method: str, environ: dict) -> Response:
@@ -186,6 +251,50 @@ class LocalAWSApp:
             return json_response({"rules": self.faults.add(specs)})
         except FaultRuleError as error:
             return json_response({"error": str(error)}, 400)
+
+    def _ec2_instance_control(self, instance_id: str, action: str, body: bytes) -> Response:
+        """``shutdown``: the node's OS shut down. ``interrupt`` with ``{"code": "Server....", "state":
+        "terminated"|"stopped"}`` (state optional): AWS ends the instance itself."""
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            return json_response({"error": "the body must be a JSON object"}, 400)
+        if not isinstance(request, dict):
+            return json_response({"error": "the body must be a JSON object"}, 400)
+        with self.gate.shared():  # moto's state changes, as in an API call
+            try:
+                if action == "shutdown":
+                    return json_response(self.ec2_instances.os_shutdown(instance_id, self.nodes))
+                return json_response(
+                    self.ec2_instances.interrupt(instance_id, request.get("code"), request.get("state"), self.nodes)
+                )
+            except KeyError as error:
+                return json_response({"error": str(error.args[0])}, 404)
+            except ValueError as error:
+                return json_response({"error": str(error)}, 400)
+
+    def _add_capacity_block(self, body: bytes) -> Response:
+        """POST /_localaws/ec2/capacity-blocks ``{"instance_type", "availability_zone", "instance_count",
+        "starts_in_seconds" (0), "duration_hours" (24), "region" (the zone's), "account" (moto's)}``: a
+        Capacity Block as if bought, on the virtual clock."""
+        try:
+            request = json.loads(body or b"{}")
+            start = self.clock.now() + timedelta(seconds=float(request.get("starts_in_seconds", 0)))
+            end = start + timedelta(hours=float(request.get("duration_hours", 24)))
+            zone = request["availability_zone"]
+            with self.gate.shared():
+                answer = self.ec2_capacity_reservations.add_capacity_block(
+                    str(request.get("account", "123456789012")),
+                    request.get("region", zone[:-1]),
+                    request["instance_type"],
+                    zone,
+                    int(request.get("instance_count", 1)),
+                    start,
+                    end,
+                )
+        except (ValueError, KeyError, TypeError) as error:
+            return json_response({"error": f"bad capacity block request: {error!r}"}, 400)
+        return json_response(answer)
 
     def _save_state(self) -> Response:
         """POST /_localaws/state: snapshot now (the server must run with ``--state-file``)."""

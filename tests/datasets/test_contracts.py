@@ -102,3 +102,10 @@ def test_fingerprint_changes_with_content():
     b = parse_contract(yaml.safe_load(ITEMS_YAML.replace("max: 1000", "max: 999")))
     assert a.fingerprint() == parse_contract(yaml.safe_load(ITEMS_YAML)).fingerprint()
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_an_empty_contracts_folder_is_refused(tmp_path):
+    from finetune_pipeline.datasets.contracts import load_contracts
+
+    with pytest.raises(ContractError, match="no contracts"):
+        load_contracts(tmp_path)

@@ -217,3 +217,68 @@ def test_module_entry_point(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "--landing" in proc.stderr
+
+
+def test_merge_refuses_an_empty_contracts_folder(tmp_path, landing, capsys):
+    empty = tmp_path / "no-contracts"
+    empty.mkdir()
+    assert _merge(tmp_path, empty) == 2
+    err = capsys.readouterr().err
+    assert "no contracts" in err and str(empty) in err
+    assert not (tmp_path / "lake" / "datasets" / "versions").exists()  # nothing published
+
+
+def _quarantine(tmp_path, *args):
+    lake = tmp_path / "lake"
+    return main(["quarantine", args[0], "--landing", str(lake / "landing"), "--dataset", str(lake / "datasets"),
+                 *args[1:]])  # fmt: skip
+
+
+def test_quarantine_list_release_and_discard(tmp_path, contracts_dir, landing, capsys):
+    """The operator's commands for files quarantined under quarantine_and_stop: the merge stays blocked
+    until each held file is released or discarded."""
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("quarantine_and_continue", "quarantine_and_stop"))
+    assert _merge(tmp_path, contracts_dir) == 0
+    bad = put_cdc(landing, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
+    other = put_cdc(landing, item_events([("X", 30, 4, 8, "y", 1, "new")]), 31)
+    assert _merge(tmp_path, contracts_dir) == 1
+    capsys.readouterr()
+    assert _merge(tmp_path, contracts_dir) == 1  # held, in the next run too
+    out = capsys.readouterr().out
+    assert out.startswith("blocked:") and "quarantine_hold" in out and bad in out
+
+    assert _quarantine(tmp_path, "list") == 0
+    out = capsys.readouterr().out
+    name = bad.rsplit("/", 1)[-1]
+    assert f"HOLDS     datasets/quarantine/shop/items/{name}" in out
+    assert "missing_column: primary key column 'item_id' missing" in out
+    assert "1 open or released file(s)" in out and "1 hold(s) publishing" in out
+    assert "quarantine release KEY" in out and "quarantine discard KEY --reason" in out
+
+    fixed = tmp_path / "fixed.parquet"
+    pq.write_table(item_events([("I", 20, 3, 7, "x-fixed", 1, "new")]), fixed)
+    assert _quarantine(tmp_path, "release", name, "--fixed", str(fixed), "--note", "key restored") == 0
+    out = capsys.readouterr().out
+    assert f"released datasets/quarantine/shop/items/{name} -> " in out and "nothing holds publishing" in out
+    assert _quarantine(tmp_path, "release", name) == 2
+    assert "already released" in capsys.readouterr().err
+
+    # The released file is read again; the other file (bad Op) holds now.
+    assert _merge(tmp_path, contracts_dir) == 1
+    capsys.readouterr()
+    assert _quarantine(tmp_path, "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["status"] for e in listed if e["source_key"] == bad] == ["released"]  # not applied: not published
+    [held] = [e for e in listed if e["holds"]]
+    assert held["source_key"] == other and held["holds"]
+    with pytest.raises(SystemExit) as usage:  # --reason is required
+        _quarantine(tmp_path, "discard", other.rsplit("/", 1)[-1])
+    assert usage.value.code == 2
+    capsys.readouterr()
+    assert _quarantine(tmp_path, "discard", other, "--reason", "test rows, never wanted") == 0
+    assert "its changes are accepted as lost" in capsys.readouterr().out
+    assert _merge(tmp_path, contracts_dir) == 0
+    assert "published: version v000002" in capsys.readouterr().out
+    assert _quarantine(tmp_path, "list", "--all", "--json") == 0
+    assert sorted(e["status"] for e in json.loads(capsys.readouterr().out)) == ["applied", "discarded"]

@@ -139,3 +139,16 @@ def test_empty_input():
     out = merge_events(item_events([]), PK)
     assert out.live.num_rows == 0 and out.tombstones.num_rows == 0
     assert OP not in out.live.column_names
+
+
+def test_key_changes_against_the_previous_rows():
+    """Keys live before (the base rows), and those the events made live or removed: replays of the same
+    insert, a delete of an absent key and an insert of a present key change no key count."""
+    base = item_load([(1, "a", 1, "new"), (2, "b", 2, "new"), (3, "c", 3, "new")])
+    events = item_events([
+        ("I", 5, 1, 3, "c", 3, "new"), ("I", 6, 2, 4, "d", 4, "new"), ("I", 6, 2, 4, "d", 4, "new"),
+        ("D", 7, 3, 9, "never", 1, "new"), ("D", 8, 4, 1, "a", 1, "new"),
+    ])  # fmt: skip
+    out = merge_events(pa.concat_tables([base, events]), PK, base_rows=base.num_rows)
+    assert (out.keys_before, out.keys_added, out.keys_removed) == (3, 1, 1)
+    assert out.live.num_rows == out.keys_before + out.keys_added - out.keys_removed == 3

@@ -460,3 +460,327 @@ def test_data_files_are_parquet_with_field_ids_and_the_change_columns(store, spe
         schema = pq.read_schema(path)
     assert schema.names == ["item_id", "name", "qty", "status", "_dms_ts", "_dms_seq", "_bucket"]
     assert [f.metadata[b"PARQUET:field_id"] for f in schema] == [str(i).encode() for i in range(1, 8)]
+
+
+def test_a_contract_edit_that_crashes_the_sync_loses_no_file(store, spec, contracts_dir):
+    """Issue 10, item 2: the primary key's type is changed, the sync fails, the contract is reverted: the
+    next run takes the file that landed meanwhile."""
+    from finetune_pipeline.datasets.iceberg_tables import SchemaMismatchError
+
+    _base(store)
+    assert run_sync(store, spec, now=NOW).published
+    good = put_cdc(store, item_events([("U", 20, 3, 2, "b-changed", 2, "done")]), 21)
+    path = contracts_dir / "shop.items.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("{name: item_id, type: int64", "{name: item_id, type: string"))
+    with pytest.raises(SchemaMismatchError, match="item_id"):
+        run_sync(store, spec, now=NOW)
+    assert store.exists(good)  # nothing was moved
+    assert not list(store.list_after("datasets/shop/quarantine/"))
+
+    path.write_text(original)
+    again = run_sync(store, spec, now=NOW)
+    assert again.published, again.status
+    assert published_rows(store, spec)[2]["name"] == "b-changed"
+
+
+def test_a_crash_while_staging_moves_no_file(store, spec, monkeypatch):
+    """Bad files are moved only once every table is staged: a run that dies before leaves them in place."""
+    from finetune_pipeline.datasets.iceberg_tables import TableWrite
+
+    _base(store)
+    assert run_sync(store, spec, now=NOW).published
+    bad = put_cdc(store, item_events([("X", 20, 3, 5, "bad", 1, "new")]), 21)
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("the catalog went away")
+
+    monkeypatch.setattr(TableWrite, "open", dies)
+    with pytest.raises(RuntimeError, match="went away"):
+        run_sync(store, spec, now=NOW)
+    assert store.exists(bad) and not list(store.list_after("datasets/shop/quarantine/"))
+    monkeypatch.undo()
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and [q.source_key for q in result.quarantined] == [bad]
+
+
+def _stop_policy(contracts_dir) -> None:
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("quarantine_and_continue", "quarantine_and_stop"))
+
+
+def _bad_and_good(store):
+    bad = put_cdc(store, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 8, "y", 1, "new")]), 23)
+    return bad
+
+
+def test_quarantine_and_stop_holds_every_later_run_until_released(store, spec, contracts_dir, tmp_path):
+    """Issue 10, item 1: the file quarantined under quarantine_and_stop blocks this run and the next ones;
+    released (fixed) it is read again, and the version holds its rows and every other."""
+    from finetune_pipeline.datasets import quarantine
+
+    _stop_policy(contracts_dir)
+    _base(store)
+    first = run_sync(store, spec, now=NOW)
+    bad = _bad_and_good(store)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    for _ in range(2):  # the file is in quarantine/ now, out of discovery's sight: still held
+        held = run_sync(store, spec, now=NOW)
+        assert held.status == "blocked" and not held.published
+        [check] = held.failed_checks
+        assert check.check == "quarantine_hold" and check.severity == "blocking" and bad in check.detail
+    put_cdc(store, item_events([("I", 30, 5, 9, "z", 1, "new")]), 31)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    assert versions(spec) == [first.version]
+
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.holds and entry.source_key == bad
+    fixed = tmp_path / "fixed.parquet"
+    pq.write_table(item_events([("I", 20, 3, 7, "x-fixed", 1, "new")]), fixed)
+    quarantine.release(store, entry, fixed=fixed, note="item_id restored")
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, result.failed_checks
+    assert {k: v["name"] for k, v in published_rows(store, spec).items()} == {
+        1: "a1", 2: "b", 7: "x-fixed", 8: "y", 9: "z"
+    }
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.status == "applied" and entry.report["applied_in"] == result.version
+    assert run_sync(store, spec, now=NOW).status == "up_to_date"
+
+
+def test_quarantine_and_stop_holds_until_discarded(store, spec, contracts_dir):
+    from finetune_pipeline.datasets import quarantine
+
+    _stop_policy(contracts_dir)
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    _bad_and_good(store)
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    assert run_sync(store, spec, now=NOW).status == "blocked"
+    [entry] = quarantine.entries(store, spec.quarantine)
+    with pytest.raises(quarantine.QuarantineError, match="why"):
+        quarantine.discard(store, entry, note=" ")
+    quarantine.discard(store, entry, note="the source row was re-sent by hand")
+    result = run_sync(store, spec, now=NOW)
+    assert result.published
+    assert set(published_rows(store, spec)) == {1, 2, 8}  # every row but the discarded file's
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert entry.status == "discarded" and store.exists(entry.quarantine_key)  # kept as evidence
+
+
+def test_a_released_file_behind_the_watermark_is_read_again(store, spec):
+    """quarantine_and_continue moves the watermark past a bad file; released, it is still taken."""
+    from finetune_pipeline.datasets import quarantine
+
+    _base(store)
+    bad = put_cdc(store, item_events([("I", 20, 3, 7, "x", 1, "new")]).drop_columns(["item_id"]), 21)
+    assert run_sync(store, spec, now=NOW).published
+    put_cdc(store, item_events([("I", 2000, 4, 8, "y", 1, "new")]), 2001)  # watermark far past the bad file
+    assert run_sync(store, spec, now=NOW).published
+    [entry] = quarantine.entries(store, spec.quarantine)
+    assert not entry.holds  # continue: nothing held
+    with store.local_path(entry.quarantine_key) as path:
+        table = pq.read_table(path)
+    import pyarrow as pa
+
+    fixed = table.append_column("item_id", pa.array([7], pa.int64()))
+    fixed_path = store.root / "fixed.parquet"
+    pq.write_table(fixed, fixed_path)
+    quarantine.release(store, entry, fixed=fixed_path)
+    assert store.exists(bad)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and set(published_rows(store, spec)) == {1, 2, 7, 8}
+
+
+def test_a_change_file_missing_a_column_the_table_holds_is_a_bad_file(store, spec):
+    """Issue 10, item 3: DMS writes every column of the table in each file; one missing means the source
+    dropped or renamed it. Read as NULL it would wipe the column's values: it is quarantined instead."""
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    bad = put_cdc(store, item_events([("U", 20, 3, 2, "b2", 7, "done")]).drop_columns(["status"]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 9, "i", 1, "new")]), 23)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published
+    [q] = result.quarantined
+    assert q.source_key == bad and q.reason == "missing_column"
+    assert "'status'" in q.detail and "NULL" in q.detail
+    rows = published_rows(store, spec)
+    assert rows[2]["status"] == "new" and rows[2]["name"] == "b" and rows[9]["status"] == "new"
+
+
+def test_a_file_without_a_column_the_contract_just_added_reads_it_as_null_and_says_so(store, spec, contracts_dir):
+    """Files DMS wrote before the source gained a column lack it: nothing to overwrite, so they are applied,
+    and the report says which files were read without it."""
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text().replace("  - {name: status", "  - {name: color, type: string}\n  - {name: status"))
+    before = put_cdc(store, item_events([("I", 20, 3, 5, "e", 1, "new")]), 21)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and not result.quarantined
+    [check] = [c for c in result.checks if c.check == "missing_columns"]
+    assert check.severity == "warning" and not check.passed
+    assert "color" in check.detail and before in check.detail
+    assert published_rows(store, spec)[5]["color"] is None
+    # Once the table holds the column, a file without it is a bad file.
+    put_cdc(store, item_events([("I", 30, 4, 6, "f", 1, "new")]), 31)
+    later = run_sync(store, spec, now=NOW)
+    assert [q.reason for q in later.quarantined] == ["missing_column"]
+
+
+def test_extra_columns_warn_by_default_and_are_refused_when_the_contract_says_so(store, spec, contracts_dir):
+    import pyarrow as pa
+
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    table = item_events([("I", 20, 3, 5, "e", 1, "new")])
+    extra = put_cdc(store, table.append_column("color", pa.array(["red"])), 21)
+    warned = run_sync(store, spec, now=NOW)
+    assert warned.published and set(published_rows(store, spec)) == {1, 2, 5}
+    [check] = [c for c in warned.checks if c.check == "extra_columns"]
+    assert check.severity == "warning" and not check.passed
+    assert "color" in check.detail and extra in check.detail and "not published" in check.detail
+
+    path = contracts_dir / "shop.items.yaml"
+    path.write_text(path.read_text() + "extra_columns: reject\n")
+    refused = put_cdc(store, item_events([("I", 30, 4, 6, "f", 1, "new")]).append_column("size", pa.array([3])), 31)
+    result = run_sync(store, spec, now=NOW)
+    [q] = result.quarantined
+    assert q.source_key == refused and q.reason == "extra_column" and "size" in q.detail
+    assert 6 not in published_rows(store, spec)
+
+
+def test_a_change_file_landing_after_the_grace_window_is_taken_by_the_next_sync_and_said_so(store, spec):
+    """Issue 10, item 10: a file named long before the watermark (DMS names a file when it opens it) that
+    lands after the last sync is not skipped: the next sync applies it, with a warning. Its events are
+    ordered by their commit time, so an older change loses to a newer one already applied."""
+    _base(store)
+    put_cdc(store, item_events([("U", 3000, 10, 2, "b-newer", 2, "new")]), 3001)
+    assert run_sync(store, spec, now=NOW).published
+    # Named 50 minutes before the watermark, far outside the 10-minute window; landed just now.
+    late = put_cdc(store, item_events([("U", 20, 5, 2, "b-older", 2, "new"), ("I", 21, 6, 9, "late", 1, "new")]), 22)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, result.status
+    [check] = [c for c in result.checks if c.check == "late_file"]
+    assert check.severity == "warning" and not check.passed and late in check.detail
+    rows = published_rows(store, spec)
+    assert rows[9]["name"] == "late" and rows[2]["name"] == "b-newer"
+    # Taken once: the next sync has nothing new.
+    assert run_sync(store, spec, now=NOW).status == "up_to_date"
+
+
+def _strict(contracts_dir) -> None:
+    _tolerance(contracts_dir, "row_count: {tolerance: 0.0}")
+
+
+def _row_count(result):
+    [check] = [c for c in result.checks if c.check == "row_count"]
+    return check
+
+
+def test_row_count_passes_on_a_replayed_tail_after_a_dms_task_restart(store, spec, contracts_dir):
+    """Issue 10, item 5: a restarted task writes the tail of its previous file again; the same inserts
+    arrive twice, and the merged state is right."""
+    _strict(contracts_dir)
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    tail = [("I", 20, 3, 4, "d", 4, "new"), ("I", 21, 4, 5, "e", 5, "new")]
+    put_cdc(store, item_events(tail), 22)
+    put_cdc(store, item_events([*tail, ("I", 23, 5, 6, "f", 6, "new")]), 24)  # the replay, then a new insert
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert set(published_rows(store, spec)) == {1, 2, 4, 5, 6} and _row_count(result).passed
+
+
+def test_row_count_passes_on_a_delete_of_a_row_the_full_load_never_had(store, spec, contracts_dir):
+    """A row inserted and deleted while the full load ran: the load never had it, CDC brings its delete."""
+    _strict(contracts_dir)
+    put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new")]))
+    put_cdc(store, item_events([("D", 5, 1, 9, "gone", 1, "new"), ("I", 6, 2, 3, "c", 3, "new")]), 7)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert set(published_rows(store, spec)) == {1, 2, 3}
+
+
+def test_row_count_passes_when_cdc_overlaps_the_full_load(store, spec, contracts_dir):
+    """Changes captured while the full load ran are in the loaded rows too: an insert of a loaded key."""
+    _strict(contracts_dir)
+    put_load(store, item_load([(1, "a", 1, "new"), (2, "b", 2, "new"), (3, "c", 3, "new")]))
+    put_cdc(store, item_events([("I", 5, 1, 3, "c", 3, "new"), ("U", 6, 2, 2, "b2", 2, "done")]), 7)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published, _row_count(result).detail
+    assert {k: v["name"] for k, v in published_rows(store, spec).items()} == {1: "a", 2: "b2", 3: "c"}
+
+
+def test_row_count_catches_published_rows_the_sync_lost(store, spec, contracts_dir, monkeypatch):
+    """Rows of the previous version that the sync failed to read back are lost from the next one: caught."""
+    from finetune_pipeline.datasets.iceberg_tables import TableWrite
+
+    _strict(contracts_dir)
+    spec = spec.model_copy(update={"rows_per_bucket": 2})
+    put_load(store, item_load([(i, f"n{i}", i, "new") for i in range(1, 7)]))
+    assert run_sync(store, spec, now=NOW).published
+    put_cdc(store, item_events([("U", 20, 3, 1, "one", 1, "new"), ("U", 21, 4, 6, "six", 6, "new")]), 22)
+    original = TableWrite.base_files
+
+    def loses_a_file(self):
+        files = original(self)
+        first = min(files)
+        return {**files, first: files[first][1:]}
+
+    monkeypatch.setattr(TableWrite, "base_files", loses_a_file)
+    result = run_sync(store, spec, now=NOW)
+    check = _row_count(result)
+    assert result.status == "blocked" and not check.passed and check.severity == "blocking"
+    assert "6 rows at the previous version" in check.detail
+
+
+def test_files_complete_catches_a_listed_change_file_the_sync_skipped(store, spec, monkeypatch):
+    """File-level completeness: every change file listed in the window is taken, now or before."""
+    from finetune_pipeline.datasets import table_sync
+
+    _base(store)
+    run_sync(store, spec, now=NOW)
+    skipped = put_cdc(store, item_events([("I", 20, 3, 4, "d", 4, "new")]), 21)
+    put_cdc(store, item_events([("I", 22, 4, 5, "e", 5, "new")]), 23)
+    original = table_sync.discover
+
+    def loses_a_file(*args, **kwargs):
+        found = original(*args, **kwargs)
+        found.files = [f for f in found.files if f.key != skipped]
+        return found
+
+    monkeypatch.setattr(table_sync, "discover", loses_a_file)
+    monkeypatch.setattr("finetune_pipeline.datasets.sync.discover", loses_a_file)
+    result = run_sync(store, spec, now=NOW)
+    [check] = [c for c in result.checks if c.check == "files_complete"]
+    assert result.status == "blocked" and not check.passed and check.severity == "blocking"
+    assert skipped in check.detail
+    monkeypatch.undo()
+    assert run_sync(store, spec, now=NOW).published and set(published_rows(store, spec)) == {1, 2, 4, 5}
+
+
+def test_a_state_from_before_the_taken_files_record_takes_no_file_twice(store, spec):
+    """Upgrading: a state without the record of taken files lists from its grace window as before, and
+    starts the record; nothing already taken is taken again as 'late'."""
+    _base(store)
+    for i in range(3):
+        put_cdc(store, item_events([("I", 1000 + 600 * i, 10 + i, 20 + i, "n", 1, "new")]), 1001 + 600 * i)
+    run_sync(store, spec, now=NOW)
+    key = "datasets/shop/" + head_state(store, spec).state_key
+    sidecar = json.loads(store.get_bytes(key))
+    sidecar.pop("taken_files"), sidecar.pop("taken_since")
+    store.put_bytes(key, json.dumps(sidecar).encode())
+    assert head_state(store, spec).taken_files is None
+
+    put_cdc(store, item_events([("I", 3000, 20, 30, "new", 1, "new")]), 3001)
+    upgraded = run_sync(store, spec, now=NOW)
+    report = json.loads(store.get_bytes(upgraded.report_keys["json"]))["tables"]["shop.items"]
+    assert upgraded.published and report["applied_files"] == 1
+    assert not [c for c in upgraded.checks if c.check == "late_file"]
+    put_cdc(store, item_events([("I", 3100, 21, 31, "newer", 1, "new")]), 3101)
+    after = run_sync(store, spec, now=NOW)
+    report = json.loads(store.get_bytes(after.report_keys["json"]))["tables"]["shop.items"]
+    assert after.published and report["applied_files"] == 1
+    assert set(published_rows(store, spec)) == {1, 2, 20, 21, 22, 30, 31}

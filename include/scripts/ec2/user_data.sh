@@ -1,15 +1,66 @@
-#!/usr/bin/env bash
-# EC2 user data for a training instance: train once, upload the model, then shut down. The instance is
-# launched with InstanceInitiatedShutdownBehavior=terminate, so "terminated" means the job ended.
+#!/bin/bash
+# EC2 user data of a training instance: run the training code bundle once on one dataset version, then
+# shut down, whatever the exit code. The instance is launched with InstanceInitiatedShutdownBehavior=
+# terminate, so the shutdown terminates it: an instance never idles after its job.
+#
+# Ec2LaunchTrainingInstancesOperator renders it: each placeholder (a NAME in double braces) becomes its value,
+# shell-quoted, and every name must be given (HYPERPARAMETERS and CHECKPOINT_DIR may be empty). cloud-init runs it as root at first
+# boot and sends its output to /var/log/cloud-init-output.log and to the console (GetConsoleOutput).
 set -euo pipefail
-python3 -m pip install --quiet boto3 pyarrow
-mkdir -p /opt/finetune
-python3 - <<'PY'
+
+BUNDLE_URI={{BUNDLE_URI}}           # s3://.../training.zip: train.py, requirements.txt, the package
+DATASET_URI={{DATASET_URI}}
+DATASET_VERSION={{DATASET_VERSION}}
+OUTPUT_URI={{OUTPUT_URI}}           # rank 0 writes <OUTPUT_URI>/_SUCCESS when trained
+HYPERPARAMETERS={{HYPERPARAMETERS}} # a JSON object, or empty
+CHECKPOINT_DIR={{CHECKPOINT_DIR}}   # storage every restart sees, or empty
+WORLD_SIZE={{WORLD_SIZE}}           # instances launched together
+AWS_REGION={{AWS_REGION}}
+export AWS_REGION AWS_DEFAULT_REGION="$AWS_REGION"
+export PYTHONUNBUFFERED=1 # the console shows training's lines as they come
+
+log() { echo "finetune-user-data $(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; }
+trap 'status=$?; log "exit code ${status}: shutting down"; shutdown -h now' EXIT
+
+# IMDSv2 (a session token, then the item). SDKs and tools take another endpoint from
+# AWS_EC2_METADATA_SERVICE_ENDPOINT; on an instance it is unset.
+imds() {
+  local base="${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254/}" token
+  token=$(curl -sf --connect-timeout 2 -X PUT "${base%/}/latest/api/token" \
+    -H "X-aws-ec2-metadata-token-ttl-seconds: 300") &&
+    curl -sf --connect-timeout 2 -H "X-aws-ec2-metadata-token: ${token}" "${base%/}/latest/meta-data/$1"
+}
+# Instances launched by one RunInstances call are numbered 0..n-1 (ami-launch-index): the rank.
+RANK=$(imds ami-launch-index) || RANK=0
+export RANK WORLD_SIZE
+log "instance $(imds instance-id || echo unknown), rank ${RANK} of ${WORLD_SIZE}, dataset version ${DATASET_VERSION}"
+
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/finetune.XXXXXX")
+python3 -c 'import boto3' 2>/dev/null || python3 -m pip install --quiet boto3
+log "downloading ${BUNDLE_URI}"
+python3 - "$BUNDLE_URI" "$DIR" <<'PY'
+import sys
+import zipfile
+
 import boto3
-bucket, _, key = "{{ENTRYPOINT_URI}}".removeprefix("s3://").partition("/")
-boto3.client("s3").download_file(bucket, key, "/opt/finetune/train.py")
+
+uri, target = sys.argv[1], sys.argv[2]
+bucket, _, key = uri.removeprefix("s3://").partition("/")
+archive = f"{target}/training.zip"
+boto3.client("s3").download_file(bucket, key, archive)
+with zipfile.ZipFile(archive) as bundle:
+    bundle.extractall(target)
 PY
-python3 /opt/finetune/train.py --dataset-uri "{{DATASET_URI}}" --dataset-version "{{DATASET_VERSION}}" \
-  --output-uri "{{OUTPUT_URI}}" && status=0 || status=$?
-echo "training exited with ${status}"
-shutdown -h now
+
+# Deep Learning AMIs (and localaws nodes) already have these; install only what is missing.
+if ! python3 -c 'import boto3, numpy, pyarrow, pyiceberg, safetensors, wordllama' 2>/dev/null; then
+  log "installing ${DIR}/requirements.txt"
+  python3 -m pip install --quiet -r "$DIR/requirements.txt"
+fi
+
+args=(--dataset-uri "$DATASET_URI" --dataset-version "$DATASET_VERSION" --output-uri "$OUTPUT_URI")
+if [ -n "$HYPERPARAMETERS" ]; then args+=(--hyperparameters "$HYPERPARAMETERS"); fi
+if [ -n "$CHECKPOINT_DIR" ]; then args+=(--checkpoint-dir "$CHECKPOINT_DIR"); fi
+log "training: train.py ${args[*]}"
+PYTHONPATH="$DIR" python3 "$DIR/train.py" "${args[@]}"
+log "train.py succeeded"

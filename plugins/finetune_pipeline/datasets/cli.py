@@ -1,4 +1,4 @@
-"""Command line: ``python -m finetune_pipeline.datasets merge|read|versions|validate|report``.
+"""Command line: ``python -m finetune_pipeline.datasets merge|read|versions|validate|report|quarantine``.
 
 Datasets are s3:// URIs or local folders; their tables live in an Iceberg catalog (``--catalog-*``). For a
 local dataset folder the catalog defaults to a SQLite file and a warehouse inside it, so a folder is a whole
@@ -19,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 
 from finetune_pipeline.datasets import catalog as catalogs
-from finetune_pipeline.datasets import sync_defaults
+from finetune_pipeline.datasets import quarantine, sync_defaults
 from finetune_pipeline.datasets.contracts import ContractError, load_contract
 from finetune_pipeline.datasets.dms_format import CsvSettings, DmsFileError, classify, read_events
 from finetune_pipeline.datasets.report import render_html
-from finetune_pipeline.datasets.store import LocalStore, ObjectStore, StoreError, store_from_uri
+from finetune_pipeline.datasets.store import LocalStore, ObjectStore, S3Store, StoreError, join_key, store_from_uri
 
 
 class UsageError(Exception):
@@ -109,6 +109,22 @@ def _open_catalog(args: argparse.Namespace, dataset: str | None, *, create: bool
     return spec, catalogs.load(spec, _access(args), create_namespace=create)
 
 
+def _quarantine_prefix(args: argparse.Namespace, store: ObjectStore, dataset_prefix: str) -> str:
+    """``--quarantine`` as a key prefix of the landing's store (the sync moves files between them), or the
+    dataset's own quarantine folder."""
+    if not args.quarantine:
+        return join_key(dataset_prefix, quarantine.DATASET_FOLDER)
+    if args.quarantine.startswith("s3://"):
+        other, prefix = store_from_uri(args.quarantine, endpoint_url=args.endpoint_url)
+        if not isinstance(store, S3Store) or other.bucket != store.bucket:
+            raise UsageError("--quarantine must be in the bucket of --landing (quarantine moves files)")
+        return prefix
+    key = store.key_of(str(Path(args.quarantine).resolve())) if isinstance(store, LocalStore) else None
+    if not key:
+        raise UsageError("--quarantine must be a folder beside --landing and --dataset (quarantine moves files)")
+    return key
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from finetune_pipeline.datasets.sync import SyncSpec, run_sync
 
@@ -117,6 +133,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     spec = SyncSpec(
         landing_prefix=landing,
         dataset_prefix=dataset,
+        quarantine_prefix=_quarantine_prefix(args, store, dataset),
         contracts_dir=args.contracts,
         catalog=catalog_spec,
         snapshot_position=args.snapshot_position,
@@ -312,6 +329,48 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """An operator's view of quarantine/: list the cases; release a file (back to landing, to be read again)
+    or discard it (its changes accepted as lost). A quarantine_and_stop file holds publishing until then."""
+    store, _, dataset = _pair_store(args.landing, args.dataset, args.endpoint_url)
+    prefix = _quarantine_prefix(args, store, dataset)
+    if args.action == "list":
+        found = quarantine.entries(store, prefix)
+        if args.table:
+            found = [e for e in found if e.table in args.table]
+        if not args.all:
+            found = [e for e in found if e.status in ("open", "released")]
+        if args.json:
+            print(json.dumps([{**e.report, "report_key": e.report_key, "holds": e.holds} for e in found], indent=2))
+            return 0
+        for e in found:
+            r = e.report
+            mark = "HOLDS" if e.holds else e.status
+            closed = f"; {e.status} {r.get('resolved_at')}: {r.get('note')}" if e.status != "open" else ""
+            print(f"{mark:9} {e.quarantine_key}\n"
+                  f"          {e.table} ({e.policy}) {r.get('reason')}: {r.get('detail')}\n"
+                  f"          from {e.source_key}, quarantined {r.get('quarantined_at')}{closed}")  # fmt: skip
+        holding = [e for e in found if e.holds]
+        shown = "" if args.all else " open or released"
+        print(f"{len(found)}{shown} file(s) in {store.uri(prefix)}; {len(holding)} hold(s) publishing")
+        if holding:
+            print("Each held file needs one of:\n"
+                  "  quarantine release KEY [--fixed FILE]   put it back (fixed) to be read by the next sync\n"
+                  "  quarantine discard KEY --reason TEXT    accept that its changes are lost")
+        return 0
+    entry = quarantine.find(store, prefix, args.key)
+    if args.action == "release":
+        done = quarantine.release(store, entry, fixed=args.fixed, note=args.note or "")
+        print(f"released {done.quarantine_key} -> {store.uri(done.source_key)}; the next sync reads it again")
+    else:
+        done = quarantine.discard(store, entry, note=args.reason or "")
+        print(f"discarded {done.quarantine_key} ({done.table}): its changes are accepted as lost; the file stays "
+              "as evidence")
+    still = quarantine.holds(store, prefix, [done.table])
+    print(f"{len(still)} file(s) still hold publishing" if still else "nothing holds publishing any more")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune_pipeline.datasets", description=__doc__)
     parser.add_argument(
@@ -326,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--landing", required=True, help="DMS S3 target folder (s3://bucket/prefix or path)")
     merge.add_argument("--dataset", required=True, help="dataset folder (same bucket / a sibling folder)")
     merge.add_argument("--contracts", required=True, type=Path, help="folder of <schema>.<table>.yaml")
+    merge.add_argument("--quarantine", help="where bad files go (default: <dataset>/quarantine), beside --landing")
     merge.add_argument("--table", action="append", help="only this table (repeatable)")
     merge.add_argument("--snapshot-position", type=_iso, help="full-load snapshot time (ISO 8601, UTC)")
     merge.add_argument("--snapshot-sequence", help="_dms_seq at the snapshot time (35 digits)")
@@ -379,6 +439,30 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="write to this file instead of stdout")
     catalogs.add_arguments(report)
     report.set_defaults(func=cmd_report)
+
+    held = sub.add_parser("quarantine", help="list, release or discard quarantined landing files")
+    actions = held.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("list", "the open and released cases (HOLDS: a quarantine_and_stop file publishing waits for)"),
+        ("release", "put a file back in the landing folder (fixed with --fixed) to be read by the next sync"),
+        ("discard", "accept that a file's changes are lost; publishing resumes (the file stays as evidence)"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--landing", required=True, help="the DMS S3 target folder, as given to merge")
+        action.add_argument("--dataset", required=True, help="the dataset folder, as given to merge")
+        action.add_argument("--quarantine", help="as given to merge (default: <dataset>/quarantine)")
+        if name == "list":
+            action.add_argument("--table", action="append", help="only this table (repeatable)")
+            action.add_argument("--all", action="store_true", help="closed cases too (applied, discarded)")
+            action.add_argument("--json", action="store_true")
+        else:
+            action.add_argument("key", help="the quarantined file: its key, its landing key or its file name")
+        if name == "release":
+            action.add_argument("--fixed", type=Path, help="a corrected copy to put back instead of the file")
+            action.add_argument("--note", help="what was done, kept in the file's report")
+        if name == "discard":
+            action.add_argument("--reason", required=True, help="why its changes may be lost, kept in its report")
+        action.set_defaults(func=cmd_quarantine)
     return parser
 
 
@@ -390,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (UsageError, ContractError, catalogs.CatalogError, StoreError, ValueError) as err:
+    except (UsageError, ContractError, catalogs.CatalogError, StoreError, quarantine.QuarantineError,
+            ValueError) as err:  # fmt: skip
         print(f"error: {err}", file=sys.stderr)
         return 2
     except LookupError as err:  # VersionNotFound

@@ -28,6 +28,7 @@ CheckKind = Literal[
     "row_count",
     "row_count_dms",
     "row_count_source",
+    "files_complete",
 ]
 DEFAULT_SEVERITY: dict[str, Severity] = {
     "schema": "blocking",
@@ -42,6 +43,8 @@ DEFAULT_SEVERITY: dict[str, Severity] = {
     # tolerance is reported, not blocking; a contract can make either blocking.
     "row_count_dms": "warning",
     "row_count_source": "warning",
+    # Every change file listed behind and after the watermark was taken, by this sync or an earlier one.
+    "files_complete": "blocking",
 }
 
 _SIMPLE_TYPES = {
@@ -168,7 +171,8 @@ class FreshnessSpec(BaseModel):
 class RowCountSpec(BaseModel):
     """Allowed relative differences between the published row count and each expected one.
 
-    ``tolerance`` is against the events (previous rows + inserts - deletes); ``dms_tolerance`` against DMS's
+    ``tolerance`` is against the keys (previous rows + keys the changes made live - keys they removed, which
+    DMS's at-least-once delivery cannot upset); ``dms_tolerance`` against DMS's
     table statistics and ``source_tolerance`` against a count in the source database, both ``tolerance``
     when unset.
     """
@@ -185,6 +189,14 @@ class BadFilePolicy(StrEnum):
     QUARANTINE_AND_STOP = "quarantine_and_stop"
 
 
+class ExtraColumnPolicy(StrEnum):
+    """A landing file with columns the contract does not name (the source gained a column): ``warn`` applies
+    the file without them and says so in the report; ``reject`` makes it a bad file (``bad_file_policy``)."""
+
+    WARN = "warn"
+    REJECT = "reject"
+
+
 class TableContract(BaseModel):
     """What one table must look like before a version of it is published."""
 
@@ -197,6 +209,7 @@ class TableContract(BaseModel):
     row_count: RowCountSpec = RowCountSpec()
     severity: dict[CheckKind, Severity] = Field(default_factory=dict)
     bad_file_policy: BadFilePolicy = BadFilePolicy.QUARANTINE_AND_CONTINUE
+    extra_columns: ExtraColumnPolicy = ExtraColumnPolicy.WARN
 
     @model_validator(mode="after")
     def _consistent(self) -> TableContract:
@@ -289,7 +302,11 @@ def load_contract(path: str | Path) -> TableContract:
 
 
 def load_contracts(directory: str | Path) -> dict[str, TableContract]:
-    """Every <schema>.<table>.yaml in a folder, keyed by 'schema.table'."""
+    """Every <schema>.<table>.yaml in a folder, keyed by 'schema.table'.
+
+    :raises ContractError: the folder is missing or holds no contract: a dataset with no tables is never what
+        was meant (a wrong path, a failed deploy), and publishing one would hide every table from training.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ContractError(f"{directory}: contracts folder not found")
@@ -297,4 +314,6 @@ def load_contracts(directory: str | Path) -> dict[str, TableContract]:
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         contract = load_contract(path)
         contracts[contract.table] = contract
+    if not contracts:
+        raise ContractError(f"{directory}: no contracts (<schema>.<table>.yaml) in the contracts folder")
     return contracts

@@ -25,10 +25,14 @@ _INT64_MIN = np.iinfo(np.int64).min
 
 @dataclass
 class MergeOutcome:
-    """Merged state of one partition: live rows (table columns + _dms_ts, _dms_seq) and tombstones."""
+    """Merged state of one partition: live rows (table columns + _dms_ts, _dms_seq) and tombstones, and how
+    the set of live keys changed against the previous state's rows given to the merge (``base_rows``)."""
 
     live: pa.Table
     tombstones: pa.Table
+    keys_before: int = 0
+    keys_added: int = 0
+    keys_removed: int = 0
 
 
 def _single(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -104,8 +108,11 @@ def _out_of_order(ts: np.ndarray, seq: np.ndarray, first: np.ndarray, second: np
     return bool(earlier.any())
 
 
-def merge_events(events: pa.Table, primary_key: list[str]) -> MergeOutcome:
-    """Keep the winning event per key; live rows drop Op, tombstones keep only key + ordering columns."""
+def merge_events(events: pa.Table, primary_key: list[str], base_rows: int = 0) -> MergeOutcome:
+    """Keep the winning event per key; live rows drop Op, tombstones keep only key + ordering columns.
+
+    ``base_rows``: the first rows are the previous state (live rows as Op=I, tombstones as Op=D); the
+    outcome then counts the keys live before, and those the new events made live or removed."""
     n = events.num_rows
     data_columns = [c for c in events.column_names if c not in (OP, TS, SEQ)]
     if n == 0:
@@ -132,4 +139,8 @@ def merge_events(events: pa.Table, primary_key: list[str]) -> MergeOutcome:
     deleted = pc.equal(op.take(pa.array(last)), "D").to_numpy(zero_copy_only=False)
     live = events.select(data_columns + [TS, SEQ]).take(pa.array(last[~deleted]))
     tombstones = events.select(primary_key + [TS, SEQ]).take(pa.array(last[deleted]))
-    return MergeOutcome(live, tombstones)
+    base_live = pc.equal(op.slice(0, base_rows), "I").to_numpy(zero_copy_only=False) if base_rows else []
+    before = np.unique(codes[:base_rows][np.asarray(base_live, dtype=bool)]) if base_rows else codes[:0]
+    after = codes[last[~deleted]]
+    both = int(np.isin(after, before).sum())
+    return MergeOutcome(live, tombstones, len(before), len(after) - both, len(before) - both)

@@ -1,6 +1,7 @@
 """Row counts from outside the dataset, and the checks that compare a published table with them.
 
-The events check (``row_count``: previous rows + inserts - deletes) lives with the other contract checks.
+The keys check (``row_count``: previous rows + keys the changes made live - keys they removed) and the file
+check (``files_complete``) live with the table's sync.
 The two here look beyond the change files:
 
 - ``row_count_dms``: what DMS says it captured for the CDC task (``DescribeTableStatistics``): the rows at

@@ -68,6 +68,11 @@ class TableState(BaseModel):
     # never lists from further back, or a widened grace window would take those files a second time.
     recent_since: str | None = None
     load_files: list[str] = Field(default_factory=list)
+    # Every CDC file taken (applied or quarantined) with a name after taken_since (a stem): the next sync
+    # lists that far back, and a file there that is not named here landed late and is taken then. None in
+    # a state written before the sync kept it.
+    taken_files: list[str] | None = None
+    taken_since: str | None = None
     newest_change: datetime | None = None
     # Row-count reconciliation with DMS: rows the full load brought, and the CDC events applied since.
     snapshot_rows: int | None = None
@@ -84,7 +89,7 @@ class TableState(BaseModel):
         return out
 
     def sidecar(self) -> bytes:
-        data = self.model_dump(mode="json", include={"table", "load_files", "buckets"})
+        data = self.model_dump(mode="json", include={"table", "load_files", "buckets", "taken_files", "taken_since"})
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod

@@ -22,6 +22,11 @@ LATE_FILE_GRACE = timedelta(minutes=10)
 # DMS names a CDC file when it opens it and uploads it up to CdcMaxBatchInterval later: a window shorter
 # than twice that would skip files DMS writes on a normal day.
 MIN_LATE_FILE_GRACE = timedelta(seconds=2 * CDC_MAX_BATCH_INTERVAL_SECONDS)
+# How far behind the watermark each sync lists again for files that landed after the last sync but are named
+# before the grace window; the state keeps the names of the files taken that far back (a day of DMS's
+# one-minute files is ~40 KB). A file landing later than this after its name is not seen: widen it (or
+# rebuild) if DMS can be that late.
+LATE_FILE_AUDIT = timedelta(days=1)
 
 # Keys are bucketed into key ranges (single integer keys) or hash buckets of about this many rows.
 ROWS_PER_BUCKET = 1_000_000

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from finetune_pipeline.datasets.contracts import BadFilePolicy, TableContract
+from finetune_pipeline.datasets import quarantine, sync_defaults
+from finetune_pipeline.datasets.contracts import BadFilePolicy, ExtraColumnPolicy, TableContract
 from finetune_pipeline.datasets.dms_format import (
     OP,
     SEQ,
@@ -46,7 +47,6 @@ from finetune_pipeline.datasets.merge import MergeOutcome, merge_events
 from finetune_pipeline.datasets.partition import Bucketing, Layout, Spill, concat, range_key_type, split_bucket
 from finetune_pipeline.datasets.prefetch import read_ahead
 from finetune_pipeline.datasets.profile import Profile, profile_table
-from finetune_pipeline.datasets.quarantine import QuarantinedFile, quarantine_file
 from finetune_pipeline.datasets.reconcile import OutsideCounts, reconcile
 from finetune_pipeline.datasets.state import BucketState, TableState, state_prefix
 from finetune_pipeline.datasets.store import ObjectStore, join_key
@@ -70,6 +70,7 @@ class TableSettings:
     late_file_grace: timedelta
     target_file_bytes: int
     threads: int = 2
+    late_file_audit: timedelta = sync_defaults.LATE_FILE_AUDIT
 
     @property
     def budget(self) -> int:
@@ -84,6 +85,21 @@ class Discovery:
     files: list[DmsFile]
     new_load_files: list[DmsFile]
     listed_from: str | None
+    # CDC files named before the grace window that landed after the last sync (among ``files``).
+    late: list[DmsFile] = field(default_factory=list)
+    # File-level completeness: the CDC file names listed, and those of them taken by earlier syncs.
+    listed: set[str] = field(default_factory=set)
+    taken_before: set[str] = field(default_factory=set)
+
+
+@dataclass
+class BadFile:
+    """A landing file this run cannot apply, not moved yet; its check's detail gains where it went."""
+
+    file: DmsFile
+    error: DmsFileError
+    policy: str
+    check: CheckResult
 
 
 @dataclass
@@ -91,7 +107,7 @@ class TableOutcome:
     table: str
     state: TableState | None
     checks: list[CheckResult]
-    quarantined: list[QuarantinedFile]
+    pending: list[BadFile]
     profile: Profile | None
     events: dict[str, int] = field(default_factory=dict)
     applied_files: list[str] = field(default_factory=list)
@@ -121,28 +137,59 @@ def table_prefix(landing_prefix: str, contract: TableContract) -> str:
 def discover(
     store: ObjectStore, settings: TableSettings, contract: TableContract, prev: TableState | None
 ) -> Discovery:
-    """List only what follows the watermark (ListObjectsV2 StartAfter), less a grace window for late files."""
+    """List only what follows the watermark (ListObjectsV2 StartAfter), less a grace window for late files.
+
+    DMS names a CDC file when it opens it and uploads it when it closes it; a file may land after a sync has
+    moved the watermark past its name and the grace window. So that such a file is taken rather than
+    skipped, the previous state names every file taken within ``late_file_audit`` of its watermark, and the
+    listing starts that far back: a file there that it does not name is late, and taken now. Taking it late
+    is right for ordering: the merge orders events by (commit time, sequence), never by file, so an older
+    change loses to a newer one already applied, and a deleted row's tombstone keeps it deleted.
+    """
     prefix = table_prefix(settings.landing_prefix, contract)
-    start_after = None
+    start_after = audit_from = None
+    seen = set(prev.recent_files) if prev else set()
     if prev is not None and prev.cdc_watermark:
+        seen.add(prev.cdc_watermark)
         since = _grace_cutoff(prev.cdc_watermark, settings.late_file_grace)
         start_after = prefix + max(since, prev.recent_since or since)
-    seen = set(prev.recent_files) if prev else set()
-    if prev and prev.cdc_watermark:
-        seen.add(prev.cdc_watermark)
-    loads, cdc, new_loads = [], [], []
-    for info in store.list_after(prefix, start_after):
-        f = classify(info.key, prefix, info.size, info.etag)
-        if f is None:
+        if prev.taken_files is not None:
+            seen |= set(prev.taken_files)
+            audit = _grace_cutoff(prev.cdc_watermark, settings.late_file_audit)
+            audit_from = min(start_after, prefix + max(audit, prev.taken_since or audit))
+    loads, cdc, new_loads, late, listed = [], [], [], [], set()
+    infos = list(store.list_after(prefix, audit_from or start_after))
+    # Files an operator released from quarantine are taken whatever the watermark says: it may have passed
+    # them (a quarantine_and_continue file, or one discarded and released later). Taking one twice changes
+    # nothing: the merge keeps the newest event per key, and a replay loses to it.
+    again = quarantine.released(store, settings.quarantine_prefix, contract.table, prefix)
+    again_keys = {f.key for f in again}
+    taken: set[str] = set()
+    for f in [*(classify(i.key, prefix, i.size, i.etag) for i in infos), *again]:
+        if f is None or f.key in taken:
             continue
+        taken.add(f.key)
         if f.kind is FileKind.CDC:
-            if f.name not in seen:
+            listed.add(f.name)
+            if f.key in again_keys:
                 cdc.append(f)
+            elif f.name in seen:
+                continue
+            else:
+                cdc.append(f)
+                if start_after is not None and f.key <= start_after:
+                    late.append(f)
         elif prev is None:
             loads.append(f)
         elif f.name not in prev.load_files:
             new_loads.append(f)
-    return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after)
+    if late:
+        log.warning("%s: %d change file(s) landed after the late-file window and are applied now: %s",
+                    contract.table, len(late), [f.key for f in late[:10]])  # fmt: skip
+    cdc.sort(key=lambda f: f.key)
+    loads.sort(key=lambda f: f.key)
+    return Discovery(files=loads + cdc, new_load_files=new_loads, listed_from=start_after, late=late,
+                     listed=listed - {f.name for f in again}, taken_before=seen)  # fmt: skip
 
 
 def _grace_cutoff(watermark: str, grace: timedelta) -> str:
@@ -200,6 +247,82 @@ def key_range(files: list[tuple[DmsFile, Path]], contract: TableContract, csv: C
     return None if low is None else (low, high)
 
 
+class _ColumnVetting:
+    """Missing and extra columns, judged file by file in the order files are applied.
+
+    DMS writes every column of the table in every file, full load and CDC alike (a CSV without a header
+    has them by position, so a different count fails to parse). A file that lacks a contract column was
+    written while the source did not have it:
+
+    - a column the table holds values of (or an earlier file of this run had): the source dropped or
+      renamed it. Read as NULL, the file would overwrite the column's values, so it is a bad file;
+    - a column the contract added that the table does not hold yet: files DMS wrote before the source
+      gained it. Nothing to overwrite: it is read as NULL, and the report lists those files.
+
+    Columns the contract does not name are left out of the dataset; the contract's ``extra_columns`` says
+    whether that is a warning in the report or a bad file.
+    """
+
+    def __init__(self, contract: TableContract, held: set[str]) -> None:
+        self.contract = contract
+        self.held = set(held)
+        self.filled: dict[str, list[str]] = {}
+        self.extra: dict[str, list[str]] = {}
+
+    def vet(self, f: DmsFile, shape) -> None:
+        wiped = sorted(c for c in shape.filled_columns if c in self.held)
+        if wiped:
+            raise DmsFileError(
+                "missing_column",
+                f"column(s) {', '.join(repr(c) for c in wiped)} missing, which the table holds values of: the "
+                "source dropped or renamed them? Applied, the file would overwrite those values with NULL",
+            )
+        if shape.extra_columns and self.contract.extra_columns is ExtraColumnPolicy.REJECT:
+            raise DmsFileError(
+                "extra_column",
+                f"column(s) {shape.extra_columns} not in the contract (extra_columns: reject): add them to the "
+                "contract, or set extra_columns: warn to publish without them",
+            )
+        for c in shape.filled_columns:
+            self.filled.setdefault(c, []).append(f.key)
+        for c in shape.extra_columns:
+            self.extra.setdefault(c, []).append(f.key)
+        self.held |= {c for c in self.contract.column_names if c not in shape.filled_columns}
+
+    def checks(self) -> list[CheckResult]:
+        out = []
+        table = self.contract.table
+        for kind, found, what in (
+            ("missing_columns", self.filled, "read as NULL (the table holds no values of them yet)"),
+            ("extra_columns", self.extra, "not in the contract, not published (extra_columns: warn)"),
+        ):
+            if not found:
+                continue
+            detail = "; ".join(
+                f"{c!r} {what}: {len(keys)} file(s), e.g. {', '.join(keys[:3])}" for c, keys in sorted(found.items())
+            )
+            log.warning("%s: %s: %s", table, kind, detail)
+            out.append(CheckResult(table, kind, "warning", False, detail))
+        return out
+
+
+@dataclass
+class KeyTally:
+    """Keys live in the previous version's rows as the merge read them, and those the changes made live or
+    removed: what the ``row_count`` check expects the rows from."""
+
+    before: int = 0
+    added: int = 0
+    removed: int = 0
+
+    def add(self, merged: MergeOutcome | KeyTally) -> None:
+        if isinstance(merged, MergeOutcome):
+            merged = KeyTally(merged.keys_before, merged.keys_added, merged.keys_removed)
+        self.before += merged.before
+        self.added += merged.added
+        self.removed += merged.removed
+
+
 class _BucketWriter:
     """Writes one bucket's merged pieces as data files (and its tombstones), tallying checks and profile."""
 
@@ -215,9 +338,11 @@ class _BucketWriter:
         self.tomb_writer: pq.ParquetWriter | None = None
         self.counts, self.profile = CheckCounts(), Profile()
         self.rows = self.tombstones = self.nbytes = 0
+        self.keys = KeyTally()
         self.newest: int | None = None
 
     def add(self, merged: MergeOutcome) -> None:
+        self.keys.add(merged)
         live = merged.live.cast(self.schema)
         self.counts.add(count_batch(live, self.contract))
         self.profile.add(profile_table(live, self.contract))
@@ -288,37 +413,30 @@ class TableSync:
         self.version = version
         self.workdir = workdir
         self.now = now
-        self.quarantined: list[QuarantinedFile] = []
+        self.pending: list[BadFile] = []
         self.bad_files: list[DmsFile] = []
         self.checks: list[CheckResult] = []
         self.stopped = False
         self.base: dict[int, list[Any]] = {}
+        self.bucket_keys: dict[int, KeyTally] = {}
 
     def _quarantine(self, f: DmsFile, err: DmsFileError) -> None:
+        """Set a bad file aside for this run. It is moved to quarantine/ only once the run has staged every
+        table (sync.py), so a run that crashes before that (a contract that does not fit the table, the
+        catalog gone) leaves every landing file where it was, to be read again."""
         policy = self.contract.bad_file_policy
         self.bad_files.append(f)
-        self.quarantined.append(
-            quarantine_file(
-                self.store,
-                f,
-                err,
-                table=self.contract.table,
-                quarantine_prefix=self.settings.quarantine_prefix,
-                policy=policy.value,
-                now=self.now,
-            )
-        )
         stop = policy is BadFilePolicy.QUARANTINE_AND_STOP
-        self.checks.append(
-            CheckResult(
-                self.contract.table,
-                "bad_file",
-                "blocking" if stop else "warning",
-                False,
-                f"{f.key}: {err.reason}: {err.detail} (moved to {self.quarantined[-1].quarantine_key})",
-                failing_rows=0,
-            )
+        check = CheckResult(
+            self.contract.table,
+            "bad_file",
+            "blocking" if stop else "warning",
+            False,
+            f"{f.key}: {err.reason}: {err.detail}",
+            failing_rows=0,
         )
+        self.checks.append(check)
+        self.pending.append(BadFile(f, err, policy.value, check))
         self.stopped = self.stopped or stop
 
     def _snapshot_filter(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
@@ -433,7 +551,7 @@ class TableSync:
                 total = size + sum(delta.nbytes(p) for p in delta_parts)
                 if total <= self.settings.budget:
                     tables = [_table(base_batches(), schema), *(delta.read(p) for p in delta_parts)]
-                    out.add(merge_events(concat(tables, schema), pk))
+                    out.add(merge_events(concat(tables, schema), pk, base_rows=tables[0].num_rows))
                     continue
                 # The estimate was low for this piece: split it again by a second hash until pieces fit.
                 sub = Layout(Bucketing(kind="hash", buckets=math.ceil(total / self.settings.budget)))
@@ -443,7 +561,8 @@ class TableSync:
                     (b for p in delta_parts for b in delta.read_batches(p)), where, "delta", schema, pk, sub, seed=1
                 )
                 for i in sorted(set(sub_base.parts()) | set(sub_delta.parts())):
-                    out.add(merge_events(concat([sub_base.read(i), sub_delta.read(i)], schema), pk))
+                    before = sub_base.read(i)
+                    out.add(merge_events(concat([before, sub_delta.read(i)], schema), pk, base_rows=before.num_rows))
                     sub_base.remove(i)
                     sub_delta.remove(i)
                 for p in delta_parts:
@@ -462,6 +581,7 @@ class TableSync:
             tomb_key = self._state_key(f"tombstones-{bucket:010d}.parquet")
             self.store.put_file(join_key(self.settings.dataset_prefix, tomb_key), out.tomb_path)
         out.tomb_path.unlink(missing_ok=True)
+        self.bucket_keys[bucket] = out.keys
         return out.state(tomb_key, problems), files
 
     def _schema_problems(self) -> list[str]:
@@ -494,6 +614,20 @@ class TableSync:
     def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
         contract = self.contract
         outcome_events: dict[str, int] = {"I": 0, "U": 0, "D": 0, "dropped_before_snapshot": 0, "load_rows": 0}
+        if self.discovery.late:
+            keys = [f.key for f in self.discovery.late]
+            self.checks.append(
+                CheckResult(
+                    contract.table,
+                    "late_file",
+                    "warning",
+                    False,
+                    f"{len(keys)} change file(s) landed after the last sync, named more than the late-file "
+                    f"window ({self.settings.late_file_grace}) behind its watermark; applied now, in commit "
+                    f"order: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}. If this recurs, widen "
+                    "late_file_grace",
+                )
+            )
         for f in self.discovery.new_load_files:
             self.checks.append(
                 CheckResult(
@@ -508,15 +642,19 @@ class TableSync:
         with contextlib.ExitStack() as stack:
             good: list[tuple[DmsFile, Path]] = []
             shapes = []
+            columns = _ColumnVetting(self.contract, self._held_columns())
             for f in self.discovery.files:
                 path = stack.enter_context(self.store.local_path(f.key))
                 try:
-                    shapes.append(inspect_file(path, f, contract, self.settings.csv))
+                    shape = inspect_file(path, f, contract, self.settings.csv)
+                    columns.vet(f, shape)
+                    shapes.append(shape)
                     good.append((f, path))
                 except DmsFileError as err:
                     self._quarantine(f, err)
                     if self.stopped:
                         break
+            self.checks += columns.checks()
             if self.stopped:
                 return self._stopped()
             spill_layout = self._layout(good, shapes)
@@ -574,8 +712,27 @@ class TableSync:
         newest = datetime.fromtimestamp(max(newest_us) / 1e6, UTC) if newest_us else None
         if prev is not None and prev.newest_change and (newest is None or prev.newest_change > newest):
             newest = prev.newest_change
-        # The events themselves: previous rows + inserts - deletes (full-load rows count as inserts).
-        expected_rows = (prev.rows if prev else 0) + outcome_events.get("I", 0) - outcome_events.get("D", 0)
+        # The rows expected, from keys, not from events. DMS delivers at least once: a restarted task writes
+        # the tail of its last file again, a row deleted while the full load ran brings a delete of a key
+        # the load never had, and changes captured during the load repeat loaded rows. Counting events
+        # (previous + inserts - deletes) is wrong on all three while the merged state is right. Keys are
+        # exact: rows = previous rows + keys the changes made live - keys they removed, each key judged
+        # against the previous version's rows as this run read them back. A previous row not read back
+        # (a data file missed, a bucket dropped) is a row lost: the check fails. A change file DMS wrote
+        # and the sync did not take is the ``files_complete`` check's to catch, file by file: no count can
+        # see it, since its events are missing from both sides.
+        keys = KeyTally()
+        for tally in self.bucket_keys.values():
+            keys.add(tally)
+        prev_rows = prev.rows if prev else 0
+        read_back = keys.before + sum(prev.buckets[b].rows for b in buckets if b not in rewritten) if prev else 0
+        expected_rows = prev_rows + keys.added - keys.removed
+        expected_from = (
+            f"expected from keys: {prev_rows} rows at the previous version ({read_back} read back) + "
+            f"{keys.added} keys the changes made live - {keys.removed} keys they removed (the events: "
+            f"{outcome_events.get('I', 0)} inserts, {outcome_events.get('D', 0)} deletes, replays and "
+            "overlaps with the full load included)"
+        )
         snapshot_rows, cdc_events = self._applied_since_snapshot(outcome_events)
         problems = sorted({p for s in states.values() for p in s.schema_problems})
         checks = [
@@ -593,8 +750,9 @@ class TableSync:
             now=self.now,
             newest_change=newest,
             expected_rows=expected_rows,
-            expected_from="expected from events (previous + inserts - deletes)",
+            expected_from=expected_from,
         )
+        checks.append(self._files_complete(applied))
         checks += reconcile(contract, counts.rows, snapshot_rows, cdc_events, outside)
         state = TableState(
             table=contract.table,
@@ -614,7 +772,7 @@ class TableSync:
             table=contract.table,
             state=state,
             checks=self.checks + checks,
-            quarantined=self.quarantined,
+            pending=self.pending,
             profile=profile,
             events=outcome_events,
             applied_files=[f.key for f in applied],
@@ -650,19 +808,57 @@ class TableSync:
             pool = set(candidates) | set(prev.recent_files if prev else [])
             recent = sorted(n for n in pool if n > cutoff and n != watermark)
         loads = sorted(f.name for f in applied if f.kind is FileKind.LOAD)
+        taken, taken_since = None, None
+        if watermark:
+            taken_since = _grace_cutoff(watermark, self.settings.late_file_audit)
+            if prev is not None and prev.taken_files is None:
+                # An older state: only the files this run listed are known to be taken.
+                listed_from = self.discovery.listed_from
+                taken_since = max(taken_since, listed_from.rsplit("/", 1)[-1]) if listed_from else taken_since
+            elif prev is not None and prev.taken_since:
+                taken_since = max(taken_since, prev.taken_since)
+            pool = set(candidates)
+            if prev is not None:
+                pool |= set(prev.recent_files) | set(prev.taken_files or [])
+            taken = sorted(n for n in pool if n > taken_since)
         return {
             "cdc_watermark": watermark,
             "recent_files": recent,
             "recent_since": cutoff,
             "load_files": loads if prev is None else prev.load_files,
+            "taken_files": taken,
+            "taken_since": taken_since,
         }
+
+    def _files_complete(self, applied: list[DmsFile]) -> CheckResult:
+        """File-level completeness: every CDC file the listing showed was taken, by this run (applied or
+        quarantined) or by an earlier one (named in the previous state). Judged on the listing and the
+        states' records, not on what discovery chose, so a file any step dropped on its way is named."""
+        consumed = {f.name for f in [*applied, *self.bad_files] if f.kind is FileKind.CDC}
+        listed = self.discovery.listed
+        prefix = table_prefix(self.settings.landing_prefix, self.contract)
+        missing = [prefix + name for name in sorted(listed - self.discovery.taken_before - consumed)]
+        if missing:
+            detail = (f"{len(missing)} change file(s) listed in the landing folder but not taken: "
+                      f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")  # fmt: skip
+        else:
+            detail = f"all {len(listed)} change file(s) listed were taken ({len(consumed)} by this sync)"
+        return CheckResult(self.contract.table, "files_complete", self.contract.severity_of("files_complete"),
+                           not missing, detail, failing_rows=0)  # fmt: skip
+
+    def _held_columns(self) -> set[str]:
+        """Columns the table holds values of: a file missing one would overwrite them with NULL. None for a
+        new table or a full rebuild, which replace every row."""
+        if self.prev is None or self.head.table is None:
+            return set()
+        return {f.name for f in self.head.table.schema().fields}
 
     def _stopped(self) -> TableOutcome:
         return TableOutcome(
             table=self.contract.table,
             state=None,
             checks=self.checks,
-            quarantined=self.quarantined,
+            pending=self.pending,
             profile=None,
             stopped=True,
         )

@@ -69,7 +69,9 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
 
     Reads the snapshot position from the published snapshot manifest, runs
     :func:`finetune_pipeline.datasets.sync.run_sync` on the bucket and the Iceberg catalog, and commits the
-    version (one tagged snapshot per table) only when every blocking check passes. Skips (no Asset event)
+    version (one tagged snapshot per table) only when every blocking check passes; a file quarantined under
+    ``quarantine_and_stop`` fails every run until an operator releases or discards it (the error says how).
+    Skips (no Asset event)
     when there is no snapshot yet or nothing new; fails without retrying when a blocking check fails or a
     table does not fit its contract, since retrying cannot fix either. An unreachable catalog fails the try
     (nothing committed), and the task's retries try again.
@@ -128,6 +130,7 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
 
     def execute(self, context: Context) -> dict:
         # Imported here: the data logic (pyarrow and friends) is not needed to parse the DAG.
+        from finetune_pipeline.datasets.contracts import ContractError
         from finetune_pipeline.datasets.iceberg_tables import SchemaMismatchError
         from finetune_pipeline.datasets.store import S3Store
         from finetune_pipeline.datasets.sync import SyncSpec, run_sync
@@ -164,6 +167,9 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
         except SchemaMismatchError as error:
             # The table in the catalog does not fit its contract: a retry meets the same table.
             raise AirflowFailException(f"{error}\nFix the contract or the table, then clear this task.") from None
+        except ContractError as error:
+            # A missing, empty or invalid contracts folder: a retry reads the same files.
+            raise AirflowFailException(f"{error}\nFix the contracts, then clear this task.") from None
 
         for check in result.checks:
             if not check.passed:
@@ -181,9 +187,18 @@ class DatasetSyncOperator(AwsBaseOperator[S3Hook]):
                           self.bucket, html_key, until.isoformat(timespec="minutes"))
 
         if result.status == "blocked":
+            held = [c for c in result.failed_checks
+                    if c.check in ("quarantine_hold", "bad_file") and c.blocking_failure]  # fmt: skip
+            waiting = (
+                f"; {len(held)} file(s) quarantined under quarantine_and_stop hold every run until an operator "
+                f"releases or discards them: python -m finetune_pipeline.datasets quarantine list --landing "
+                f"s3://{self.bucket}/{self.landing_prefix} --dataset s3://{self.bucket}/{self.dataset_prefix} "
+                f"--quarantine s3://{self.bucket}/{self.quarantine_prefix}"
+                if held else ""
+            )  # fmt: skip
             raise AirflowFailException(
                 f"dataset not published: {len(result.failed_checks)} check(s) failed; "
-                f"see the report at s3://{self.bucket}/{result.report_keys.get('html', '?')}"
+                f"see the report at s3://{self.bucket}/{result.report_keys.get('html', '?')}{waiting}"
             )
         if result.status == "up_to_date":
             # Skipped, not succeeded: no dataset Asset event, so training does not start again.
