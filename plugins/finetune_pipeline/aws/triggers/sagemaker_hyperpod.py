@@ -65,12 +65,13 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
     Fire when the job agent reports a HyperPod (Slurm) job ``COMPLETED``, ``FAILED`` or ``CANCELLED``.
 
     Polls ``state/<job_key>.json`` under ``jobs_uri`` (see ``finetune_pipeline.aws.utils.hyperpod_jobs``) every
-    ``waiter_delay`` seconds and logs each change of state. While the job has not started running, it also
-    watches the cluster (``DescribeCluster``, ``ListClusterNodes``): it logs the node counts by status while
-    the cluster is not ``InService`` or a node is not ``Running``, and ends with an error if the cluster is
-    ``Failed`` or being deleted. The calls are boto3's, run in a thread so the triggerer's loop never blocks;
-    running again after a triggerer restart just polls again. A user's kill of the deferred task
-    (``on_kill``) writes ``cancel/<job_key>``, which the agent turns into ``scancel``.
+    ``waiter_delay`` seconds and logs each change of state. It also watches the cluster (``DescribeCluster``,
+    ``ListClusterNodes``): it logs the node counts by status whenever they change while the cluster is not
+    ``InService`` or a node is not ``Running`` (coming up, or a node being replaced under a running job), and
+    ends with an error if the cluster is ``Failed``, being deleted or gone. The calls are boto3's, run in a
+    thread so the triggerer's loop never blocks; running again after a triggerer restart just polls again.
+    A user's kill of the deferred task (``on_kill``) writes ``cancel/<job_key>``, which the agent turns into
+    ``scancel``.
 
     The event: ``{"status": "success" | "error", "job_key", "state": <state record or None>, "message"}``.
 
@@ -191,36 +192,35 @@ class HyperPodJobCompleteTrigger(BaseTrigger):
                 status = "success" if state == SUCCESS_STATE else "error"
                 yield self._event(status, record, f"HyperPod job {self.job_key} ended {state}")
                 return
-            if state not in ("RUNNING",):
-                try:
-                    cluster_status, nodes, groups = await asyncio.to_thread(self.cluster_view, hyperpod)
-                except ClientError as error:
-                    if error.response.get("Error", {}).get("Code") != "ResourceNotFound":
-                        raise
-                    yield self._event("error", record, f"HyperPod cluster {self.cluster_name} does not exist")
-                    return
-                if cluster_status in HyperPodHook.FAILED_STATES | HyperPodHook.GONE_STATES:
-                    yield self._event(
-                        "error", record, f"HyperPod cluster {self.cluster_name} is {cluster_status}"
-                    )
-                    return
-                if self.controller_group and groups and self.controller_group not in groups:
-                    yield self._event(
-                        "error",
-                        record,
-                        f"HyperPod cluster {self.cluster_name} has no instance group {self.controller_group!r} "
-                        f"(it has {', '.join(sorted(groups))}), where the job agent was to run",
-                    )
-                    return
-                settled = cluster_status == HyperPodHook.IN_SERVICE_STATE and set(nodes) <= {"Running"}
-                if (cluster_status, nodes) != seen_cluster and (not settled or seen_cluster is not None):
-                    self.log.info(
-                        "HyperPod cluster %s is %s; nodes by status: %s.",
-                        self.cluster_name,
-                        cluster_status,
-                        ", ".join(f"{n} {s}" for s, n in nodes.items()) or "none",
-                    )
-                seen_cluster = (cluster_status, nodes)
+            try:
+                cluster_status, nodes, groups = await asyncio.to_thread(self.cluster_view, hyperpod)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ResourceNotFound":
+                    raise
+                yield self._event("error", record, f"HyperPod cluster {self.cluster_name} does not exist")
+                return
+            if cluster_status in HyperPodHook.FAILED_STATES | HyperPodHook.GONE_STATES:
+                yield self._event(
+                    "error", record, f"HyperPod cluster {self.cluster_name} is {cluster_status}"
+                )
+                return
+            if self.controller_group and groups and self.controller_group not in groups:
+                yield self._event(
+                    "error",
+                    record,
+                    f"HyperPod cluster {self.cluster_name} has no instance group {self.controller_group!r} "
+                    f"(it has {', '.join(sorted(groups))}), where the job agent was to run",
+                )
+                return
+            settled = cluster_status == HyperPodHook.IN_SERVICE_STATE and set(nodes) <= {"Running"}
+            if (cluster_status, nodes) != seen_cluster and (not settled or seen_cluster is not None):
+                self.log.info(
+                    "HyperPod cluster %s is %s; nodes by status: %s.",
+                    self.cluster_name,
+                    cluster_status,
+                    ", ".join(f"{n} {s}" for s, n in nodes.items()) or "none",
+                )
+            seen_cluster = (cluster_status, nodes)
             await asyncio.sleep(self.waiter_delay)
         yield self._event(
             "error",
