@@ -93,11 +93,15 @@ class NodeRuntime:
     def stop(self, node_id: str) -> None:
         """End the node's script and everything it started (its session)."""
         process = self._processes.pop(node_id, None)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
+        # The session outlives its leader when the script left something running in the background (a
+        # daemon it started, as a lifecycle script does): end what is left of it even after the script exited.
+        exited = process.poll() is not None
         try:
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
+            if not exited:
+                process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -7,6 +7,19 @@ operations in ``OPERATIONS``) passes through :class:`HyperPodLifecycle`, which m
 ``Running``); gives the cluster the 12-character ID that AWS puts in its ARN and the nodes EC2 instance IDs;
 answers ``DeleteCluster`` itself (``Deleting``, nodes ``ShuttingDown``, gone after ``cluster_deleting``);
 and reports an unknown cluster or node as ``ResourceNotFound``, as the service model says.
+
+The nodes run their lifecycle scripts (:mod:`localaws.hyperpod_nodes`): a cluster is ``InService`` only once
+``cluster_creating`` virtual seconds have passed *and* every node's ``OnCreate`` has exited 0; a script that
+exits non-zero (or an ``OnCreate`` missing from ``SourceS3Uri``) makes it ``Failed`` with a
+``FailureMessage`` in AWS's words
+(https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-cluster-management-slurm.html).
+Scripts take the real time they take. ``DeleteCluster`` stops the nodes and their Slurm jobs.
+
+A state snapshot keeps the nodes' folders, not their processes. A restart ends every node process (a clean
+stop ends them; after a SIGKILL, the first thing a node does on resume is end what its earlier run left),
+then :meth:`resume_nodes` runs ``OnCreate`` again on the nodes of every ``Creating`` and ``InService``
+cluster, in the same folders: a lifecycle script cut short runs to its end, a job agent starts again.
+Slurm jobs that were running end ``NODE_FAIL`` (their job agent reports them ``FAILED``).
 """
 
 from __future__ import annotations
@@ -15,12 +28,14 @@ import json
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from moto.sagemaker.models import Cluster, SageMakerModelBackend, sagemaker_backends
 
 from localaws.clock import VirtualClock
+from localaws.hyperpod_nodes import ClusterNode, HyperPodNodes
+from localaws.node_runtime import NodeRuntime
 from localaws.timing import HyperPodTiming
 from localaws.wsgi import (
     Response,
@@ -48,7 +63,8 @@ OPERATIONS = frozenset(
     }
 )
 CONTENT_TYPE = "application/x-amz-json-1.1"
-# ClusterInstanceStatus of every node while the cluster has this ClusterStatus.
+# ClusterInstanceStatus of every node while the cluster has this ClusterStatus (Failed: the nodes whose
+# lifecycle script failed are Failure, the others stay as they were).
 NODE_STATUS = {"Creating": "Pending", "InService": "Running", "Deleting": "ShuttingDown"}
 
 
@@ -64,6 +80,13 @@ class _ClusterTrack:
     backend: SageMakerModelBackend
     name: str
     since: datetime  # when the current ClusterStatus began
+    nodes: list[ClusterNode] = field(default_factory=list)
+    account: str = ""
+    region: str = ""
+
+    def __setstate__(self, state: dict) -> None:
+        # A snapshot from before the nodes ran their scripts has none of these.
+        self.__dict__.update({"nodes": [], "account": "", "region": "", **state})
 
 
 class HyperPodLifecycle:
@@ -74,9 +97,38 @@ class HyperPodLifecycle:
         self.timing = timing
         self._lock = threading.RLock()
         self._clusters: dict[str, _ClusterTrack] = {}  # by cluster ARN
+        self.nodes: HyperPodNodes | None = None
+        self._nodes_root = None  # the node folders' root, kept across a restart
+
+    def attach(self, runtime: NodeRuntime) -> None:
+        """Run nodes on ``runtime``; after a restart, in the folders the nodes had before."""
+        root = getattr(self, "_nodes_root", None)
+        if root is not None and root.exists():
+            runtime.root = root
+        self._nodes_root = runtime.root
+        self.nodes = HyperPodNodes(runtime)
+
+    def resume_nodes(self) -> None:
+        """Once serving again after a restart: run OnCreate again on the nodes of live clusters."""
+        with self._lock:
+            for arn, track in self._clusters.items():
+                cluster = track.backend.clusters.get(track.name)
+                if cluster is not None and cluster.status in ("Creating", "InService") and track.nodes:
+                    log.info("HyperPod cluster %s: running OnCreate again after a restart", track.name)
+                    failure = self._launch(arn, track, cluster)
+                    if failure and cluster.status == "Creating":
+                        self._fail(track, cluster, failure)
+
+    def shutdown(self) -> None:
+        """Stop every cluster's nodes and Slurm jobs (localaws is stopping)."""
+        with self._lock:
+            for arn, track in self._clusters.items():
+                if self.nodes is not None:
+                    self.nodes.stop(arn, track.nodes)
 
     def reset(self) -> None:
         with self._lock:
+            self.shutdown()
             self._clusters.clear()
 
     @staticmethod
@@ -107,7 +159,9 @@ class HyperPodLifecycle:
                 if response.status != 200:
                     return response
                 if operation == "CreateCluster":
-                    arn = self._created(backend, params["ClusterName"], now)
+                    arn = self._created(
+                        backend, params["ClusterName"], now, request_account(environ), request_region(environ)
+                    )
                     return json_response({"ClusterArn": arn}, content_type=CONTENT_TYPE)
                 return response.with_body(json.dumps(_view(json.loads(response.body))).encode())
             except HyperPodError as error:
@@ -129,27 +183,65 @@ class HyperPodLifecycle:
         if cluster.cluster_name != params["ClusterName"]:
             replace_body(environ, json.dumps({**params, "ClusterName": cluster.cluster_name}).encode())
 
-    def _created(self, backend: SageMakerModelBackend, name: str, now: datetime) -> str:
-        """Give moto's new cluster AWS's ID and node IDs, and start it ``Creating``."""
+    def _created(
+        self, backend: SageMakerModelBackend, name: str, now: datetime, account: str, region: str
+    ) -> str:
+        """Give moto's new cluster AWS's ID and node IDs, start it ``Creating`` and run its nodes' OnCreate."""
         cluster = backend.clusters[name]
         cluster.arn = f"{cluster.arn.rsplit('/', 1)[0]}/{uuid.uuid4().hex[:12]}"
         cluster.creation_time = _naive(now)
-        nodes = {}
-        for node in cluster.nodes.values():
+        nodes, members = {}, []
+        per_group: dict[str, int] = {}
+        for index, node in enumerate(cluster.nodes.values()):
             node.instance_id = f"i-{uuid.uuid4().hex[:17]}"
             node.launch_time = _naive(now)
             nodes[node.instance_id] = node
+            group = node.instance_group_name
+            per_group[group] = per_group.get(group, 0) + 1
+            # Each node an address of its own in the cluster's subnet (its lifecycle scripts look it up).
+            ip = f"10.1.{index // 250}.{index % 250 + 4}"
+            members.append(ClusterNode(node.instance_id, group, f"{group}-{per_group[group]}", ip))
         cluster.nodes = nodes
-        self._clusters[cluster.arn] = _ClusterTrack(backend, name, now)
+        track = _ClusterTrack(backend, name, now, members, account, region)
+        self._clusters[cluster.arn] = track
         _set_status(cluster, "Creating")
         log.info("HyperPod cluster %s creating (%d nodes)", name, len(nodes))
+        failure = self._launch(cluster.arn, track, cluster)
+        if failure:
+            self._fail(track, cluster, failure)
         return cluster.arn
+
+    def _launch(self, arn: str, track: _ClusterTrack, cluster: Cluster) -> str | None:
+        if self.nodes is None:
+            return "localaws runs no nodes (HyperPodLifecycle.attach was not called)"
+        self.nodes.stop(arn, track.nodes)
+        try:
+            return self.nodes.launch(
+                cluster_arn=arn, cluster_name=track.name, account=track.account, region=track.region,
+                groups=cluster.instance_groups, nodes=track.nodes,
+            )
+        except Exception as error:
+            log.exception("HyperPod cluster %s: could not start the lifecycle scripts", track.name)
+            return f"Lifecycle scripts could not be started: {error}"
+
+    def _fail(self, track: _ClusterTrack, cluster: Cluster, message: str) -> None:
+        """Creation failed: ``Failed`` with AWS's kind of message; the nodes are stopped."""
+        log.info("HyperPod cluster %s failed: %s", track.name, message)
+        failed = {n.node_id for n in track.nodes if self.nodes and self.nodes.failure(cluster.arn, track.name, [n])}
+        _set_status(cluster, "Failed", failed_nodes=failed)
+        cluster.failure_message = message
+        if self.nodes is not None:
+            self.nodes.stop(cluster.arn, track.nodes)
 
     def _delete(self, backend: SageMakerModelBackend, params: dict, now: datetime) -> str:
         """DeleteCluster: ``Deleting`` now, gone after ``cluster_deleting`` seconds; twice is harmless."""
         cluster = _find(backend, params.get("ClusterName", ""))
         if cluster.status != "Deleting":
-            self._clusters[cluster.arn] = _ClusterTrack(backend, cluster.cluster_name, now)
+            track = self._clusters.get(cluster.arn)
+            members = track.nodes if track else []
+            if self.nodes is not None:
+                self.nodes.stop(cluster.arn, members)
+            self._clusters[cluster.arn] = _ClusterTrack(backend, cluster.cluster_name, now, members)
             _set_status(cluster, "Deleting")
             log.info("HyperPod cluster %s deleting", cluster.cluster_name)
         return cluster.arn
@@ -162,9 +254,16 @@ class HyperPodLifecycle:
             cluster = track.backend.clusters.get(track.name)
             if cluster is None or cluster.arn != arn:
                 del self._clusters[arn]
-            elif cluster.status == "Creating" and now >= track.since + _seconds(self.timing.cluster_creating):
-                track.since += _seconds(self.timing.cluster_creating)
-                _set_status(cluster, "InService")
+            elif cluster.status == "Creating":
+                failure = self.nodes.failure(arn, track.name, track.nodes) if self.nodes else None
+                if failure:
+                    self._fail(track, cluster, failure)
+                elif now >= track.since + _seconds(self.timing.cluster_creating) and (
+                    self.nodes is None or self.nodes.finished(track.nodes)
+                ):
+                    # InService when both the provisioning time has passed and every OnCreate exited 0.
+                    track.since = max(track.since + _seconds(self.timing.cluster_creating), now)
+                    _set_status(cluster, "InService")
             elif cluster.status == "Deleting" and now >= track.since + _seconds(self.timing.cluster_deleting):
                 del track.backend.clusters[track.name]
                 del self._clusters[arn]
@@ -188,11 +287,14 @@ def _find(backend: SageMakerModelBackend, name_or_arn: str) -> Cluster:
     return cluster
 
 
-def _set_status(cluster: Cluster, status: str) -> None:
+def _set_status(cluster: Cluster, status: str, failed_nodes: set[str] = frozenset()) -> None:
     """Set ``ClusterStatus`` and what follows from it: node statuses and each group's status and count."""
     cluster.status = status
     for node in cluster.nodes.values():
-        node.status = NODE_STATUS[status]
+        if node.instance_id in failed_nodes:
+            node.status = "Failure"
+        elif status in NODE_STATUS:
+            node.status = NODE_STATUS[status]
     for group in cluster.instance_groups:
         group["Status"] = status
         group["CurrentCount"] = sum(

@@ -16,6 +16,7 @@ Routing, in order:
 - EC2 placement groups, which moto lacks (:mod:`localaws.ec2_placement_groups`);
 - SSM: the public Deep Learning AMI parameters are put into moto's store first
   (:mod:`localaws.ssm_public_parameters`);
+- S3 ``PutObject`` with ``If-None-Match``/``If-Match``: one at a time per key (:mod:`localaws.s3_conditional`);
 - everything else: straight to moto.
 
 Every request but the control endpoint's is processed inside the request gate, so a state snapshot
@@ -44,6 +45,7 @@ from localaws.ec2_instances import Ec2Instances
 from localaws.ec2_placement_groups import Ec2PlacementGroups
 from localaws.faults import FaultInjector, FaultRuleError, server_error
 from localaws.node_runtime import NodeRuntime
+from localaws.s3_conditional import ConditionalWrites
 from localaws.sagemaker_hyperpod import HyperPodLifecycle
 from localaws.snowball import responses as snowball_responses
 from localaws.snowball.device import DEVICE_PREFIX, SnowballDevice
@@ -101,6 +103,7 @@ class LocalAWSApp:
         self.ec2_placement_groups = Ec2PlacementGroups(clock)
         self.ec2_instances = Ec2Instances()
         self.ec2_capacity_reservations = Ec2CapacityReservations(clock)
+        self.s3_conditional = ConditionalWrites()
         # The local processes that stand in for instances' scripts; told the endpoint once it is bound.
         self.nodes = NodeRuntime()
         self.clock_changes = 0  # moves of the clock through the control endpoint
@@ -109,6 +112,7 @@ class LocalAWSApp:
     def _wire(self) -> None:
         self.snowball_api = snowball_responses.SnowballResponses(self.snowball)
         self.snowball_device = SnowballDevice(self.snowball, self.moto)
+        self.hyperpod.attach(self.nodes)  # HyperPod nodes run their lifecycle scripts here
 
     # State
 
@@ -190,6 +194,8 @@ class LocalAWSApp:
                 return simulation.handle(operation, params, request_account(environ), request_region(environ))
         if service == "ssm":
             ensure_public_parameters(request_account(environ), request_region(environ))
+        if self.s3_conditional.handles(service, operation, environ):
+            return self.s3_conditional.handle(environ, self.moto)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             # moto forgets everything; so do the simulations that live beside it.
             for name in STATEFUL:
@@ -381,6 +387,8 @@ class LocalAWS:
         )
         self.port = self._server.server_port
         self.app.nodes.endpoint_url = self.endpoint_url
+        if restored is not None:
+            self.app.hyperpod.resume_nodes()  # the nodes' processes were not saved: their scripts run again
         self._thread = threading.Thread(target=self._server.serve_forever, name="localaws", daemon=True)
         self._thread.start()
         if self.state_file and self.state_interval > 0:
@@ -403,6 +411,7 @@ class LocalAWS:
             return
         if self.app is not None:
             self.app.dms.shutdown()  # end the replication threads before the port goes
+            self.app.hyperpod.shutdown()  # HyperPod nodes and their Slurm jobs (sessions of their own)
             self.app.nodes.stop_all()  # and the nodes' scripts, which would talk to it
         self._server.shutdown()
         self._server.server_close()

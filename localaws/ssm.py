@@ -10,14 +10,21 @@ command's status, counts and dates follow its invocations. Nothing runs: the scr
 
 Known gap: ``CancelCommand`` cancels the whole command; naming only some of its instances is refused.
 
-Known gap: like moto, this accepts any string in ``InstanceIds``, including the ``sagemaker-cluster:...``
-targets that Session Manager uses for HyperPod nodes; the real SendCommand only takes ``i-``/``mi-`` IDs.
+Instance IDs are checked against the service model's ``InstanceId`` pattern (``i-`` + 8 or 17 word
+characters, or ``mi-`` + 17), in ``SendCommand``'s ``InstanceIds`` and the ``InstanceId`` of
+``GetCommandInvocation``, ``ListCommands`` and ``ListCommandInvocations``, and anything else is refused with
+the ``ValidationException`` SSM sends (aws/aws-cli#7048 shows its wording). So the ``sagemaker-cluster:...``
+targets of HyperPod nodes, which only Session Manager's ``StartSession`` accepts, are refused here too.
+
+Known gap: an ID that fits the pattern is accepted even when no such instance runs the SSM agent (SSM
+answers ``InvalidInstanceId`` then).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +49,8 @@ OPERATIONS = frozenset(
     {"SendCommand", "ListCommands", "GetCommandInvocation", "ListCommandInvocations", "CancelCommand"}
 )
 CONTENT_TYPE = "application/x-amz-json-1.1"
+# botocore/data/ssm/2014-11-06/service-2.json, shape InstanceId.
+INSTANCE_ID_PATTERN = r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)"
 PAGE_SIZE = 50  # ListCommandInvocations' default and largest MaxResults
 # What SSM answers for a command sent without notifications or CloudWatch output (empty, not absent).
 NO_NOTIFICATION = {"NotificationArn": "", "NotificationEvents": [], "NotificationType": ""}
@@ -102,6 +111,7 @@ class SsmCommandLifecycle:
         with self._lock:
             now = self.clock.now()
             try:
+                _check_instance_ids(operation, params)
                 if operation == "ListCommandInvocations":
                     return json_response(
                         self._list_invocations(backend, params, now), content_type=CONTENT_TYPE
@@ -273,6 +283,27 @@ class SsmCommandLifecycle:
                 plugin["ResponseFinishDateTime"] = progress.finished.timestamp()
             invocation["CommandPlugins"] = [plugin]
         return invocation
+
+
+def _check_instance_ids(operation: str, params: dict) -> None:
+    """Refuse IDs outside the model's pattern, as SSM's request validation does (before anything else)."""
+    if operation == "SendCommand":
+        ids = params.get("InstanceIds") or []
+        if isinstance(ids, list) and not all(isinstance(i, str) and re.search(INSTANCE_ID_PATTERN, i) for i in ids):
+            raise SsmError(
+                "ValidationException",
+                f"1 validation error detected: Value '[{', '.join(map(str, ids))}]' at 'instanceIds' failed to "
+                "satisfy constraint: Member must satisfy constraint: [Member must satisfy regular expression "
+                f"pattern: {INSTANCE_ID_PATTERN}]",
+            )
+        return
+    instance_id = params.get("InstanceId")
+    if instance_id is not None and not (isinstance(instance_id, str) and re.search(INSTANCE_ID_PATTERN, instance_id)):
+        raise SsmError(
+            "ValidationException",
+            f"1 validation error detected: Value '{instance_id}' at 'instanceId' failed to satisfy constraint: "
+            f"Member must satisfy regular expression pattern: {INSTANCE_ID_PATTERN}",
+        )
 
 
 def _iso(moment: datetime) -> str:

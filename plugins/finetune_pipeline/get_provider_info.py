@@ -19,7 +19,7 @@ def get_provider_info() -> dict:
             {"integration-name": "Amazon SageMaker HyperPod",
              "external-doc-url": "https://aws.amazon.com/sagemaker/ai/hyperpod/", "tags": ["aws"]},
         ],
-        # DMS, SSM and EC2 are the Amazon provider's integrations; these modules extend them.
+        # DMS, SSM, S3 and EC2 are the Amazon provider's integrations; these modules extend them.
         "hooks": [
             {"integration-name": "AWS Snowball", "python-modules": ["finetune_pipeline.aws.hooks.snowball"]},
             {"integration-name": "Amazon SageMaker HyperPod",
@@ -27,6 +27,8 @@ def get_provider_info() -> dict:
             {"integration-name": "AWS Database Migration Service",
              "python-modules": ["finetune_pipeline.aws.hooks.dms"]},
             {"integration-name": "Amazon Systems Manager (SSM)", "python-modules": ["finetune_pipeline.aws.hooks.ssm"]},
+            {"integration-name": "Amazon Simple Storage Service (S3)",
+             "python-modules": ["finetune_pipeline.aws.hooks.s3_objects"]},
         ],
         "triggers": [
             {"integration-name": "AWS Snowball", "python-modules": ["finetune_pipeline.aws.triggers.snowball"]},

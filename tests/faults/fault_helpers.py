@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import boto3
 
-from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.operators.snowball import job_description
 from localaws import control
 
@@ -71,10 +71,11 @@ def clusters_named(endpoint_url: str, name: str) -> int:
     return sum(1 for summary in summaries if summary["ClusterName"] == name)
 
 
-def commands_for(endpoint_url: str, job_key: str) -> int:
-    pages = client(endpoint_url, "ssm").get_paginator("list_commands").paginate()
-    comment = f"finetune-job:{job_key}"
-    return sum(1 for page in pages for command in page["Commands"] if command.get("Comment") == comment)
+def job_specs(endpoint_url: str, bucket: str, job_key: str) -> int:
+    """HyperPod job specs written for ``job_key`` (a second one under the key cannot exist; a failed write can
+    leave none)."""
+    listing = client(endpoint_url, "s3").list_objects_v2(Bucket=bucket, Prefix=f"hyperpod/jobs/{job_key}.json")
+    return listing.get("KeyCount", 0)
 
 
 def instances_with_token(endpoint_url: str, token: str) -> int:
@@ -99,23 +100,30 @@ def dms_resources(endpoint_url: str, kind: str, identifier: str) -> int:
         return 0
 
 
+def upload_lifecycle(endpoint_url: str) -> None:
+    """An OnCreate that exits 0 at LIFECYCLE_URI: without one, localaws (as AWS) fails the cluster."""
+    from hyperpod_helpers import upload_trivial_lifecycle
+
+    upload_trivial_lifecycle(client(endpoint_url, "s3"), LIFECYCLE_URI)
+
+
 def in_service_cluster(endpoint_url: str, name: str, creating_seconds: float) -> str:
     """A HyperPod cluster made straight through boto3, moved InService on the clock; returns its name."""
+    upload_lifecycle(endpoint_url)
     group = {
         **CONTROLLER,
         "LifeCycleConfig": {"SourceS3Uri": LIFECYCLE_URI, "OnCreate": "on_create.sh"},
         "ExecutionRole": ROLE_ARN,
     }
-    client(endpoint_url, "sagemaker").create_cluster(ClusterName=name, InstanceGroups=[group])
-    control.advance_clock(endpoint_url, creating_seconds)
-    return name
-
-
-def controller_target(endpoint_url: str, cluster: str) -> str:
     sagemaker = client(endpoint_url, "sagemaker")
-    node = sagemaker.list_cluster_nodes(ClusterName=cluster)["ClusterNodeSummaries"][0]["InstanceId"]
-    cluster_id = HyperPodHook.cluster_id(sagemaker.describe_cluster(ClusterName=cluster)["ClusterArn"])
-    return f"sagemaker-cluster:{cluster_id}_controller-{node}"
+    sagemaker.create_cluster(ClusterName=name, InstanceGroups=[group])
+    control.advance_clock(endpoint_url, creating_seconds)
+    # InService once its OnCreate has exited, which takes the real time a process takes.
+    deadline = time.monotonic() + 30
+    while sagemaker.describe_cluster(ClusterName=name)["ClusterStatus"] == "Creating":
+        assert time.monotonic() < deadline, f"cluster {name} did not come into service"
+        time.sleep(0.02)
+    return name
 
 
 # The creates that must happen exactly once, each as an operator run and a count of what it made.
@@ -124,7 +132,7 @@ CREATES = {
     "CreateAddress": "snowball",
     "CreateJob": "snowball",
     "CreateCluster": "sagemaker",
-    "SendCommand": "ssm",
+    "PutObject": "s3",  # the HyperPod job spec (If-None-Match: *)
     "RunInstances": "ec2",
     "CreateReplicationInstance": "dms",
     "CreateEndpoint": "dms",
@@ -169,6 +177,7 @@ def create_case(operation: str, endpoint_url: str, unique: Callable[[str], str],
         return CreateCase(service, operation, "finetune_pipeline.aws.operators.snowball.SnowballCreateJobOperator",
                           arguments, lambda: jobs_with_key(endpoint_url, key))  # fmt: skip
     if operation == "CreateCluster":
+        upload_lifecycle(endpoint_url)
         name = unique("hp")
         arguments = {"task_id": "cluster", "cluster_name": name, "instance_groups": [CONTROLLER],
                      "execution_role_arn": ROLE_ARN, "lifecycle_s3_uri": LIFECYCLE_URI,
@@ -176,15 +185,17 @@ def create_case(operation: str, endpoint_url: str, unique: Callable[[str], str],
         return CreateCase(service, operation,
                           "finetune_pipeline.aws.operators.sagemaker_hyperpod.HyperPodEnsureClusterOperator",
                           arguments, lambda: clusters_named(endpoint_url, name))  # fmt: skip
-    if operation == "SendCommand":
+    if operation == "PutObject":
         cluster = in_service_cluster(endpoint_url, unique("hp"), timing["hyperpod"]["cluster_creating"])
-        job_key = unique("ftp-train")
+        bucket, job_key = unique("faults-jobs"), unique("ftp-train")
+        client(endpoint_url, "s3").create_bucket(Bucket=bucket)
         arguments = {"task_id": "submit", "cluster_name": cluster, "job_key": job_key,
-                     "controller_group": "controller", "entrypoint": "/fsx/train.py",
+                     "jobs_uri": f"s3://{bucket}/hyperpod", "bundle_uri": f"s3://{bucket}/code/training.zip",
+                     "controller_group": "controller", "entrypoint": "train.py",
                      "wait_for_completion": False}  # fmt: skip
         return CreateCase(service, operation,
                           "finetune_pipeline.aws.operators.sagemaker_hyperpod.HyperPodSubmitJobOperator",
-                          arguments, lambda: commands_for(endpoint_url, job_key))  # fmt: skip
+                          arguments, lambda: job_specs(endpoint_url, bucket, job_key))  # fmt: skip
     if service == "dms":
         return _dms_case(operation, endpoint_url, unique)
     from finetune_pipeline.aws.operators.ec2 import launch_token_base

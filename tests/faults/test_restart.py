@@ -8,7 +8,7 @@ import time
 
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
-from fault_helpers import CONTROLLER, LIFECYCLE_URI, ROLE_ARN, Figures, clusters_named
+from fault_helpers import CONTROLLER, LIFECYCLE_URI, ROLE_ARN, Figures, clusters_named, upload_lifecycle
 
 from finetune_pipeline.aws.operators.sagemaker_hyperpod import HyperPodEnsureClusterOperator
 from finetune_pipeline.aws.utils.retries import CONNECTION_RETRIES
@@ -33,6 +33,7 @@ def test_localaws_restarted_while_a_trigger_waits(
                             "config_kwargs": {"retries": CONNECTION_RETRIES}}}  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
     creating = control.get_timing(server.url)["hyperpod"]["cluster_creating"]
+    upload_lifecycle(server.url)  # an OnCreate that exits 0; after the restart, the node runs it again
     name = unique("hp")
     operator = HyperPodEnsureClusterOperator(
         task_id="cluster", cluster_name=name, instance_groups=[CONTROLLER], execution_role_arn=ROLE_ARN,

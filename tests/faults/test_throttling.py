@@ -18,10 +18,11 @@ from fault_helpers import (
     addresses_named,
     client,
     clusters_named,
-    commands_for,
     dms_resources,
     instances_with_token,
+    job_specs,
     jobs_with_key,
+    upload_lifecycle,
 )
 
 from finetune_pipeline.aws.operators.dms import (
@@ -96,6 +97,15 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         json.dumps({"conn_type": "postgres", "host": source.server.host, "port": source.server.port,
                     "login": "replicator", "password": source.server.password, "schema": source.name}),  # fmt: skip
     )
+    upload_lifecycle(url)
+    # The HyperPod job's state as its agent would have written it (this cluster runs no agent): the
+    # submission under throttling writes the spec, reads this state and returns the ended job.
+    hyperpod_job_key = unique("ftp-train")
+    client(url, "s3").put_object(
+        Bucket=bucket, Key=f"hyperpod/state/{hyperpod_job_key}.json",
+        Body=json.dumps({"job_key": hyperpod_job_key, "state": "COMPLETED", "slurm_job_id": "1", "exit_code": 0,
+                         "reason": None, "log_tail": [], "updated": "2026-01-01T00:00:00Z"}).encode(),
+    )  # fmt: skip
     control.add_faults(url, THROTTLE_ALL)
     try:
         # Snowball, on a frozen clock moved state by state.
@@ -130,7 +140,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         runs(lambda: _defer_and_complete(imported, context, run_trigger,
                                          during=lambda: control.advance_clock(url, 10 * 86_400)))  # fmt: skip
 
-        # HyperPod, SSM and EC2 on a running clock (2000x: a 15-minute cluster creation takes 0.45 s).
+        # HyperPod and EC2 on a running clock (2000x: a 15-minute cluster creation takes 0.45 s).
         control.set_clock_speed(url, 2000)
         cluster = keys["cluster"] = unique("hp")
         ensure = HyperPodEnsureClusterOperator(
@@ -138,12 +148,14 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
             lifecycle_s3_uri=LIFECYCLE_URI, deferrable=True, **FAST_WAIT,
         )  # fmt: skip
         runs(lambda: _defer_and_complete(ensure, context, run_trigger))
-        job_key = keys["job_key"] = unique("ftp-train")
+        keys["bucket"], keys["job_key"] = bucket, hyperpod_job_key
+        job_key = hyperpod_job_key
         submit = HyperPodSubmitJobOperator(
             task_id="submit", cluster_name=cluster, job_key=job_key, controller_group="controller",
-            entrypoint="/fsx/train.py", deferrable=False, **FAST_WAIT,
+            jobs_uri=f"s3://{bucket}/hyperpod", bundle_uri=f"s3://{bucket}/code/training.zip",
+            entrypoint="train.py", deferrable=False, **FAST_WAIT,
         )  # fmt: skip
-        runs(submit.execute, context)
+        assert runs(submit.execute, context)["state"] == "COMPLETED"
         launch = Ec2LaunchTrainingInstancesOperator(
             task_id="launch", image_id=IMAGE_ID, instance_type="g5.2xlarge", min_count=2, max_count=2,
             deferrable=False, **FAST_WAIT,
@@ -195,7 +207,7 @@ def test_throttling_on_30_percent_of_calls_the_aws_operators_complete(
         duplicates = sum(max(0, count - 1) for count in made.values())
         record(
             Figures(
-                "throttle 30% of all calls: Snowball, HyperPod, SSM, EC2, DMS operators",
+                "throttle 30% of all calls: Snowball, HyperPod, EC2, DMS operators",
                 injected,
                 runs.completed,
                 runs.started,
@@ -218,7 +230,7 @@ def _made(url: str, context: dict, keys: dict) -> dict[str, int]:
         "address": lambda: addresses_named(url, keys["name"]),
         "job": lambda: jobs_with_key(url, keys["key"]),
         "cluster": lambda: clusters_named(url, keys["cluster"]),
-        "command": lambda: commands_for(url, keys["job_key"]),
+        "job spec": lambda: job_specs(url, keys["bucket"], keys["job_key"]),
         "instances": lambda: instances_with_token(url, token) - 1,  # one launch of two instances
         "dms instance": lambda: dms_resources(url, "instance", keys["ids"]["ri"]),
         "dms endpoints": lambda: dms_resources(url, "endpoint", keys["ids"]["src"])

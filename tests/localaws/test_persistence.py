@@ -17,6 +17,7 @@ from datetime import datetime
 
 import boto3
 import pytest
+from hyperpod_helpers import upload_trivial_lifecycle, wait_for
 
 from localaws import control
 from localaws.persistence import FORMAT, RequestGate
@@ -62,6 +63,7 @@ def test_a_restart_keeps_every_services_state(server):
         RoleARN=ROLE,
         ShippingOption="SECOND_DAY",
     )["JobId"]
+    upload_trivial_lifecycle(s3, GROUP["LifeCycleConfig"]["SourceS3Uri"])
     sagemaker.create_cluster(ClusterName="persisted-cluster", InstanceGroups=[GROUP])
     command = ssm.send_command(
         InstanceIds=["i-0123456789abcdef0"], DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]}
@@ -94,7 +96,9 @@ def test_a_restart_keeps_every_services_state(server):
     # The simulations carry on along the clock from where they were.
     control.advance_clock(server.url, 30)
     assert snowball.describe_job(JobId=job)["JobMetadata"]["JobState"] != "New"
-    assert sagemaker.describe_cluster(ClusterName="persisted-cluster")["ClusterStatus"] == "InService"
+    # After the restart the node ran OnCreate again (its process was not saved); it takes real time.
+    wait_for(lambda: sagemaker.describe_cluster(ClusterName="persisted-cluster")["ClusterStatus"] == "InService",
+             what="the cluster InService")
     assert ssm.list_commands(CommandId=command)["Commands"][0]["Status"] == "Success"
     statuses = dms.describe_replication_instances()["ReplicationInstances"]
     assert [i["ReplicationInstanceStatus"] for i in statuses if i["ReplicationInstanceArn"] == instance] == [

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hyperpod_helpers import upload_trivial_lifecycle
 
 from localaws import control
 
@@ -138,10 +139,12 @@ def test_moto_reset_also_forgets_snowball_jobs_and_clusters(serve_subprocess):
         "LifeCycleConfig": {"SourceS3Uri": "s3://sagemaker-reset/scripts", "OnCreate": "on_create.sh"},
         "ExecutionRole": "arn:aws:iam::123456789012:role/r",
     }
+    upload_trivial_lifecycle(s3, "s3://sagemaker-reset/scripts")  # a cluster without its OnCreate fails
     sagemaker.create_cluster(ClusterName="reset-me", InstanceGroups=[group])
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10)
     assert snowball.list_jobs()["JobListEntries"] == []
     assert s3.list_buckets()["Buckets"] == []
     assert sagemaker.list_clusters()["ClusterSummaries"] == []
+    upload_trivial_lifecycle(s3, "s3://sagemaker-reset/scripts")
     sagemaker.create_cluster(ClusterName="reset-me", InstanceGroups=[group])  # the name is free again
     assert sagemaker.describe_cluster(ClusterName="reset-me")["ClusterStatus"] == "Creating"

@@ -121,3 +121,40 @@ def test_list_command_invocations_filters_and_pages(ssm, send):
     assert newest_first == [second["CommandId"], first["CommandId"]]
     with pytest.raises(ssm.exceptions.InvalidCommandId):
         ssm.list_command_invocations(CommandId=str(uuid.uuid4()))
+
+
+@pytest.mark.parametrize(
+    "instance_id",
+    [
+        "sagemaker-cluster:abcdef123456_controller-i-0123456789abcdef0",  # Session Manager's HyperPod target
+        "i-0123",  # too short
+        "mi-0123456789",  # mi- takes 17 characters
+        "web-01",
+    ],
+)
+def test_instance_ids_outside_the_models_pattern_are_refused(ssm, send, instance_id):
+    """As SSM's request validation refuses them (aws/aws-cli#7048 shows the wording); nothing is sent."""
+    before = len(ssm.list_commands()["Commands"])
+    with pytest.raises(ssm.exceptions.ClientError) as refused:
+        send(NODE, instance_id)
+    error = refused.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert f"Value '[{NODE}, {instance_id}]' at 'instanceIds' failed to satisfy constraint" in error["Message"]
+    assert r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)" in error["Message"]
+    assert len(ssm.list_commands()["Commands"]) == before
+
+
+def test_the_pattern_holds_for_invocations_too(ssm, send):
+    command_id = send(NODE)["CommandId"]
+    target = "sagemaker-cluster:abcdef123456_controller-i-0123456789abcdef0"
+    for call in (
+        lambda: ssm.get_command_invocation(CommandId=command_id, InstanceId=target),
+        lambda: ssm.list_commands(InstanceId=target),
+        lambda: ssm.list_command_invocations(InstanceId=target),
+    ):
+        with pytest.raises(ssm.exceptions.ClientError, match="ValidationException.*at 'instanceId'"):
+            call()
+
+
+def test_eight_character_and_managed_instance_ids_are_accepted(send):
+    assert send("i-0123abcd", "mi-0123456789abcdef0")["InstanceIds"] == ["i-0123abcd", "mi-0123456789abcdef0"]

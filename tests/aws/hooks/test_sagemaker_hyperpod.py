@@ -5,11 +5,18 @@ import re
 
 import pytest
 from botocore.waiter import WaiterModel
+from hyperpod_helpers import upload_trivial_lifecycle
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/finetune-hyperpod-exec"
 LIFECYCLE = {"SourceS3Uri": "s3://sagemaker-ftp-lifecycle/scripts", "OnCreate": "on_create.sh"}
+
+
+@pytest.fixture(autouse=True)
+def _lifecycle_scripts(boto_client):
+    """An OnCreate that exits 0 where the clusters' LifeCycleConfig points (a missing one fails a cluster)."""
+    upload_trivial_lifecycle(boto_client("s3"), LIFECYCLE["SourceS3Uri"])
 
 
 def groups(controller: str = "controller", workers: int = 2) -> list[dict]:

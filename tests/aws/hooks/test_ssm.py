@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
@@ -11,8 +13,8 @@ def hook(aws_conn) -> SsmCommandHook:
 
 
 def test_send_and_list_commands(hook, unique):
-    target = f"sagemaker-cluster:{unique('c')}_controller-i-0123456789abcdef0"
-    other = f"sagemaker-cluster:{unique('c')}_controller-i-0fedcba9876543210"
+    # Instance IDs of their own (SSM refuses anything but i-/mi- IDs), so no other test's commands are listed.
+    target, other = (f"i-{uuid.uuid4().hex[:17]}" for _ in range(2))
     sent = hook.send_command(
         InstanceIds=[target],
         DocumentName="AWS-RunShellScript",

@@ -1,23 +1,23 @@
 from __future__ import annotations
 
-import os
-import stat
-import subprocess
+import json
 from datetime import timedelta
 
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from botocore.exceptions import ClientError
+from hyperpod_helpers import upload_trivial_lifecycle, wait_for
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
-from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
 from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
     HyperPodEnsureClusterOperator,
     HyperPodSubmitJobOperator,
-    build_submit_script,
 )
-from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
-from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
+from finetune_pipeline.aws.triggers.sagemaker_hyperpod import (
+    HyperPodClusterInServiceTrigger,
+    HyperPodJobCompleteTrigger,
+)
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/finetune-hyperpod-exec"
 LIFECYCLE_URI = "s3://sagemaker-ftp-lifecycle/scripts"
@@ -26,6 +26,12 @@ GROUPS = [
     {"InstanceGroupName": "workers", "InstanceType": "ml.g5.2xlarge", "InstanceCount": 2},
 ]
 FAST = {"waiter_delay": 0.01, "waiter_max_attempts": 2000}
+
+
+@pytest.fixture(autouse=True)
+def _lifecycle_scripts(boto_client):
+    """An OnCreate that exits 0 where the clusters' LifeCycleConfig points (a missing one fails a cluster)."""
+    upload_trivial_lifecycle(boto_client("s3"), LIFECYCLE_URI)
 
 
 @pytest.fixture
@@ -97,19 +103,21 @@ def test_ensure_cluster_refuses_a_cluster_being_deleted(hook, context, unique):
         ensure(name).execute(context)
 
 
-def test_ensure_cluster_fails_without_retry_on_a_failed_cluster(hook, context, unique, monkeypatch):
+def test_ensure_cluster_fails_without_retry_on_a_failed_cluster(hook, context, unique, boto_client):
     name = unique("hp")
-    ensure(name, wait_for_completion=False).execute(context)
-    operator = ensure(name)
-    # localaws never fails a cluster: the description is real, only its status is one AWS can give.
-    failed = {**hook.describe_cluster(name), "ClusterStatus": "Failed", "FailureMessage": "No capacity"}
-    monkeypatch.setattr(operator.hook, "find_cluster", lambda _: failed)
-    with pytest.raises(AirflowFailException, match=f"HyperPod cluster {name} is Failed: No capacity. Delete"):
-        operator.execute(context)
+    upload_trivial_lifecycle(boto_client("s3"), LIFECYCLE_URI, "fails.sh", "#!/bin/bash\nexit 1\n")
+    group = {**GROUPS[0], "LifeCycleConfig": {"SourceS3Uri": LIFECYCLE_URI, "OnCreate": "fails.sh"},
+             "ExecutionRole": ROLE_ARN}  # fmt: skip
+    hook.create_cluster(name, [group])
+    wait_for(lambda: hook.describe_cluster(name)["ClusterStatus"] == "Failed", what="the cluster to fail")
+    failed = rf"HyperPod cluster {name} is Failed: Instance i-\w+ failed to provision .*Delete it"
+    with pytest.raises(AirflowFailException, match=failed):
+        ensure(name).execute(context)
 
 
-def test_ensure_cluster_keeps_a_groups_own_settings(hook, context, unique):
+def test_ensure_cluster_keeps_a_groups_own_settings(hook, context, unique, boto_client):
     name = unique("hp")
+    upload_trivial_lifecycle(boto_client("s3"), "s3://sagemaker-other/scripts", "gpu.sh")
     own = {"SourceS3Uri": "s3://sagemaker-other/scripts", "OnCreate": "gpu.sh"}
     groups = [{**GROUPS[0], "LifeCycleConfig": own, "ThreadsPerCore": 2}]
     ensure(name, instance_groups=groups, wait_for_completion=False).execute(context)
@@ -160,71 +168,8 @@ def test_ensure_cluster_execute_complete(context, unique):
         )
 
 
-# build_submit_script
-
-
-@pytest.fixture
-def fake_slurm(tmp_path):
-    """``squeue`` and ``sbatch`` stand-ins on PATH: sbatch records its arguments, squeue lists QUEUED."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    record = tmp_path / "sbatch.args"
-    scripts = {
-        "squeue": '#!/bin/sh\n[ -n "${QUEUED:-}" ] && echo "$QUEUED"\nexit 0\n',
-        "sbatch": f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {record}\necho 4242\n',
-    }
-    for name, text in scripts.items():
-        path = bin_dir / name
-        path.write_text(text)
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return bin_dir, record
-
-
-def run_script(script: str, bin_dir, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **env}
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=environment, check=True)
-
-
-def test_submit_script_submits_with_sbatch(fake_slurm):
-    bin_dir, record = fake_slurm
-    script = build_submit_script(
-        job_key="ftp-v3",
-        entrypoint="/fsx/finetune/train.py",
-        entrypoint_args=["--dataset-uri", "s3://b/d v3"],
-        nodes=2,
-        sbatch_args=["--gpus-per-node", "8"],
-        working_directory="/fsx/finetune",
-    )
-    assert run_script(script, bin_dir).stdout.strip() == "4242"
-    assert record.read_text().splitlines() == [
-        "--parsable",
-        "--job-name",
-        "ftp-v3",
-        "--nodes",
-        "2",
-        "--chdir",
-        "/fsx/finetune",
-        "--gpus-per-node",
-        "8",
-        "--wrap",
-        "srun python3 /fsx/finetune/train.py --dataset-uri 's3://b/d v3'",
-    ]
-
-
-def test_submit_script_skips_a_job_already_queued(fake_slurm):
-    bin_dir, record = fake_slurm
-    result = run_script(build_submit_script(job_key="ftp-v3", entrypoint="/t.py"), bin_dir, QUEUED="4242")
-    assert "Slurm job ftp-v3 already queued: 4242" in result.stdout
-    assert not record.exists()
-
-
-def test_submit_script_runs_as_another_user():
-    script = build_submit_script(job_key="ftp-v3", entrypoint="/t.py", slurm_user="ubuntu")
-    assert script.startswith("sudo -u ubuntu -i bash -c ")
-    subprocess.run(["sh", "-n", "-c", script], check=True)  # parses as shell
-
-
-# HyperPodSubmitJobOperator
+# HyperPodSubmitJobOperator (the job agent's side is simulated here by writing its state objects; the agent
+# itself runs in tests/aws/test_hyperpod_submission.py)
 
 
 @pytest.fixture
@@ -237,18 +182,37 @@ def cluster(context, unique, advance_clock, timing) -> str:
 
 
 @pytest.fixture
-def frozen_clock(fast_clock):
-    """Hold SSM commands where they are until the test moves the clock."""
-    fast_clock(0)
+def jobs(boto_client, bucket):
+    """The jobs bucket: ``jobs.spec(key)``, ``jobs.state(key, ...)`` write or read what the agent would."""
+    s3 = boto_client("s3")
+
+    class Jobs:
+        uri = f"s3://{bucket}/hyperpod"
+
+        def spec(self, job_key: str) -> dict:
+            return json.loads(s3.get_object(Bucket=bucket, Key=f"hyperpod/jobs/{job_key}.json")["Body"].read())
+
+        def state(self, job_key: str, state: str, **fields) -> None:
+            record = {"job_key": job_key, "state": state, "slurm_job_id": "7", "exit_code": None, "reason": None,
+                      "log_tail": [], "updated": "2026-01-01T00:00:00Z", **fields}  # fmt: skip
+            s3.put_object(Bucket=bucket, Key=f"hyperpod/state/{job_key}.json", Body=json.dumps(record).encode())
+
+        def cancelled(self, job_key: str) -> bool:
+            listing = s3.list_objects_v2(Bucket=bucket, Prefix=f"hyperpod/cancel/{job_key}")
+            return listing.get("KeyCount", 0) == 1
+
+    return Jobs()
 
 
-def submit(cluster: str, job_key: str, **overrides) -> HyperPodSubmitJobOperator:
+def submit(cluster: str, job_key: str, jobs_uri: str = "s3://b/hyperpod", **overrides) -> HyperPodSubmitJobOperator:
     arguments = {
         "task_id": "submit",
         "cluster_name": cluster,
         "job_key": job_key,
+        "jobs_uri": jobs_uri,
+        "bundle_uri": "s3://code-bucket/code/abc123/training.zip",
         "controller_group": "controller",
-        "entrypoint": "/fsx/finetune/train.py",
+        "entrypoint": "train.py",
         "entrypoint_args": ["--dataset-version", "v3"],
         "wait_for_completion": False,
         **FAST,
@@ -256,156 +220,146 @@ def submit(cluster: str, job_key: str, **overrides) -> HyperPodSubmitJobOperator
     return HyperPodSubmitJobOperator(**{**arguments, **overrides})
 
 
-def controller_target(hook: HyperPodHook, cluster: str) -> str:
-    controller = hook.list_cluster_nodes(cluster, instance_group_name_contains="controller")[0]["InstanceId"]
-    cluster_id = HyperPodHook.cluster_id(hook.describe_cluster(cluster)["ClusterArn"])
-    return f"sagemaker-cluster:{cluster_id}_controller-{controller}"
-
-
-def test_submit_targets_the_controller_and_is_idempotent(aws_conn, hook, cluster, context, unique):
+def test_submit_writes_the_spec_once(cluster, context, unique, jobs):
     job_key = unique("ftp-train")
-    command_id = submit(cluster, job_key, command_timeout_seconds=900).execute(context)
-    assert submit(cluster, job_key).execute(context) == command_id  # the retry sends nothing new
+    operator = submit(cluster, job_key, jobs.uri, nodes=2, env={"SEED": 1}, sbatch_args=["--gpus-per-node=8"],
+                      time_limit_minutes=90, installed_modules=["boto3", "numpy"])  # fmt: skip
+    assert operator.execute(context) == {"job_key": job_key, "state": None}
+    assert jobs.spec(job_key) == {
+        "job_key": job_key,
+        "bundle_uri": "s3://code-bucket/code/abc123/training.zip",
+        "command": ["python3", "train.py", "--dataset-version", "v3"],
+        "env": {"SEED": "1"},
+        "nodes": 2,
+        "time_limit_minutes": 90,
+        "sbatch_args": ["--gpus-per-node=8"],
+        "installed_modules": ["boto3", "numpy"],
+    }
+    again = submit(cluster, job_key, jobs.uri, nodes=2, env={"SEED": 1}, sbatch_args=["--gpus-per-node=8"],
+                   time_limit_minutes=90, installed_modules=["boto3", "numpy"])  # fmt: skip
+    assert again.execute(context) == {"job_key": job_key, "state": None}  # the retry: 412, the same spec
 
-    commands = SsmCommandHook(aws_conn_id=aws_conn).list_commands(
-        instance_id=controller_target(hook, cluster)
-    )
-    assert [(c["CommandId"], c["Comment"]) for c in commands] == [(command_id, f"finetune-job:{job_key}")]
-    (script,) = commands[0]["Parameters"]["commands"]
-    assert (
-        f"--job-name {job_key}" in script
-        and "srun python3 /fsx/finetune/train.py --dataset-version v3" in script
-    )
-    assert commands[0]["Parameters"]["executionTimeout"] == ["900"]
-    assert commands[0]["DocumentName"] == "AWS-RunShellScript"
+
+def test_another_spec_under_the_same_key_fails_without_retry(cluster, context, unique, jobs):
+    job_key = unique("ftp-train")
+    submit(cluster, job_key, jobs.uri).execute(context)
+    with pytest.raises(AirflowFailException, match=f"holds another spec for job {job_key}"):
+        submit(cluster, job_key, jobs.uri, entrypoint_args=["--dataset-version", "v4"]).execute(context)
+    assert jobs.spec(job_key)["command"][-1] == "v3"  # the first spec stands
 
 
 @pytest.mark.parametrize("mode", ["error", "drop"])
-def test_submit_whose_answer_is_lost_sends_one_command(aws_conn, hook, cluster, context, unique, faults, mode):
+def test_a_lost_answer_to_the_put_is_the_operators_own_spec(cluster, context, unique, jobs, faults, mode):
+    """botocore sends the PUT again; S3 answers 412 for the operator's own first write: that is success."""
     job_key = unique("ftp-train")
-    faults({"service": "ssm", "operation": "SendCommand", "kind": "lost_response", "mode": mode})
-    command_id = submit(cluster, job_key).execute(context)
-    commands = SsmCommandHook(aws_conn_id=aws_conn).list_commands(instance_id=controller_target(hook, cluster))
-    assert [c["CommandId"] for c in commands if c["Comment"] == f"finetune-job:{job_key}"] == [command_id]
+    faults({"service": "s3", "operation": "PutObject", "kind": "lost_response", "mode": mode, "limit": 1})
+    assert submit(cluster, job_key, jobs.uri).execute(context)["job_key"] == job_key
+    assert jobs.spec(job_key)["job_key"] == job_key
 
 
-def test_submit_sends_again_after_a_refusal(aws_conn, hook, cluster, context, unique, faults):
+def test_a_conditional_write_conflict_is_tried_again(cluster, context, unique, jobs, monkeypatch):
+    operator = submit(cluster, unique("ftp-train"), jobs.uri)
+    real, calls = operator.s3_hook.put_object, []
+
+    def conflict_once(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "ConditionalRequestConflict", "Message": "409"}}, "PutObject")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(operator.s3_hook, "put_object", conflict_once)
+    monkeypatch.setattr("finetune_pipeline.aws.operators.sagemaker_hyperpod.time.sleep", lambda _: None)
+    operator.execute(context)
+    assert len(calls) == 2 and all(call["if_none_match"] for call in calls)
+
+
+def test_submit_defers_until_the_job_ends(cluster, context, unique, jobs, run_trigger):
     job_key = unique("ftp-train")
-    faults({"service": "ssm", "operation": "SendCommand", "kind": "throttle", "limit": 2})
-    command_id = submit(cluster, job_key).execute(context)
-    commands = SsmCommandHook(aws_conn_id=aws_conn).list_commands(instance_id=controller_target(hook, cluster))
-    assert [c["CommandId"] for c in commands if c["Comment"] == f"finetune-job:{job_key}"] == [command_id]
-
-
-def test_submit_keeps_the_oldest_of_duplicates_and_cancels_the_rest(
-    aws_conn, hook, cluster, context, unique, frozen_clock, advance_clock
-):
-    job_key = unique("ftp-train")
-    ssm = SsmCommandHook(aws_conn_id=aws_conn)
-    target = controller_target(hook, cluster)
-
-    def send() -> str:
-        return ssm.send_command(
-            InstanceIds=[target], DocumentName="AWS-RunShellScript", Comment=f"finetune-job:{job_key}",
-            Parameters={"commands": ["true"]},
-        )["CommandId"]
-
-    first = send()
-    advance_clock(1)
-    second = send()
-    assert submit(cluster, job_key).execute(context) == first
-    statuses = {c["CommandId"]: c["Status"] for c in ssm.list_commands(instance_id=target)}
-    assert (statuses[first], statuses[second]) == ("Pending", "Cancelled")
-
-
-def test_submit_waits_in_the_worker(aws_conn, cluster, context, unique, fast_clock, timing):
-    fast_clock((timing["ssm"]["command_pending"] + timing["ssm"]["command_in_progress"]) * 20)
-    command_id = submit(cluster, unique("ftp-train"), wait_for_completion=True, deferrable=False).execute(
-        context
-    )
-    statuses = {c["CommandId"]: c["Status"] for c in SsmCommandHook(aws_conn_id=aws_conn).list_commands()}
-    assert statuses[command_id] == "Success"
-
-
-def test_submit_defers_until_the_command_has_run(
-    aws_conn, hook, cluster, context, unique, frozen_clock, advance_clock, timing, run_trigger
-):
-    operator = submit(cluster, unique("ftp-train"), wait_for_completion=True, deferrable=True)
+    operator = submit(cluster, job_key, jobs.uri, wait_for_completion=True, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, SsmCommandInvocationSucceededTrigger)
+    assert isinstance(trigger, HyperPodJobCompleteTrigger)
     classpath, kwargs = trigger.serialize()
-    assert kwargs["aws_conn_id"] == "aws_default"
-    assert kwargs["instance_id"] == controller_target(hook, cluster)
-    rebuilt = SsmCommandInvocationSucceededTrigger(**kwargs)
+    assert kwargs["aws_conn_id"] == "aws_default" and kwargs["jobs_uri"] == jobs.uri
+    rebuilt = HyperPodJobCompleteTrigger(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
-    ssm = timing["ssm"]
-    event = run_trigger(
-        rebuilt, during=lambda: advance_clock(ssm["command_pending"] + ssm["command_in_progress"])
-    )
-    assert operator.execute_complete(context, event) == kwargs["command_id"]
+    event = run_trigger(rebuilt, during=lambda: jobs.state(job_key, "COMPLETED", exit_code=0))
+    assert operator.execute_complete(context, event)["state"] == "COMPLETED"
 
 
-def test_submit_fails_when_the_command_is_cancelled(
-    aws_conn, cluster, context, unique, frozen_clock, run_trigger
-):
+def test_submit_waits_in_the_worker(cluster, context, unique, jobs):
     job_key = unique("ftp-train")
-    operator = submit(cluster, job_key, wait_for_completion=True, deferrable=True)
-    with pytest.raises(TaskDeferred) as deferred:
+    operator = submit(cluster, job_key, jobs.uri, wait_for_completion=True, deferrable=False, waiter_max_attempts=3)
+    jobs.state(job_key, "RUNNING")
+    with pytest.raises(AirflowException, match=f"HyperPod job {job_key} did not end within 3 polls.*RUNNING"):
         operator.execute(context)
-    command_id = deferred.value.trigger.serialize()[1]["command_id"]
-    ssm = SsmCommandHook(aws_conn_id=aws_conn).conn
-    event = run_trigger(deferred.value.trigger, during=lambda: ssm.cancel_command(CommandId=command_id))
-    assert event["status"] == "error" and event["command_id"] == command_id
-    with pytest.raises(AirflowException, match=f"Submitting HyperPod job {job_key} failed: .*not succeed"):
-        operator.execute_complete(context, event)
+    jobs.state(job_key, "COMPLETED", exit_code=0)
+    assert operator.execute(context)["state"] == "COMPLETED"  # an ended job is returned without waiting
 
 
-def test_submit_needs_a_running_controller(context, unique):
-    name = unique("hp")
-    ensure(name, wait_for_completion=False).execute(context)  # Creating: every node is still Pending
-    with pytest.raises(
-        RuntimeError, match=r"no running node in instance group 'controller'.*controller:Pending"
-    ):
-        submit(name, "ftp-x").execute(context)
+def test_a_failed_job_fails_the_task_with_its_log_tail(cluster, context, unique, jobs):
+    job_key = unique("ftp-train")
+    jobs.state(job_key, "FAILED", exit_code=1, reason="the job exited 1", log_tail=["step 3", "ValueError: nan"])
+    with pytest.raises(AirflowFailException, match="ended FAILED .*exit code 1.*the job exited 1") as failed:
+        submit(cluster, job_key, jobs.uri).execute(context)
+    assert str(failed.value).endswith("Last lines of its log:\nstep 3\nValueError: nan")
 
 
-def test_submit_another_job_key_sends_another_command(cluster, context, unique):
-    assert submit(cluster, unique("ftp-a")).execute(context) != submit(cluster, unique("ftp-b")).execute(
-        context
-    )
+def test_on_kill_asks_the_agent_to_cancel(cluster, context, unique, jobs):
+    job_key = unique("ftp-train")
+    operator = submit(cluster, job_key, jobs.uri)
+    operator.on_kill()  # nothing submitted yet: nothing to cancel
+    assert not jobs.cancelled(job_key)
+    operator.execute(context)
+    operator.on_kill()
+    assert jobs.cancelled(job_key)
 
 
-def test_submit_names_the_missing_controller_group(cluster, context):
-    with pytest.raises(RuntimeError, match=r"no running node in instance group 'head'.*controller:Running"):
-        submit(cluster, "ftp-x", controller_group="head").execute(context)
+def test_on_kill_never_raises(cluster, context, unique, jobs, monkeypatch):
+    operator = submit(cluster, unique("ftp-train"), jobs.uri)
+    operator.execute(context)
+
+    def broken(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+
+    monkeypatch.setattr(operator.s3_hook, "put_object", broken)
+    operator.on_kill()  # logged, not raised: the kill's own reason stays the task's
 
 
-def test_submit_rejects_a_bad_job_key(cluster, context):
-    with pytest.raises(AirflowFailException, match="job_key 'bad key!' must be"):
-        submit(cluster, "bad key!").execute(context)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"job_key": "bad key!"}, "job_key 'bad key!' must be"),
+        ({"jobs_uri": None}, "jobs_uri '' is not an s3://bucket/prefix URI"),
+        ({"bundle_uri": "/fsx/training.zip"}, "bundle_uri '/fsx/training.zip' is not an s3://"),
+        ({"nodes": 0}, "needs nodes >= 1"),
+        ({"time_limit_minutes": 0}, "time_limit_minutes >= 1"),
+        ({"entrypoint": "/fsx/finetune/train.py"}, "must be a path inside the bundle"),
+        ({"entrypoint": "../train.py"}, "must be a path inside the bundle"),
+    ],
+)
+def test_submit_rejects_bad_input(context, overrides, message):
+    with pytest.raises(AirflowFailException, match=message):
+        submit("hp", overrides.pop("job_key", "ftp-x"), **overrides).execute(context)
 
 
 def test_submit_execute_complete(context):
     operator = submit("hp", "ftp-x")
-    assert operator.execute_complete(context, {"status": "success", "command_id": "c-1"}) == "c-1"
-    failed = {
-        "status": "error",
-        "command_id": "c-1",
-        "message": "SSM command c-1 on i-1 did not succeed: Waiter encountered a terminal failure state",
-    }
-    with pytest.raises(AirflowException, match="Submitting HyperPod job ftp-x failed: .*terminal failure"):
-        operator.execute_complete(context, failed)
+    record = {"job_key": "ftp-x", "state": "COMPLETED", "slurm_job_id": "3", "exit_code": 0}
+    assert operator.execute_complete(context, {"status": "success", "state": record}) == record
+    cancelled = {**record, "state": "CANCELLED", "exit_code": None, "reason": "cancelled (scancel)"}
+    with pytest.raises(AirflowFailException, match="ended CANCELLED"):
+        operator.execute_complete(context, {"status": "error", "state": cancelled})
+    with pytest.raises(AirflowException, match="Waiting for HyperPod job ftp-x failed: .*cluster hp is Failed"):
+        operator.execute_complete(context, {"status": "error", "state": None,
+                                            "message": "HyperPod cluster hp is Failed"})  # fmt: skip
 
 
 def test_task_arguments_keep_their_base_operator_meaning():
-    """``execution_timeout`` and ``run_as_user`` belong to BaseOperator; the job's own are named otherwise."""
+    """``execution_timeout`` belongs to BaseOperator; the job's own limit is named otherwise."""
     with DAG("hyperpod_args", schedule=None, default_args={"execution_timeout": timedelta(hours=2)}):
-        operator = submit("hp", "ftp-x", command_timeout_seconds=600, slurm_user="ubuntu")
-        plain = submit("hp", "ftp-y", task_id="plain")
+        operator = submit("hp", "ftp-x", time_limit_minutes=600)
     assert operator.execution_timeout == timedelta(hours=2)
-    assert plain.execution_timeout == timedelta(hours=2)
-    assert operator.run_as_user is None and operator.slurm_user == "ubuntu"
-    assert operator.command_timeout_seconds == 600
+    assert operator.time_limit_minutes == 600
     assert submit("hp", "ftp-z").execution_timeout is None

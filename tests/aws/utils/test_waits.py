@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -9,11 +10,12 @@ import pytest
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from finetune_pipeline.aws.hooks.snowball import SnowballHook
 from finetune_pipeline.aws.triggers.snowball import SnowballJobStateTrigger
 from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
-from finetune_pipeline.aws.utils.waits import defer_or_wait, run_waiter_trigger, trigger_arguments
+from finetune_pipeline.aws.utils.waits import defer_or_wait, run_trigger_here, run_waiter_trigger, trigger_arguments
 
 DAY = 86_400
 
@@ -144,3 +146,22 @@ def test_trigger_arguments_are_the_tasks_connection_and_polling():
     }
     given = trigger_arguments(operator, waiter_delay=5, waiter_max_attempts=7)
     assert (given["waiter_delay"], given["waiter_max_attempts"]) == (5, 7)
+
+
+class _TwoEventTrigger(BaseTrigger):
+    """Not a waiter trigger: it reads something and fires, as HyperPodJobCompleteTrigger does."""
+
+    def serialize(self):
+        return f"{__name__}._TwoEventTrigger", {}
+
+    async def run(self):
+        await asyncio.sleep(0)
+        yield TriggerEvent({"status": "success", "job_id": "first"})
+        yield TriggerEvent({"status": "success", "job_id": "second"})
+
+
+def test_a_trigger_without_a_waiter_runs_here_to_its_first_event(aws_conn, context):
+    task = waiting("j-1", deferrable=False)
+    result = defer_or_wait(task, context, _TwoEventTrigger(), kwargs={"note": "kept"})
+    assert result == {"event": {"status": "success", "job_id": "first"}, "note": "kept"}
+    assert run_trigger_here(_TwoEventTrigger()) == {"status": "success", "job_id": "first"}

@@ -6,11 +6,18 @@ import json
 import pytest
 from botocore.exceptions import WaiterError
 from botocore.waiter import WaiterModel
+from hyperpod_helpers import upload_trivial_lifecycle
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 
 FAST = {"Delay": 0.01, "MaxAttempts": 5}
 LIFECYCLE = {"SourceS3Uri": "s3://sagemaker-ftp/scripts", "OnCreate": "on_create.sh"}
+
+
+@pytest.fixture(autouse=True)
+def _lifecycle_scripts(boto_client):
+    """An OnCreate that exits 0 where the clusters' LifeCycleConfig points (a missing one fails a cluster)."""
+    upload_trivial_lifecycle(boto_client("s3"), LIFECYCLE["SourceS3Uri"])
 
 
 @pytest.fixture

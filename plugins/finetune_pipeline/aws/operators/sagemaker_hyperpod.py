@@ -1,9 +1,21 @@
-"""Fine-tuning on SageMaker HyperPod: ensure the Slurm cluster, then submit a job to it over SSM."""
+"""
+Fine-tuning on SageMaker HyperPod: ensure the Slurm cluster, then submit a job to it and wait for its end.
+
+The submission travels through S3, not SSM: ``SendCommand`` refuses HyperPod nodes (its model allows only
+``i-``/``mi-`` instance IDs; the ``sagemaker-cluster:<id>_<group>-<instance>`` targets of HyperPod nodes work
+only for Session Manager's interactive ``StartSession``, see
+https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-hyperpod-run-jobs-slurm-access-nodes.html), and a
+HyperPod Slurm cluster has no job API of its own. The lifecycle scripts install a job agent on the
+controller (``include/scripts/hyperpod/job_agent.py``); Airflow writes the job spec to S3 once, with a
+conditional PUT, the agent runs it with ``sbatch`` and writes the job's state back, and Airflow waits on
+that state, deferred. The layout is in ``finetune_pipeline.aws.utils.hyperpod_jobs``.
+"""
 
 from __future__ import annotations
 
+import random
 import re
-import shlex
+import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -13,19 +25,29 @@ from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import Context, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from botocore.exceptions import ClientError
 
+from finetune_pipeline.aws.hooks.s3_objects import S3ObjectHook
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
-from finetune_pipeline.aws.hooks.ssm import SsmCommandHook
-from finetune_pipeline.aws.triggers.sagemaker_hyperpod import HyperPodClusterInServiceTrigger
-from finetune_pipeline.aws.triggers.ssm import SsmCommandInvocationSucceededTrigger
+from finetune_pipeline.aws.triggers.sagemaker_hyperpod import (
+    HyperPodClusterInServiceTrigger,
+    HyperPodJobCompleteTrigger,
+)
+from finetune_pipeline.aws.utils.hyperpod_jobs import (
+    FAILED_STATES,
+    SUCCESS_STATE,
+    HyperPodJobStore,
+    decode_record,
+    encode_spec,
+)
 from finetune_pipeline.aws.utils.retries import create_once
 from finetune_pipeline.aws.utils.waits import defer_or_wait, trigger_arguments
 
 # The execution role's managed policy (AmazonSageMakerClusterInstanceRolePolicy) only reads buckets
 # named sagemaker-*, and the CreateCluster docs require lifecycle scripts to live there.
 LIFECYCLE_URI_PREFIX = "s3://sagemaker-"
-JOB_COMMENT_PREFIX = "finetune-job:"
+# Two conditional PUTs racing on one key: the loser may get 409 ConditionalRequestConflict; S3 says retry.
+CONFLICT_ATTEMPTS = 5
+# The job key names S3 objects and the Slurm job (sbatch --job-name), so it keeps to characters safe in both.
 JOB_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -178,77 +200,67 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
         return cluster_arn or self.hook.describe_cluster(self.cluster_name)["ClusterArn"]
 
 
-def build_submit_script(
-    *,
-    job_key: str,
-    entrypoint: str,
-    entrypoint_args: Sequence[str] = (),
-    interpreter: str = "python3",
-    nodes: int = 1,
-    sbatch_args: Sequence[str] = (),
-    working_directory: str | None = None,
-    slurm_user: str | None = None,
-) -> str:
-    """
-    The shell script run on the Slurm controller: submit ``entrypoint`` with ``sbatch`` under the job name
-    ``job_key``, unless a job of that name is already queued or running (then print its ID and stop).
-    """
-    srun = shlex.join(["srun", interpreter, entrypoint, *entrypoint_args])
-    sbatch = ["sbatch", "--parsable", "--job-name", job_key, "--nodes", str(int(nodes))]
-    if working_directory:
-        sbatch += ["--chdir", working_directory]
-    sbatch += [*sbatch_args, "--wrap", srun]
-    name = shlex.quote(job_key)
-    script = "\n".join(
-        [
-            "set -eu",
-            f'existing="$(squeue --noheader --name {name} --format %i)"',
-            f'if [ -n "$existing" ]; then echo "Slurm job {name} already queued: $existing"; exit 0; fi',
-            shlex.join(sbatch),
-        ]
-    )
-    if slurm_user:
-        return shlex.join(["sudo", "-u", slurm_user, "-i", "bash", "-c", script])
-    return script
-
-
 class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
     """
-    Submit a training job to a HyperPod cluster's Slurm controller over SSM Run Command; return the command.
+    Run a job on a HyperPod (Slurm) cluster through its job agent, and wait until it has ended.
 
-    The controller is found with ``ListClusterNodes``; the command targets the SSM ID
-    ``sagemaker-cluster:<cluster-id>_<controller_group>-<instance-id>`` and runs ``sbatch`` (see
-    ``build_submit_script``). Idempotent twice over: an SSM command of this job key (in its ``Comment``)
-    that did not fail is reused instead of sending another, and the script itself skips ``sbatch`` if a
-    Slurm job with this name is queued or running. The wait ends when ``sbatch`` has queued the job.
+    Writes the job spec to ``<jobs_uri>/jobs/<job_key>.json`` with ``PutObject(IfNoneMatch="*")`` (S3
+    conditional writes: https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html). The
+    job agent on the controller (installed by the lifecycle scripts) downloads the code bundle to shared
+    storage and submits ``sbatch`` running ``srun --auto-resume=1 <command>`` on ``nodes`` nodes, then
+    keeps ``<jobs_uri>/state/<job_key>.json`` up to date. The operator waits on that state, deferred or in
+    the worker, and returns the state record once the job is ``COMPLETED``; ``FAILED`` or ``CANCELLED`` fail
+    the task with the tail of the job's log.
 
-    ``SendCommand`` takes no client token, so it is sent once, without botocore's retries, and after any
-    error the command is looked for by its comment before another is sent. If tries that ran at once sent
-    two, the oldest is kept and the others are cancelled while they have not finished (the script's own
-    ``squeue`` check covers one that already ran).
+    Exactly one job per key. S3 answers a second write of the key with 412 PreconditionFailed: a retry of
+    this task, another try running at once, or botocore sending the PUT again after its answer was lost
+    (then the 412 answers the operator's own first write). Each reads the spec that is there: the same spec
+    is this job, already submitted; a different one under this key fails the task without retries. The
+    agent, for its part, submits each spec once (see its docstring). A job that ended stays ended: running
+    it again takes a new key.
 
-    :param cluster_name: The HyperPod cluster.
-    :param job_key: Identifies the job across retries; also the Slurm job name ([A-Za-z0-9._-], <= 80).
-    :param entrypoint: Path of the training entrypoint on the cluster's shared file system.
-    :param entrypoint_args: Arguments of the entrypoint (templated).
-    :param interpreter: Program that runs the entrypoint under ``srun``.
-    :param nodes: Slurm nodes for the job.
-    :param sbatch_args: Further ``sbatch`` options, e.g. ``["--gpus-per-node", "8"]``.
-    :param controller_group: Instance group of the Slurm controller.
-    :param working_directory: ``sbatch --chdir``.
-    :param slurm_user: Submit as this Linux user on the controller (SSM runs commands as root).
-    :param command_timeout_seconds: Seconds the SSM command may run (``executionTimeout`` of
-        ``AWS-RunShellScript``). Not the task's ``execution_timeout``, which stays BaseOperator's.
-    :param wait_for_completion: Wait until the command has finished.
+    ``on_kill`` writes ``<jobs_uri>/cancel/<job_key>``; the agent then cancels the Slurm job (``scancel``).
+
+    :param cluster_name: The HyperPod cluster (its status and node counts are logged while the job waits).
+    :param job_key: Identifies the job across retries: the spec's name and the Slurm job name
+        ([A-Za-z0-9._-], at most 80).
+    :param entrypoint: The program in the bundle, relative to its root, e.g. ``train.py``.
+    :param jobs_uri: ``s3://bucket/prefix`` the cluster's job agent polls (its ``job_agent.json``). Required
+        (checked when the task runs).
+    :param bundle_uri: ``s3://`` URI of the code bundle (a zip) the job runs from. Required (checked when the
+        task runs).
+    :param entrypoint_args: Its arguments (templated). ``{job_dir}`` stands for the job's folder on the
+        cluster's shared storage (also ``$JOB_DIR``), e.g. ``["--checkpoint-dir", "{job_dir}/checkpoints"]``:
+        checkpoints there survive the node replacement after which ``--auto-resume`` re-runs the step.
+    :param interpreter: What runs the entrypoint under ``srun``; ``None`` runs the entrypoint itself.
+    :param env: Environment variables of the job.
+    :param nodes: Slurm nodes for the job (``srun`` starts one task on each).
+    :param time_limit_minutes: The job's Slurm time limit (``sbatch --time``).
+    :param sbatch_args: Further ``sbatch`` options, e.g. ``["--gpus-per-node=8"]``.
+    :param installed_modules: Python modules whose import means the node already has what the bundle's
+        ``requirements.txt`` lists; without them, the job installs it first.
+    :param controller_group: Instance group of the Slurm controller, where the job agent runs (the
+        ``controller_group`` of its ``job_agent.json``); a cluster without this group fails the wait.
+    :param wait_for_completion: Wait until the job has ended; otherwise return once the spec is written.
     :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
-    :param waiter_delay: Seconds between status checks.
-    :param waiter_max_attempts: Status checks before giving up.
+    :param waiter_delay: Seconds between state polls.
+    :param waiter_max_attempts: State polls before giving up.
     """
 
     aws_hook_class = HyperPodHook
     template_fields: Sequence[str] = aws_template_fields(
-        "cluster_name", "job_key", "entrypoint", "entrypoint_args", "sbatch_args", "nodes"
+        "cluster_name",
+        "job_key",
+        "jobs_uri",
+        "bundle_uri",
+        "entrypoint",
+        "entrypoint_args",
+        "env",
+        "nodes",
+        "time_limit_minutes",
+        "sbatch_args",
     )
+    template_fields_renderers = {"env": "json"}
 
     def __init__(
         self,
@@ -256,162 +268,173 @@ class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
         cluster_name: str,
         job_key: str,
         entrypoint: str,
+        jobs_uri: str | None = None,
+        bundle_uri: str | None = None,
         entrypoint_args: Sequence[str] | None = None,
-        interpreter: str = "python3",
+        interpreter: str | None = "python3",
+        env: dict[str, str] | None = None,
         nodes: int = 1,
+        time_limit_minutes: int = 24 * 60,
         sbatch_args: Sequence[str] | None = None,
+        installed_modules: Sequence[str] | None = None,
         controller_group: str = "controller-machine",
-        working_directory: str | None = None,
-        slurm_user: str | None = None,
-        command_timeout_seconds: int = 3600,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        waiter_delay: float = 15,
-        waiter_max_attempts: int = 240,
+        waiter_delay: float = 30,
+        waiter_max_attempts: int = 2880,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.cluster_name = cluster_name
         self.job_key = job_key
+        self.jobs_uri = jobs_uri
+        self.bundle_uri = bundle_uri
         self.entrypoint = entrypoint
         self.entrypoint_args = entrypoint_args or []
         self.interpreter = interpreter
+        self.env = env or {}
         self.nodes = nodes
+        self.time_limit_minutes = time_limit_minutes
         self.sbatch_args = sbatch_args or []
+        self.installed_modules = installed_modules or []
         self.controller_group = controller_group
-        self.working_directory = working_directory
-        self.slurm_user = slurm_user
-        self.command_timeout_seconds = command_timeout_seconds
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.waiter_delay = waiter_delay
         self.waiter_max_attempts = waiter_max_attempts
+        self.submitted = False  # the spec is in S3: on_kill has a job to cancel
 
     @cached_property
-    def ssm_hook(self) -> SsmCommandHook:
-        return SsmCommandHook(**self._hook_parameters)
+    def s3_hook(self) -> S3ObjectHook:
+        return S3ObjectHook(**self._hook_parameters)
 
-    def controller_target(self) -> str:
-        """The SSM target ID of the cluster's (first running) Slurm controller node."""
-        cluster_arn = self.hook.describe_cluster(self.cluster_name)["ClusterArn"]
-        # All nodes, not just the group's: if the group is wrong, the error can name the groups there are.
-        nodes = self.hook.list_cluster_nodes(self.cluster_name)
-        running = sorted(
-            node["InstanceId"]
-            for node in nodes
-            if node["InstanceGroupName"] == self.controller_group
-            and node.get("InstanceStatus", {}).get("Status") == "Running"
-        )
-        if not running:
-            seen = sorted(
-                {f"{n['InstanceGroupName']}:{n.get('InstanceStatus', {}).get('Status')}" for n in nodes}
-            )
-            raise RuntimeError(
-                f"HyperPod cluster {self.cluster_name} has no running node in instance group "
-                f"{self.controller_group!r} (nodes seen: {seen or 'none'}). Check controller_group."
-            )
-        return (
-            f"sagemaker-cluster:{HyperPodHook.cluster_id(cluster_arn)}_{self.controller_group}-{running[0]}"
-        )
+    @property
+    def store(self) -> HyperPodJobStore:
+        return HyperPodJobStore(self.jobs_uri)
 
-    def _previous_command(self, target: str, comment: str) -> dict[str, Any] | None:
-        """The oldest command of this job that did not fail; later duplicates are cancelled if unfinished."""
-        commands = [c for c in self.ssm_hook.list_commands(instance_id=target) if c.get("Comment") == comment]
-        live = sorted(
-            (c for c in commands if c["Status"] not in SsmCommandHook.FAILED_STATES),
-            key=lambda c: (c["RequestedDateTime"], c["CommandId"]),
-        )
-        for failed in (c for c in commands if c["Status"] in SsmCommandHook.FAILED_STATES):
-            self.log.info(
-                "Earlier SSM command %s for job %s ended %s.",
-                failed["CommandId"],
-                self.job_key,
-                failed["Status"],
-            )
-        if not live:
-            return None
-        keep = live[0]
-        for duplicate in live[1:]:
-            if duplicate["Status"] not in SsmCommandHook.UNFINISHED_STATES:
-                self.log.warning(
-                    "SSM command %s duplicated %s (job %s) and already ran; the submit script skips sbatch "
-                    "for a job already queued.",
-                    duplicate["CommandId"],
-                    keep["CommandId"],
-                    self.job_key,
-                )
-                continue
-            try:
-                self.ssm_hook.cancel_command(duplicate["CommandId"])
-            except ClientError:
-                # Best-effort: it may have just finished, and the script's squeue check still holds.
-                self.log.exception("Could not cancel SSM command %s, a duplicate.", duplicate["CommandId"])
-                continue
-            self.log.warning(
-                "Cancelled SSM command %s: a duplicate of %s (job %s).",
-                duplicate["CommandId"],
-                keep["CommandId"],
-                self.job_key,
-            )
-        return keep
-
-    def execute(self, context: Context) -> str:
+    def job_spec(self) -> dict[str, Any]:
+        """The spec the agent runs (``finetune_pipeline.aws.utils.hyperpod_jobs``); checked here, once."""
         if not JOB_KEY_PATTERN.match(self.job_key):
             raise AirflowFailException(
                 f"job_key {self.job_key!r} must be 1-80 characters of letters, digits, '.', '_' or '-' "
-                "(it is the Slurm job name and part of the SSM command comment)."
+                "(it names the job's S3 objects and its Slurm job)."
             )
-        target = self.controller_target()
-        comment = f"{JOB_COMMENT_PREFIX}{self.job_key}"
-        command = self._previous_command(target, comment)
-        if command:
-            self.log.info(
-                "Reusing SSM command %s (%s) for job %s.",
-                command["CommandId"],
-                command["Status"],
-                self.job_key,
+        for name in ("jobs_uri", "bundle_uri"):
+            try:
+                HyperPodJobStore(getattr(self, name) or "").bucket  # noqa: B018 - parses the URI
+            except ValueError as error:
+                raise AirflowFailException(f"HyperPod job {self.job_key}: {name} {error}.") from None
+        nodes, minutes = int(self.nodes), int(self.time_limit_minutes)
+        if nodes < 1 or minutes < 1:
+            raise AirflowFailException(
+                f"HyperPod job {self.job_key} needs nodes >= 1 and time_limit_minutes >= 1 "
+                f"(got {nodes} and {minutes})."
             )
-        else:
-            script = build_submit_script(
-                job_key=self.job_key,
-                entrypoint=self.entrypoint,
-                entrypoint_args=[str(arg) for arg in self.entrypoint_args],
-                interpreter=self.interpreter,
-                nodes=self.nodes,
-                sbatch_args=[str(arg) for arg in self.sbatch_args],
-                working_directory=self.working_directory,
-                slurm_user=self.slurm_user,
+        if not self.entrypoint or self.entrypoint.startswith("/") or ".." in self.entrypoint.split("/"):
+            raise AirflowFailException(
+                f"entrypoint {self.entrypoint!r} must be a path inside the bundle, e.g. 'train.py'."
             )
-            command = create_once(
-                lambda: self.ssm_hook.send_command(
-                    InstanceIds=[target],
-                    DocumentName="AWS-RunShellScript",
-                    Comment=comment,
-                    Parameters={
-                        "commands": [script],
-                        "executionTimeout": [str(int(self.command_timeout_seconds))],
-                    },
-                ),
-                lambda: self._previous_command(target, comment),
-                what=f"the SSM command that submits job {self.job_key}",
-                log=self.log,
-            )
-            # Another try may have sent one at the same moment: settle on the oldest.
-            command = self._previous_command(target, comment) or command
-            self.log.info(
-                "Sent SSM command %s to %s: submit job %s.", command["CommandId"], target, self.job_key
-            )
-        command_id = command["CommandId"]
-        if command["Status"] == SsmCommandHook.SUCCESS_STATE or not self.wait_for_completion:
-            return command_id
-        trigger = SsmCommandInvocationSucceededTrigger(
-            command_id=command_id, instance_id=target, **trigger_arguments(self)
-        )
-        return defer_or_wait(self, context, trigger, hook=self.ssm_hook)
+        command = [self.interpreter] if self.interpreter else []
+        command += [self.entrypoint, *(str(arg) for arg in self.entrypoint_args)]
+        return {
+            "job_key": self.job_key,
+            "bundle_uri": self.bundle_uri,
+            "command": command,
+            "env": {str(k): str(v) for k, v in self.env.items()},
+            "nodes": nodes,
+            "time_limit_minutes": minutes,
+            "sbatch_args": [str(arg) for arg in self.sbatch_args],
+            "installed_modules": [str(name) for name in self.installed_modules],
+        }
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+    def submit(self, spec: dict[str, Any]) -> bool:
+        """
+        Write the spec once; return whether this call wrote it (``False``: it was there, the same spec).
+
+        412 PreconditionFailed: a spec exists under this key. It is read and compared: the same spec is this
+        job (written by an earlier try, or by this very call before botocore sent it again); another is an
+        error no retry fixes. 409 ConditionalRequestConflict (a concurrent write of the key) is retried.
+        """
+        body, key = encode_spec(spec), self.store.spec_key(self.job_key)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self.s3_hook.put_object(
+                    self.store.bucket, key, body, if_none_match=True, ContentType="application/json"
+                )
+                return True
+            except Exception as error:
+                code = S3ObjectHook.error_code(error)
+                if code == S3ObjectHook.CONDITIONAL_CONFLICT and attempt < CONFLICT_ATTEMPTS:
+                    time.sleep(random.uniform(0, 2 ** (attempt - 1)))
+                    continue
+                if code != S3ObjectHook.PRECONDITION_FAILED:
+                    raise
+            existing = decode_record(self.s3_hook.get_object_body(self.store.bucket, key))
+            if existing == spec:
+                return False
+            raise AirflowFailException(
+                f"s3://{self.store.bucket}/{key} holds another spec for job {self.job_key}: "
+                f"{existing!r} is there, this task would run {spec!r}. Give this job another job_key, "
+                "or delete that spec (and its state) if no job ran from it."
+            )
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def read_state(self) -> dict[str, Any] | None:
+        body = self.s3_hook.get_object_body(self.store.bucket, self.store.state_key(self.job_key))
+        return decode_record(body)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        spec = self.job_spec()
+        wrote = self.submit(spec)
+        self.submitted = True
+        self.log.info(
+            "%s job %s: s3://%s/%s (bundle %s, %d node(s)); the job agent on cluster %s runs it with sbatch.",
+            "Submitted" if wrote else "Already submitted",
+            self.job_key,
+            self.store.bucket,
+            self.store.spec_key(self.job_key),
+            self.bundle_uri,
+            spec["nodes"],
+            self.cluster_name,
+        )
+        state = self.read_state()
+        if state and state.get("state") in FAILED_STATES | {SUCCESS_STATE}:
+            self.log.info("Job %s has already ended: %s.", self.job_key, state.get("state"))
+            return self.execute_complete(context, {"status": "success", "job_key": self.job_key, "state": state})
+        if not self.wait_for_completion:
+            return state or {"job_key": self.job_key, "state": None}
+        trigger = HyperPodJobCompleteTrigger(
+            cluster_name=self.cluster_name,
+            job_key=self.job_key,
+            jobs_uri=self.jobs_uri,
+            controller_group=self.controller_group,
+            **trigger_arguments(self),
+        )
+        return defer_or_wait(self, context, trigger)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = validate_execute_complete_event(event)
-        if event.get("status") != "success":
-            # An "error" event: the invocation ended Failed, Cancelled or TimedOut, or the attempts ran out.
-            raise AirflowException(f"Submitting HyperPod job {self.job_key} failed: {event.get('message')}")
-        return event["command_id"]
+        state = event.get("state") or {}
+        if state.get("state") == SUCCESS_STATE:
+            self.log.info("HyperPod job %s COMPLETED (Slurm job %s).", self.job_key, state.get("slurm_job_id"))
+            return state
+        if state.get("state") in FAILED_STATES:
+            tail = "\n".join(state.get("log_tail") or []) or "(the job wrote no output)"
+            self.log.error("Last lines of HyperPod job %s's log:\n%s", self.job_key, tail)
+            # A job that ended stays ended under its key: a retry would only read this state again.
+            raise AirflowFailException(
+                f"HyperPod job {self.job_key} ended {state['state']} (Slurm job {state.get('slurm_job_id')}, "
+                f"exit code {state.get('exit_code')}): {state.get('reason') or 'no reason given'}.\n"
+                f"Last lines of its log:\n{tail}"
+            )
+        raise AirflowException(f"Waiting for HyperPod job {self.job_key} failed: {event.get('message')}")
+
+    def on_kill(self) -> None:
+        """Ask the agent to cancel the job (``cancel/<job_key>``); best effort, never raises."""
+        if not self.submitted:
+            return
+        try:
+            self.s3_hook.put_object(self.store.bucket, self.store.cancel_key(self.job_key), b"")
+            self.log.info("Asked the job agent to cancel HyperPod job %s.", self.job_key)
+        except Exception:
+            self.log.exception("Could not ask the job agent to cancel HyperPod job %s.", self.job_key)

@@ -4,11 +4,13 @@ One description per wait: a task hands its waiter trigger to :func:`defer_or_wai
 A trigger (``AwsBaseWaiterTrigger``) already names its waiter, the waiter's arguments, the messages and the
 status queries. With ``deferrable=True`` the task defers to it; otherwise the same waiter runs here with the
 provider's ``wait``, and the event the trigger would have fired goes to the same ``execute_complete``, so
-both ways end in one place and nothing about the wait is written twice.
+both ways end in one place and nothing about the wait is written twice. A trigger that is not a waiter
+trigger (one that reads an object, not a describe call) runs its own ``run()`` here to its first event.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
     from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
 
 def trigger_arguments(
@@ -79,10 +82,21 @@ def run_waiter_trigger(trigger: AwsBaseWaiterTrigger, hook: AwsGenericHook) -> d
     return {"status": "success", trigger.return_key: trigger.return_value}
 
 
+def run_trigger_here(trigger: BaseTrigger) -> dict[str, Any]:
+    """Run ``trigger.run()`` in this process (its own event loop) and return its first event's payload."""
+
+    async def first_event() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AirflowException(f"{type(trigger).__name__} ended without an event")
+
+    return asyncio.run(first_event())
+
+
 def defer_or_wait(
     task: AwsBaseOperator | AwsBaseSensor,
     context: Context,
-    trigger: AwsBaseWaiterTrigger,
+    trigger: AwsBaseWaiterTrigger | BaseTrigger,
     *,
     method_name: str = "execute_complete",
     kwargs: dict[str, Any] | None = None,
@@ -101,5 +115,8 @@ def defer_or_wait(
     """
     if task.deferrable:
         task.defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
-    event = run_waiter_trigger(trigger, task.hook if hook is None else hook)
+    if hasattr(trigger, "waiter_name"):
+        event = run_waiter_trigger(trigger, task.hook if hook is None else hook)
+    else:
+        event = run_trigger_here(trigger)
     return getattr(task, method_name)(context, event=event, **(kwargs or {}))
