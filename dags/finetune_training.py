@@ -33,8 +33,10 @@ entrypoint on the nodes opens the same version with the same reader.
 share of rows changed since the last trained version, or enough hours since it) or the form's `force` says
 the version is worth training. `preflight` refuses what can never run before anything launches.
 
-Backends: `hyperpod` (a SageMaker HyperPod Slurm cluster, created if missing), `ec2` (instances that run
-the entrypoint from their user data), `local` (the entrypoint as a process beside the worker). Each runs
+Backends: `hyperpod` (a SageMaker HyperPod Slurm cluster, created if missing; the job goes through a job spec
+in S3 to the job agent on its controller, which runs it with `sbatch` and `srun --auto-resume=1`), `ec2`
+(instances that run the entrypoint from their user data, then shut down), `local` (the entrypoint as a
+process beside the worker). Each runs
 the same bundle (entrypoint, trainers, package) and ends when the model's `_SUCCESS` is written; the model
 Asset event then carries the version and the metrics.
 """,
@@ -80,7 +82,7 @@ Asset event then carries the version and the metrics.
         return training_tasks.retrain_gate(config, run["version"], run["force"])
 
     @task(multiple_outputs=False)
-    def preflight(run: dict) -> dict:
+    def preflight(run: dict, run_id=None) -> dict:
         """What the APIs can tell before launching: the bucket's region, the role, the instance type, the
         hyperparameters (asked of the trainer)."""
         run = training_tasks.TrainingRun(**run)
@@ -88,9 +90,10 @@ Asset event then carries the version and the metrics.
         if run.backend == "hyperpod":
             training_tasks.check_role(config, training.hyperpod.execution_role_arn)
             training_tasks.check_hyperpod_instance_type(config, run.instance_type)
+            training_tasks.check_hyperpod_fit(config, run)
         elif run.backend == "ec2":
             training_tasks.check_ec2(config, run)
-        return {**run.to_dict(),
+        return {**run.to_dict(), "job_key": training_tasks.job_key(config, run.version, run_id),
                 "hyperparameters": training_tasks.check_hyperparameters(config, run.hyperparameters)}
 
     @task(multiple_outputs=False)

@@ -33,7 +33,7 @@ from localaws.control import advance_clock
 pytestmark = pytest.mark.e2e
 
 # The one task the offline plan skips: the branch chose Snowball over the online copy.
-BRANCH_NOT_TAKEN = {("finetune_bulk_transfer", "copy_online")}
+BRANCH_NOT_TAKEN = {("finetune_bulk_transfer", "copy_online"), ("finetune_training", "local.train")}
 
 
 def free_port() -> int:

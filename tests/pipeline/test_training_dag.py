@@ -1,10 +1,13 @@
 """The training DAG end to end with ``dag.test()`` on localaws: a published version in, a model and its Asset
-event out, on the local backend and on EC2 (whose instances run the shipped user data as local processes).
-The HyperPod backend runs in the full-stack end-to-end test (tests/e2e)."""
+event out, on each backend. EC2's instances run the shipped user data as local processes; HyperPod's nodes
+run the shipped lifecycle script, whose job agent takes the job spec from S3 and runs it through Slurm (the
+shims localaws gives its nodes). The full-stack end-to-end test (tests/e2e) runs the HyperPod backend too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from test_sync_operator import landed, make_context, make_operator  # noqa: F401
 
 from devstack.config import write_demo_config
 from finetune_pipeline.pipeline.config import load_config
+from localaws import control
 
 INSTANCE_PROFILE = "finetune-training"
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +33,7 @@ def airflow_db():
     resetdb(skip_init=False)
 
 
-@pytest.fixture(params=["local", "ec2"])
+@pytest.fixture(params=["local", "ec2", "hyperpod"])
 def backend(request):
     return request.param
 
@@ -52,17 +56,38 @@ def pipeline_config(config_path):
     return load_config(config_path)
 
 
+@contextlib.contextmanager
+def clock_running(url: str):
+    stop = threading.Event()
+
+    def advance() -> None:
+        while not stop.wait(0.2):
+            control.advance_clock(url, 30)
+
+    thread = threading.Thread(target=advance, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_a_published_version_is_trained_and_its_model_announced(
-    airflow_db, pipeline_config, landed, boto_client, backend  # noqa: F811 - the fixture imported above
+    airflow_db, pipeline_config, landed, boto_client, backend, localaws  # noqa: F811 - the fixture imported above
 ):
     version = make_operator(pipeline_config, Asset("s3://x/current")).execute(make_context())["version"]
+    iam = boto_client("iam")
+    if backend == "hyperpod":
+        role = pipeline_config.training.hyperpod.execution_role_arn.rsplit("/", 1)[-1]
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Statement": []}))
     if backend == "ec2":
-        iam = boto_client("iam")
         iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps({"Statement": []}))
         iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
         iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("finetune_training")
-    run = dag.test(run_conf={"backend": backend})
+    with clock_running(localaws.endpoint_url):  # the cluster's creation, in virtual minutes per real second
+        run = dag.test(run_conf={"backend": backend})
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states

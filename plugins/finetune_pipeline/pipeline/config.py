@@ -404,6 +404,11 @@ class HyperPodConfig(_Model):
     worker_instance_type: str = Field(default="ml.g5.2xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     worker_count: Count = Field(default=1, ge=1)
     poll_seconds: Number = Field(default=60, gt=0)
+    # Job specs, states and cancel markers between Airflow and the controller's job agent, in the bucket.
+    jobs_prefix: Prefix = "hyperpod-jobs"
+    # Where the agent puts each job (bundle, batch script, log, checkpoints): shared storage on every node.
+    agent_work_dir: str = Field(default="/fsx/finetune-jobs", pattern=r"^(/|~/)\S+$")
+    agent_poll_seconds: Number = Field(default=10, gt=0)
 
 
 class Ec2TrainingConfig(_Model):

@@ -291,38 +291,3 @@ def triggered_dataset_version(config: PipelineConfig, triggering_asset_events, r
     for name, table in sorted(version.tables.items()):
         log.info("%s: %d rows, snapshot %s of %s", name, table.rows, table.snapshot_id, ".".join(table.identifier))
     return version.version
-
-
-def upload_lifecycle_scripts(config: PipelineConfig) -> str:
-    """Upload the lifecycle scripts and the training entrypoint (same content, same key: idempotent)."""
-    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.training.region)
-    bucket, _, prefix = config.training.hyperpod.lifecycle_s3_uri.removeprefix("s3://").partition("/")
-    if not hook.check_for_bucket(bucket):
-        hook.create_bucket(bucket_name=bucket, region_name=config.training.region)
-    files = [*sorted(config.training.hyperpod.lifecycle_scripts_dir.glob("*.sh")), config.training.entrypoint]
-    for path in files:
-        key = f"{prefix}/{path.name}" if prefix else path.name
-        hook.load_file(str(path), key=key, bucket_name=bucket, replace=True)
-        log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
-    return config.training.hyperpod.lifecycle_s3_uri
-
-
-def upload_training_code(config: PipelineConfig) -> str:
-    """Put the entrypoint where EC2 training instances download it from (same key: idempotent)."""
-    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.storage.region)
-    key = f"code/{config.training.entrypoint.name}"
-    hook.load_file(str(config.training.entrypoint), key=key, bucket_name=config.storage.bucket, replace=True)
-    uri = f"s3://{config.storage.bucket}/{key}"
-    log.info("uploaded the training entrypoint to %s", uri)
-    return uri
-
-
-def hyperpod_instance_groups(config: PipelineConfig) -> list[dict]:
-    """A Slurm controller group of one node and a worker group of ``worker_count`` nodes."""
-    hyperpod = config.training.hyperpod
-    return [
-        {"InstanceGroupName": hyperpod.controller_group, "InstanceType": hyperpod.controller_instance_type,
-         "InstanceCount": 1},
-        {"InstanceGroupName": hyperpod.worker_group, "InstanceType": hyperpod.worker_instance_type,
-         "InstanceCount": hyperpod.worker_count},
-    ]

@@ -244,6 +244,59 @@ def check_ec2(config: PipelineConfig, run: TrainingRun) -> None:
     log.info("EC2 preflight passed: %d x %s", run.instance_count, run.instance_type)
 
 
+def check_hyperpod_fit(config: PipelineConfig, run: TrainingRun) -> None:
+    """The job runs on the cluster's worker group: the run cannot ask for another type or more nodes."""
+    hyperpod = config.training.hyperpod
+    if run.instance_type != hyperpod.worker_instance_type:
+        raise AirflowFailException(f"the HyperPod cluster's {hyperpod.worker_group} group is "
+                                   f"{hyperpod.worker_instance_type}, not {run.instance_type}: change "
+                                   "training.hyperpod.worker_instance_type to train on another type")
+    if run.instance_count > hyperpod.worker_count:
+        raise AirflowFailException(f"the HyperPod cluster has {hyperpod.worker_count} worker node(s), the run asks "
+                                   f"for {run.instance_count}: raise training.hyperpod.worker_count")
+
+
+def job_key(config: PipelineConfig, version: str, run_id: str) -> str:
+    """One HyperPod job per DAG run and version: a retry of the run finds its job, a new run makes a new one
+    (a failed job's key never runs again)."""
+    return f"{config.project}-{version}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
+
+
+def jobs_uri(config: PipelineConfig) -> str:
+    return f"s3://{config.storage.bucket}/{config.training.hyperpod.jobs_prefix}"
+
+
+def hyperpod_instance_groups(config: PipelineConfig) -> list[dict]:
+    """A Slurm controller group of one node and a worker group of ``worker_count`` nodes."""
+    hyperpod = config.training.hyperpod
+    return [
+        {"InstanceGroupName": hyperpod.controller_group, "InstanceType": hyperpod.controller_instance_type,
+         "InstanceCount": 1},
+        {"InstanceGroupName": hyperpod.worker_group, "InstanceType": hyperpod.worker_instance_type,
+         "InstanceCount": hyperpod.worker_count},
+    ]
+
+
+def upload_lifecycle_scripts(config: PipelineConfig) -> str:
+    """The lifecycle scripts, the job agent and its config where HyperPod's nodes read them (same content,
+    same keys: idempotent). The agent's config tells it where the job specs are and where jobs run."""
+    hyperpod = config.training.hyperpod
+    hook = S3Hook(aws_conn_id=config.aws.conn_id, region_name=config.training.region)
+    bucket, _, prefix = hyperpod.lifecycle_s3_uri.removeprefix("s3://").partition("/")
+    if not hook.check_for_bucket(bucket):
+        hook.create_bucket(bucket_name=bucket, region_name=config.training.region)
+    agent = {"jobs_uri": jobs_uri(config), "region": config.training.region, "work_dir": hyperpod.agent_work_dir,
+             "controller_group": hyperpod.controller_group, "poll_seconds": hyperpod.agent_poll_seconds}
+    uploads = {path.name: path.read_bytes() for path in sorted(hyperpod.lifecycle_scripts_dir.glob("*"))
+               if path.suffix in (".sh", ".py")}
+    uploads["job_agent.json"] = json.dumps(agent, indent=2).encode()
+    for name, data in uploads.items():
+        key = f"{prefix}/{name}" if prefix else name
+        hook.load_bytes(data, key=key, bucket_name=bucket, replace=True)
+        log.info("uploaded %s to s3://%s/%s", name, bucket, key)
+    return hyperpod.lifecycle_s3_uri
+
+
 def upload_training_bundle(config: PipelineConfig) -> str:
     """The bundle of the entrypoint, the trainers and the package, at its content key (idempotent)."""
     data = training_bundle.build_bundle(config.training.entrypoint.parent)

@@ -43,41 +43,57 @@ def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
         HyperPodEnsureClusterOperator,
         HyperPodSubmitJobOperator,
     )
-    from finetune_pipeline.pipeline import tasks as pipeline_tasks
+    from finetune_pipeline.pipeline.training_bundle import NODE_REQUIREMENTS
 
     hyperpod = config.training.hyperpod
 
     @task(task_id=FIRST_TASK["hyperpod"])
     def upload_lifecycle_scripts() -> str:
-        """Put the lifecycle scripts where the cluster's nodes read them."""
-        return pipeline_tasks.upload_lifecycle_scripts(config)
+        """Put the lifecycle scripts, the job agent and its config where the cluster's nodes read them."""
+        return training_tasks.upload_lifecycle_scripts(config)
 
     cluster = HyperPodEnsureClusterOperator(
         task_id="ensure_cluster",
         cluster_name=hyperpod.cluster_name,
-        instance_groups=pipeline_tasks.hyperpod_instance_groups(config),
+        instance_groups=training_tasks.hyperpod_instance_groups(config),
         execution_role_arn=hyperpod.execution_role_arn,
         lifecycle_s3_uri=hyperpod.lifecycle_s3_uri,
         lifecycle_on_create=hyperpod.lifecycle_on_create,
         waiter_delay=hyperpod.poll_seconds,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.training.region,
         deferrable=True,
         # Creating a cluster (instances, lifecycle scripts, health checks) can take most of an hour.
         execution_timeout=timedelta(hours=3),
     )
-    version = "{{ ti.xcom_pull(task_ids='preflight')['version'] }}"
+    settings = "ti.xcom_pull(task_ids='preflight')"
+    version = f"{{{{ {settings}['version'] }}}}"
     submit = HyperPodSubmitJobOperator(
-        task_id="submit_training_job",
+        task_id="train",
         cluster_name=hyperpod.cluster_name,
-        job_key=f"{config.project}-{version}",
-        entrypoint=f"/fsx/finetune/{config.training.entrypoint.name}",
-        entrypoint_args=["--dataset-uri", f"s3://{config.storage.bucket}/{config.storage.dataset_prefix}",
-                         "--dataset-version", version, "--output-uri", training_tasks.model_uri(config, version)],
-        nodes=hyperpod.worker_count,
+        job_key=f"{{{{ {settings}['job_key'] }}}}",
+        jobs_uri=training_tasks.jobs_uri(config),
+        bundle_uri=bundle,
+        entrypoint="train.py",
+        entrypoint_args=[
+            "--dataset-uri", f"s3://{config.storage.bucket}/{config.storage.dataset_prefix}",
+            "--dataset-version", version, "--output-uri", training_tasks.model_uri(config, version),
+            "--hyperparameters", f"{{{{ {settings}['hyperparameters'] | tojson }}}}",
+            # On the cluster's shared storage: srun --auto-resume re-runs the step there after a node is replaced.
+            "--checkpoint-dir", "{job_dir}/checkpoints",
+        ],
+        env=training_tasks.node_environment(config),
+        nodes=f"{{{{ {settings}['instance_count'] }}}}",
+        time_limit_minutes=f"{{{{ ({settings}['max_runtime_hours'] * 60) | int }}}}",
+        # A Deep Learning AMI's (or localaws's) Python already has them: no pip install.
+        installed_modules=[name.lower().replace("pyyaml", "yaml") for name in NODE_REQUIREMENTS],
         controller_group=hyperpod.controller_group,
         waiter_delay=hyperpod.poll_seconds,
+        waiter_max_attempts=int(config.training.runtime_limit_hours * 3600 / hyperpod.poll_seconds) + 1,
         aws_conn_id=config.aws.conn_id,
+        region_name=config.training.region,
         deferrable=True,
+        execution_timeout=timedelta(hours=config.training.runtime_limit_hours + 1),
     )
     first = upload_lifecycle_scripts()
     first >> cluster >> submit
