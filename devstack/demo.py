@@ -198,6 +198,16 @@ def prepare_demo_account(config, localaws_url: str) -> None:
     iam.put_role_policy(RoleName=name, PolicyName="finetune-hyperpod-nodes", PolicyDocument=policy.read_text())
 
 
+def describe_model(record: dict) -> str:
+    """One line on the model the training run recorded (its Asset event carries the same)."""
+    metrics = record["metrics"]
+    baselines = metrics.get("baselines", {})
+    return (f"model for dataset version {record['version']} at {record['uri']}: held-out accuracy "
+            f"{metrics.get('accuracy', float('nan')):.3f} (zero-shot {baselines.get('zero_shot', float('nan')):.3f}, "
+            f"majority class {baselines.get('majority', float('nan')):.3f}), {metrics.get('rows')} rows, "
+            f"{metrics.get('seconds')} s of training")
+
+
 def keep_trickle_going(source: DemoSource, watcher: PipelineWatcher, every_seconds: float = 2.0) -> None:
     """Until Ctrl-C: one multi-row transaction in the source every ``every_seconds``, and report the DAGs."""
     from devstack.support_desk import Trickle
@@ -278,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"triggered finetune_bulk_transfer ({run_id}); following every stage:", flush=True)
         watcher = PipelineWatcher(stack, PIPELINE_DAGS, report=lambda line: print(line, flush=True))
         try:
-            watcher.wait_for("finetune_training", timeout=args.timeout)
+            runs = watcher.wait_for("finetune_training", timeout=args.timeout)
             print("\nthe pipeline run succeeded end to end.")
+            print(describe_model(stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"],
+                                            "record_model")))
         except StackError as error:
             print(f"\nthe pipeline did not succeed: {error}", file=sys.stderr)
             exit_code = 1

@@ -20,6 +20,7 @@ from devstack.config import write_demo_config
 from devstack.demo import (
     PIPELINE_DAGS,
     PipelineWatcher,
+    describe_model,
     prepare_demo_account,
     start_localaws,
     start_source,
@@ -101,6 +102,14 @@ def test_pipeline_runs_green_end_to_end(running_stack):
     assert all(result["status"] == "published" for result in published)
     trained = stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"], "dataset_version")
     assert trained in {result["version"] for result in published}
+    # A real model of that version, beating both baselines on the demo's held-out tickets.
+    model = stack.xcom("finetune_training", runs["finetune_training"]["dag_run_id"], "record_model")
+    log.append(describe_model(model))
+    print(log[-1])
+    metrics = model["metrics"]
+    assert model["version"] == trained and model["uri"].endswith(f"/models/{trained}")
+    assert metrics["accuracy"] > metrics["baselines"]["majority"] and metrics["accuracy"] > \
+        metrics["baselines"]["zero_shot"]
     # The first version holds exactly the rows the source had at the snapshot.
     exported = stack.xcom("finetune_bulk_transfer", runs["finetune_bulk_transfer"]["dag_run_id"], "export_snapshot")
     assert exported["status"] == "exported" and "/" in exported["cdc_start_position"]

@@ -156,3 +156,15 @@ def test_the_newest_whole_model_is_the_last_trained_one(pipeline_config, boto_cl
         s3.put_object(Bucket=pipeline_config.storage.bucket, Key=key, Body=json.dumps({}).encode())
     # v000010 has no marker (a job that died mid-upload): it is not a model.
     assert training.last_trained(pipeline_config)[0] == "v000003"
+
+
+def test_an_ec2_launch_that_would_fail_is_refused_in_preflight(tmp_path, localaws, aws_conn):
+    from devstack.config import demo_config
+
+    profile = "arn:aws:iam::123456789012:instance-profile/finetune-missing"
+    config = demo_config(home=tmp_path, localaws_url=localaws.endpoint_url, overrides={"training": {
+        "backend": "ec2", "ec2": {"instance_type": "m5.xlarge", "instance_profile_arn": profile}}})
+    run = training.run_settings(config, {"instance_type": "g99.huge", "instance_count": 2}, "v000001")
+    with pytest.raises(AirflowFailException, match=r"the EC2 launch would fail: instance type 'g99.huge' does "
+                                                   r"not exist.*finetune-missing"):
+        training.check_ec2(config, run)

@@ -50,6 +50,11 @@ class TrainingRun:
     max_runtime_hours: float
     force: bool
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> TrainingRun:
+        """From preflight's XCom, which carries what some backends need beside the run (the job key)."""
+        return cls(**{name: settings[name] for name in cls.__dataclass_fields__})
+
     @property
     def max_runtime_seconds(self) -> int:
         return int(self.max_runtime_hours * 3600)

@@ -32,7 +32,7 @@ def _local(config: PipelineConfig, run, bundle) -> tuple:
           execution_timeout=timedelta(hours=config.training.runtime_limit_hours))
     def train(run: dict, bundle: str) -> dict:
         """The bundle's entrypoint as a process on this worker, logged line by line (a laptop's backend)."""
-        return training_tasks.run_local(config, bundle, training_tasks.TrainingRun(**run))
+        return training_tasks.run_local(config, bundle, training_tasks.TrainingRun.from_settings(run))
 
     trained = train(run, bundle)
     return trained, trained
