@@ -197,3 +197,23 @@ def test_retained_wal_grows_while_nobody_reads_the_slot(source, tmp_path):
         assert retained_wal(conn, "no_such_slot") is None
     assert manifest.wal["retained_bytes"] <= before < after["retained_bytes"]
     assert after["restart_lsn"] and after["max_slot_wal_keep_size"] == "4GB"
+
+
+@pytest.mark.parametrize(
+    ("heap_mib", "sessions", "ranges"),
+    [(8, 2, 1), (100, 2, 2), (100, 4, 3), (182, 2, 2), (2048, 2, 4), (2048, 8, 8)],
+)
+def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(heap_mib, sessions, ranges):
+    from finetune_pipeline.export.postgres import MIB, TableSpec, _chunks, _Table
+
+    table = _Table(spec=TableSpec.parse("public.t"), oid=1, primary_key=["id"], columns=[], heap_bytes=heap_mib * MIB,
+                   size_bytes=heap_mib * MIB, block_size=8192)
+    chunks = _chunks(table, chunk_bytes=512 * MIB, sessions=sessions)
+    assert len(chunks) == ranges
+    # The ranges tile the pages with no gap or overlap, the last one open-ended.
+    bounds = [chunk.pages for chunk in chunks]
+    if ranges == 1:
+        assert bounds == [None]
+    else:
+        assert bounds[0][0] == 0 and bounds[-1][1] is None
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 PLUGIN = "test_decoding"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+# Below this much heap a table is one range: splitting it would cost more sessions than it saves.
+MIN_SPLIT_BYTES = 32 * MIB
 STAGING_DIR = ".export-partial"
 # Below this, a pg_stat_wal average says more about the last bulk load than about the steady write rate.
 _MIN_WAL_STATS_SECONDS = 86_400
@@ -488,10 +490,15 @@ class _Chunk:
     pages: tuple[int, int | None] | None
 
 
-def _chunks(table: _Table, chunk_bytes: int) -> list[_Chunk]:
-    """Page ranges of a large table (TID range scans, PostgreSQL 14+); small tables are one chunk."""
+def _chunks(table: _Table, chunk_bytes: int, sessions: int = 1) -> list[_Chunk]:
+    """Page ranges of a large table (TID range scans, PostgreSQL 14+); small tables are one chunk.
+
+    At most ``chunk_bytes`` of heap each (memory stays bounded), and a table of some size is cut into at
+    least ``sessions`` ranges, so that one big table keeps every session busy, not one.
+    """
     pages = max(1, table.heap_bytes // table.block_size)
-    count = max(1, math.ceil(table.heap_bytes / chunk_bytes))
+    count = max(1, math.ceil(table.heap_bytes / chunk_bytes),
+                min(sessions, table.heap_bytes // MIN_SPLIT_BYTES))
     if count == 1:
         return [_Chunk(table, 0, None)]
     step = math.ceil(pages / count)
@@ -616,7 +623,7 @@ class PostgresExport:
         settings = self.settings
         staging = settings.export_dir / STAGING_DIR
         chunks = [chunk for table in sorted(tables, key=lambda t: -t.heap_bytes)
-                  for chunk in _chunks(table, settings.chunk_bytes)]
+                  for chunk in _chunks(table, settings.chunk_bytes, settings.workers)]
         with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="export") as pool:
             results = list(pool.map(lambda chunk: self._export_chunk(chunk, snapshot, load_time, staging), chunks))
         by_table: dict[str, list[tuple[int, list[Path], int]]] = {}
