@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from landed_changes import last_commit, write_live_batch
 from test_sync_operator import landed, make_context, make_operator  # noqa: F401 - the fixture
 
 from finetune_pipeline.pipeline import retrain, training, training_bundle
@@ -168,3 +169,27 @@ def test_an_ec2_launch_that_would_fail_is_refused_in_preflight(tmp_path, localaw
     with pytest.raises(AirflowFailException, match=r"the EC2 launch would fail: instance type 'g99.huge' does "
                                                    r"not exist.*finetune-missing"):
         training.check_ec2(config, run)
+
+
+def test_the_retrain_policy_reads_the_changes_the_sync_recorded(pipeline_config, landed, boto_client):  # noqa: F811
+    """The policy's reader against the sync's writer: the change counts in real tagged snapshots."""
+    operator = make_operator(pipeline_config, Asset("s3://x/current"))
+    first = operator.execute(make_context())
+    boto_client("s3").put_object(Bucket=pipeline_config.storage.bucket, Key=f"models/{first['version']}/_SUCCESS",
+                                 Body=b"{}")  # a model of the first version
+    keys, _, _ = write_live_batch(pipeline_config, landed.s3, landed.tables, last_commit(landed.cdc_keys), seed=11)
+    second = operator.execute(make_context())
+    assert second["status"] == "published"
+    events = sum(sum(1 for _ in pq_rows(landed.s3, pipeline_config.storage.bucket, key)) for key in keys)
+    decision = training.retrain_gate(pipeline_config, second["version"], force=False)
+    assert decision["train"] and f"{events} rows changed since {first['version']}" in decision["reason"]
+    strict = pipeline_config.model_copy(update={"training": pipeline_config.training.model_copy(
+        update={"retrain": RetrainPolicy(min_changed_fraction=0.9, max_hours_between=None)})})
+    with pytest.raises(AirflowSkipException, match=f"only {events} rows changed since {first['version']}"):
+        training.retrain_gate(strict, second["version"], force=False)
+
+
+def pq_rows(s3, bucket: str, key: str) -> list:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pylist()
