@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -189,3 +190,30 @@ def source(source_db):
             with contextlib.suppress(psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def run_trigger():
+    """
+    Run a trigger to its first event and return the payload.
+
+    ``during`` (optional, blocking) runs in a thread once the trigger has started polling, e.g. to advance
+    the virtual clock while the trigger waits.
+    """
+
+    def run(trigger, during=None, timeout: float = 60) -> dict:
+        async def first_event() -> dict:
+            async for event in trigger.run():
+                return event.payload
+            raise AssertionError("the trigger ended without an event")
+
+        async def main() -> dict:
+            waiting = asyncio.create_task(first_event())
+            if during is not None:
+                await asyncio.sleep(0.05)
+                await asyncio.to_thread(during)
+            return await asyncio.wait_for(waiting, timeout)
+
+        return asyncio.run(main())
+
+    return run

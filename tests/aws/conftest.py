@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from types import SimpleNamespace
 
@@ -141,30 +140,3 @@ def context(unique):
     """The slice of a task context our operators read: the task instance's identity."""
     ti = SimpleNamespace(dag_id="test_dag", task_id="test_task", run_id=unique("manual"), map_index=-1)
     return {"ti": ti}
-
-
-@pytest.fixture
-def run_trigger():
-    """
-    Run a trigger to its first event and return the payload.
-
-    ``during`` (optional, blocking) runs in a thread once the trigger has started polling, e.g. to advance
-    the virtual clock while the trigger waits.
-    """
-
-    def run(trigger, during=None, timeout: float = 30) -> dict:
-        async def first_event() -> dict:
-            async for event in trigger.run():
-                return event.payload
-            raise AssertionError("the trigger ended without an event")
-
-        async def main() -> dict:
-            waiting = asyncio.create_task(first_event())
-            if during is not None:
-                await asyncio.sleep(0.05)
-                await asyncio.to_thread(during)
-            return await asyncio.wait_for(waiting, timeout)
-
-        return asyncio.run(main())
-
-    return run

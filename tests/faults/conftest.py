@@ -7,7 +7,6 @@ prints its own line, and the table of all of them is printed at the end of the t
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from types import SimpleNamespace
 
@@ -87,25 +86,3 @@ def context(unique):
 @pytest.fixture
 def timing(localaws) -> dict:
     return control.get_timing(localaws.endpoint_url)
-
-
-@pytest.fixture
-def run_trigger():
-    """Run a trigger to its first event; ``during`` runs in a thread once it polls (e.g. to move the clock)."""
-
-    def run(trigger, during=None, timeout: float = 60) -> dict:
-        async def first_event() -> dict:
-            async for event in trigger.run():
-                return event.payload
-            raise AssertionError("the trigger ended without an event")
-
-        async def main() -> dict:
-            waiting = asyncio.create_task(first_event())
-            if during is not None:
-                await asyncio.sleep(0.05)
-                await asyncio.to_thread(during)
-            return await asyncio.wait_for(waiting, timeout)
-
-        return asyncio.run(main())
-
-    return run
