@@ -3,6 +3,7 @@ the local backend and the model record, on a version the sync published."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import zipfile
@@ -67,6 +68,9 @@ def test_the_bundle_holds_the_entrypoint_the_trainer_the_package_and_exact_pins(
     assert not any("__pycache__" in name for name in names)
     pins = zipfile.ZipFile(BytesIO(data)).read("requirements.txt").decode().split()
     assert "pyiceberg==0.12.0" in pins and all("==" in pin for pin in pins)
+    # The modules a node checks before installing are those the pins install (PyYAML's is yaml).
+    assert len(training_bundle.node_modules()) == len(pins) and "yaml" in training_bundle.node_modules()
+    assert all(importlib.util.find_spec(module) for module in training_bundle.node_modules())
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,18 @@ log = logging.getLogger(__name__)
 # What train.py and the reference trainer import on a node (their own dependencies come with them).
 NODE_REQUIREMENTS = ("boto3", "numpy", "pandas", "pyarrow", "pydantic", "pyiceberg", "PyYAML", "safetensors",
                      "tokenizers", "wordllama")
+# The module each of those installs, where it is not the distribution's name.
+_MODULE_OF = {"PyYAML": "yaml"}
 BUNDLE_NAME = "training.zip"
 # What train.py writes last under its --output-uri: present means the model is whole (train.py imports it).
 SUCCESS_MARKER = "_SUCCESS"
 # Fixed timestamps: the same files give the same bytes, hence the same key.
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def node_modules() -> list[str]:
+    """What a node imports: if all of them import, it has what the bundle needs (no pip install)."""
+    return [_MODULE_OF.get(name, name.lower()) for name in NODE_REQUIREMENTS]
 
 
 def node_requirements() -> str:

@@ -43,7 +43,7 @@ def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
         HyperPodEnsureClusterOperator,
         HyperPodSubmitJobOperator,
     )
-    from finetune_pipeline.pipeline.training_bundle import NODE_REQUIREMENTS
+    from finetune_pipeline.pipeline.training_bundle import node_modules
 
     hyperpod = config.training.hyperpod
 
@@ -86,7 +86,7 @@ def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
         nodes=f"{{{{ {settings}['instance_count'] }}}}",
         time_limit_minutes=f"{{{{ ({settings}['max_runtime_hours'] * 60) | int }}}}",
         # A Deep Learning AMI's (or localaws's) Python already has them: no pip install.
-        installed_modules=[name.lower().replace("pyyaml", "yaml") for name in NODE_REQUIREMENTS],
+        installed_modules=node_modules(),
         controller_group=hyperpod.controller_group,
         waiter_delay=hyperpod.poll_seconds,
         waiter_max_attempts=int(config.training.runtime_limit_hours * 3600 / hyperpod.poll_seconds) + 1,
