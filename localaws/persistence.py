@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+# One snapshot at a time, from pickling to rename: the periodic saver and a POST /_localaws/state share the
+# temporary file, and a later snapshot must never be replaced by an earlier one that was slower to write.
+_SAVING = threading.Lock()
 
 
 class StateFileError(RuntimeError):
@@ -112,6 +115,11 @@ def source_digest() -> str:
 
 def save_state(path: Path, gate: RequestGate, clock: VirtualClock, profile: TimingProfile, state: dict) -> int:
     """Snapshot moto's backends and ``state`` (localaws's simulations) to ``path``; returns the bytes written."""
+    with _SAVING:
+        return _save_state(Path(path), gate, clock, profile, state)
+
+
+def _save_state(path: Path, gate: RequestGate, clock: VirtualClock, profile: TimingProfile, state: dict) -> int:
     started = time.monotonic()
     with gate.exclusive():
         header = {
@@ -130,7 +138,6 @@ def save_state(path: Path, gate: RequestGate, clock: VirtualClock, profile: Timi
             }
         )
     data = pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL) + body.getvalue()
-    path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)

@@ -146,6 +146,17 @@ def test_a_snapshot_can_be_asked_for(server, tmp_path):
     assert "asked-for" in {b["Name"] for b in client(server, "s3").list_buckets()["Buckets"]}
 
 
+def test_snapshots_asked_for_while_the_periodic_saver_runs_all_succeed(localaws_process, tmp_path):
+    server = localaws_process("--state-file", str(tmp_path / "state.pickle"), "--state-interval", "0.01")
+    s3 = client(server, "s3")
+    for number in range(40):  # each create is new state, so the periodic saver saves alongside every ask
+        s3.create_bucket(Bucket=f"raced-{number}")
+        assert control.save_state(server.url)["bytes"] > 0
+    server.restart(signal.SIGKILL)
+    restored = {bucket["Name"] for bucket in client(server, "s3").list_buckets()["Buckets"]}
+    assert {f"raced-{number}" for number in range(40)} <= restored
+
+
 def test_without_a_state_file_a_snapshot_is_refused(localaws):
     with pytest.raises(ValueError, match="409"):
         control.save_state(localaws.endpoint_url)
