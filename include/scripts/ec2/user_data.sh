@@ -4,7 +4,7 @@
 # terminate, so the shutdown terminates it: an instance never idles after its job.
 #
 # Ec2LaunchTrainingInstancesOperator renders it: each placeholder (a NAME in double braces) becomes its value,
-# shell-quoted, and every name must be given (HYPERPARAMETERS and CHECKPOINT_DIR may be empty). cloud-init runs it as root at first
+# shell-quoted, and every name must be given (HYPERPARAMETERS, CHECKPOINT_DIR and INSTALLED_MODULES may be empty). cloud-init runs it as root at first
 # boot and sends its output to /var/log/cloud-init-output.log and to the console (GetConsoleOutput).
 set -euo pipefail
 
@@ -16,6 +16,7 @@ HYPERPARAMETERS={{HYPERPARAMETERS}} # a JSON object, or empty
 CHECKPOINT_DIR={{CHECKPOINT_DIR}}   # storage every restart sees, or empty
 WORLD_SIZE={{WORLD_SIZE}}           # instances launched together
 AWS_REGION={{AWS_REGION}}
+INSTALLED_MODULES={{INSTALLED_MODULES}} # "boto3, numpy, ...": what the bundle's pins install; empty: always install
 export AWS_REGION AWS_DEFAULT_REGION="$AWS_REGION"
 export PYTHONUNBUFFERED=1 # the console shows training's lines as they come
 
@@ -69,8 +70,8 @@ with zipfile.ZipFile(archive) as bundle:
     bundle.extractall(target)
 PY
 
-# Deep Learning AMIs (and localaws nodes) already have these; install only what is missing.
-if ! python3 -c 'import boto3, numpy, pyarrow, pyiceberg, safetensors, wordllama' 2>/dev/null; then
+# Deep Learning AMIs (and localaws nodes) may already have them all: then nothing is installed.
+if [ -z "$INSTALLED_MODULES" ] || ! python3 -c "import ${INSTALLED_MODULES}" 2>/dev/null; then
   log "installing ${DIR}/requirements.txt"
   python3 -m pip install --quiet -r "$DIR/requirements.txt"
 fi

@@ -105,6 +105,7 @@ def _ec2(config: PipelineConfig, run, bundle) -> tuple:
         Ec2LaunchTrainingInstancesOperator,
         Ec2TerminateTrainingInstancesOperator,
     )
+    from finetune_pipeline.pipeline.training_bundle import node_modules
 
     ec2 = config.training.ec2
     settings = "ti.xcom_pull(task_ids='preflight')"
@@ -127,6 +128,7 @@ def _ec2(config: PipelineConfig, run, bundle) -> tuple:
             "CHECKPOINT_DIR": "",
             "WORLD_SIZE": f"{{{{ {settings}['instance_count'] }}}}",
             "AWS_REGION": config.training.region,
+            "INSTALLED_MODULES": ", ".join(node_modules()),
         },
         success_marker_uri=f"s3://{config.storage.bucket}/{training_tasks.success_key(config, version)}",
         instance_profile=ec2.instance_profile_arn,

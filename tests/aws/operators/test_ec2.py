@@ -83,7 +83,9 @@ def launch(**overrides) -> Ec2LaunchTrainingInstancesOperator:
     return Ec2LaunchTrainingInstancesOperator(**{**arguments, **overrides})
 
 
-def job(bucket: str, bundle: str, count: int = 1, hyperparameters: dict | None = None, **overrides):
+def job(
+    bucket: str, bundle: str, count: int = 1, hyperparameters: dict | None = None, modules: str = "boto3", **overrides
+):
     """A launch of the real user data with the fake bundle, waiting for the job's marker."""
     output = f"s3://{bucket}/models/v1"
     variables = {
@@ -95,6 +97,7 @@ def job(bucket: str, bundle: str, count: int = 1, hyperparameters: dict | None =
         "CHECKPOINT_DIR": "",
         "WORLD_SIZE": count,
         "AWS_REGION": "us-east-1",
+        "INSTALLED_MODULES": modules,
     }
     return launch(
         instance_type="t3.micro",
@@ -374,6 +377,20 @@ def test_a_job_that_trains_succeeds(ec2, boto_client, bucket, bundle, context, r
     console = ec2.get_console_output(InstanceId=second)["Output"]
     assert "fake trainer: version v1, rank 1 of 2" in console  # the rank came from the instance metadata
     assert job(bucket, bundle, count=2, deferrable=True).execute(context) == ids  # a retry: already finished
+
+
+def test_a_node_lacking_a_module_of_the_bundle_installs_its_requirements(ec2, bucket, bundle, context):
+    job(bucket, bundle, modules="boto3, a_module_this_node_lacks", deferrable=False).execute(context)
+    (instance,) = tagged(ec2, token_of(context))
+    console = ec2.get_console_output(InstanceId=instance["InstanceId"])["Output"]
+    assert "requirements.txt" in console.split("installing", 1)[1].splitlines()[0]
+
+
+def test_a_node_with_every_module_installs_nothing(ec2, bucket, bundle, context):
+    job(bucket, bundle, deferrable=False).execute(context)
+    (instance,) = tagged(ec2, token_of(context))
+    console = ec2.get_console_output(InstanceId=instance["InstanceId"])["Output"]
+    assert "fake trainer: done" in console and "installing" not in console
 
 
 def test_a_job_that_fails_fails_with_its_console_output(ec2, bucket, bundle, context, run_trigger):
