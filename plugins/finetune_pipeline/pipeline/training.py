@@ -25,7 +25,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from finetune_pipeline.pipeline import retrain, training_bundle
+from finetune_pipeline.pipeline import credentials_endpoint, retrain, training_bundle
 from finetune_pipeline.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -342,21 +342,20 @@ def run_local(config: PipelineConfig, bundle_uri: str, run: TrainingRun, work_di
         command = [sys.executable, str(Path(bundle_dir) / "train.py"),
                    *entrypoint_arguments(config, run, str(checkpoints))]
         log.info("running %s from %s", " ".join(command[1:3]), bundle_uri)
-        exit_code, tail = _run_logged(command, {**os.environ, **_aws_environment(hook), **node_environment(config),
-                                                "PYTHONPATH": bundle_dir}, run.max_runtime_seconds)
+        # The connection's credentials for the whole run: refreshed while it trains (never logged).
+        with credentials_endpoint.child_credentials(hook.get_session().get_credentials()) as (credentials, shadowed):
+            environment = {name: value for name, value in os.environ.items() if name not in shadowed}
+            environment |= credentials | _aws_settings(hook) | node_environment(config) | {"PYTHONPATH": bundle_dir}
+            exit_code, tail = _run_logged(command, environment, run.max_runtime_seconds)
     if exit_code != 0:
         raise (AirflowFailException if exit_code == 2 else RuntimeError)(
             f"training exited with {exit_code}; its last lines:\n" + "\n".join(tail))
     return {"version": run.version, "model_uri": model_uri(config, run.version)}
 
 
-def _aws_environment(hook: S3Hook) -> dict[str, str]:
-    """The connection's credentials and endpoint for a child process (never logged)."""
-    credentials = hook.get_session().get_credentials().get_frozen_credentials()
-    environment = {"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key,
-                   "AWS_DEFAULT_REGION": hook.conn_region_name or "us-east-1"}
-    if credentials.token:
-        environment["AWS_SESSION_TOKEN"] = credentials.token
+def _aws_settings(hook: S3Hook) -> dict[str, str]:
+    """The connection's region and endpoint for a child process."""
+    environment = {"AWS_DEFAULT_REGION": hook.conn_region_name or "us-east-1"}
     if hook.conn_config.endpoint_url:
         environment["AWS_ENDPOINT_URL"] = hook.conn_config.endpoint_url
     return environment
