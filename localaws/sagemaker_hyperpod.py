@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -60,6 +61,11 @@ OPERATIONS = frozenset(
         "ListClusterNodes",
         "DescribeClusterNode",
         "DeleteCluster",
+        # Tags of a cluster's ARN (other resources' tags go to moto as they are); AWS tags a cluster by the
+        # ARN CreateCluster returns: https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ListTags.html
+        "ListTags",
+        "AddTags",
+        "DeleteTags",
     }
 )
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -153,6 +159,8 @@ class HyperPodLifecycle:
                     )
                 if operation == "CreateCluster":
                     _fill_in_defaults(params, environ)
+                elif operation in TAG_OPERATIONS:
+                    _resolve_tagged_arn(backend, params, environ)
                 elif "ClusterName" in params:
                     self._resolve_name(backend, params, environ, operation)
                 response = call_app(moto_app, environ)
@@ -275,6 +283,23 @@ def _fill_in_defaults(params: dict, environ: dict) -> None:
     if isinstance(groups, list) and any(isinstance(g, dict) and "ThreadsPerCore" not in g for g in groups):
         params["InstanceGroups"] = [{"ThreadsPerCore": 1, **g} if isinstance(g, dict) else g for g in groups]
         replace_body(environ, json.dumps(params).encode())
+
+
+TAG_OPERATIONS = frozenset({"ListTags", "AddTags", "DeleteTags"})
+_CLUSTER_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:cluster/[a-z0-9]{12}$")
+
+
+def _resolve_tagged_arn(backend: SageMakerModelBackend, params: dict, environ: dict) -> None:
+    """A cluster's ARN ends in its ID, as AWS's does (``cluster/<id>``); moto finds clusters by name, so the
+    request is handed to moto with ``cluster/<name>``. ListTags models no error of its own: a cluster that is
+    gone is the common ``ValidationException`` (CommonErrors), as moto answers for its other resources."""
+    arn = params.get("ResourceArn", "")
+    if _CLUSTER_ARN.match(arn):
+        cluster = next((c for c in backend.clusters.values() if c.arn == arn), None)
+        if cluster is None:
+            raise HyperPodError("ValidationException", f"Could not find cluster with ARN {arn}")
+        moto_arn = f"{arn.rsplit('/', 1)[0]}/{cluster.cluster_name}"
+        replace_body(environ, json.dumps({**params, "ResourceArn": moto_arn}).encode())
 
 
 def _find(backend: SageMakerModelBackend, name_or_arn: str) -> Cluster:

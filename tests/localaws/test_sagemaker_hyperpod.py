@@ -8,6 +8,7 @@ import re
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 from hyperpod_helpers import lifecycle_done, upload_trivial_lifecycle, wait_for
 
 from localaws import control
@@ -97,6 +98,23 @@ def test_delete_goes_through_deleting(sagemaker, cluster, advance, hyperpod_timi
     with pytest.raises(sagemaker.exceptions.ResourceNotFound):
         sagemaker.describe_cluster(ClusterName=name)
     assert sagemaker.list_clusters(NameContains=name)["ClusterSummaries"] == []
+
+
+def test_a_clusters_tags_are_found_by_the_arn_create_returned(checked_client, boto_client, advance, hyperpod_timing):
+    # Tag patterns use \p{L} classes, which Python's re cannot check: lengths and shapes are still checked.
+    sagemaker = checked_client("sagemaker", lenient_strings=True)
+    name = f"hp-{uuid.uuid4().hex[:10]}"
+    group = {"InstanceGroupName": "controller", "InstanceType": "ml.t3.medium", "InstanceCount": 1,
+             "LifeCycleConfig": LIFECYCLE, "ExecutionRole": ROLE}  # fmt: skip
+    arn = sagemaker.create_cluster(ClusterName=name, InstanceGroups=[group], Tags=[{"Key": "team", "Value": "ml"}])[
+        "ClusterArn"
+    ]
+    sagemaker.add_tags(ResourceArn=arn, Tags=[{"Key": "run", "Value": "r1"}])
+    assert {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=arn)["Tags"]} == {"team": "ml", "run": "r1"}
+    sagemaker.delete_cluster(ClusterName=name)
+    advance(hyperpod_timing["cluster_deleting"])
+    with pytest.raises(ClientError, match="ValidationException"):  # a common error: ListTags models none
+        boto_client("sagemaker").list_tags(ResourceArn=arn)
 
 
 def test_unknown_clusters_and_nodes_are_resource_not_found(sagemaker, cluster):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import Asset
+from iam_policy import missing_from_policy, recorded_calls
 from test_sync_operator import landed, make_context, make_operator  # noqa: F401 - the fixture
 
 from devstack.config import write_demo_config
@@ -41,6 +42,8 @@ def backend(request):
 @pytest.fixture
 def config_path(tmp_path, localaws, backend, monkeypatch):
     training = {"backend": backend, "hyperparameters": {"epochs": 2}}
+    if backend == "hyperpod":
+        training["hyperpod"] = {"delete_created_cluster": True}
     if backend == "ec2":
         training["ec2"] = {"instance_type": "m5.xlarge", "poll_seconds": 0.5,
                            "instance_profile_arn": f"arn:aws:iam::123456789012:instance-profile/{INSTANCE_PROFILE}"}
@@ -86,7 +89,7 @@ def test_a_published_version_is_trained_and_its_model_announced(
         iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)
         iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("finetune_training")
-    with clock_running(localaws.endpoint_url):  # the cluster's creation, in virtual minutes per real second
+    with clock_running(localaws.endpoint_url), recorded_calls() as calls:  # the cluster's creation: minutes/s
         run = dag.test(run_conf={"backend": backend})
 
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
@@ -94,6 +97,7 @@ def test_a_published_version_is_trained_and_its_model_announced(
     from finetune_pipeline.pipeline.training_dag import first_task_id
 
     assert states["record_model"] == "success" and states[first_task_id(backend)] == "success"
+    assert not missing_from_policy(calls), f"the runner policy lacks {missing_from_policy(calls)}"
     s3 = boto_client("s3")
     marker = json.loads(s3.get_object(Bucket=pipeline_config.storage.bucket,
                                       Key=f"models/{version}/_SUCCESS")["Body"].read())
@@ -120,3 +124,10 @@ def test_a_published_version_is_trained_and_its_model_announced(
         assert len(instances) == 1 and instances[0]["State"]["Name"] == "terminated"
         assert instances[0]["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
         assert states["ec2.terminate_training_instances"] == "success"
+    if backend == "hyperpod":
+        # The run created the cluster, so its teardown deleted it (a cluster bills while it is up).
+        sagemaker = boto_client("sagemaker")
+        cluster = sagemaker.describe_cluster(ClusterName=pipeline_config.training.hyperpod.cluster_name)
+        assert states["hyperpod.delete_created_cluster"] == "success" and cluster["ClusterStatus"] == "Deleting"
+        tags = {t["Key"]: t["Value"] for t in sagemaker.list_tags(ResourceArn=cluster["ClusterArn"])["Tags"]}
+        assert tags["finetune-pipeline:created-by-run"] == f"finetune_training/{run.run_id}"

@@ -409,6 +409,9 @@ class HyperPodConfig(_Model):
     # Where the agent puts each job (bundle, batch script, log, checkpoints): shared storage on every node.
     agent_work_dir: str = Field(default="/fsx/finetune-jobs", pattern=r"^(/|~/)\S+$")
     agent_poll_seconds: Number = Field(default=10, gt=0)
+    # Delete the cluster once training has ended (succeeded or not), if this run created it: a cluster
+    # bills while it is up, but creating one takes most of an hour. One that existed before is never deleted.
+    delete_created_cluster: Annotated[bool, Strict()] = False
 
 
 class Ec2TrainingConfig(_Model):

@@ -38,8 +38,14 @@ def _local(config: PipelineConfig, run, bundle) -> tuple:
     return trained, trained
 
 
+# The tag a HyperPod cluster gets from the run that created it.
+CREATED_BY_RUN_TAG = "finetune-pipeline:created-by-run"
+CREATED_BY_RUN = "{{ dag.dag_id }}/{{ run_id }}"
+
+
 def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
     from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
+        HyperPodDeleteClusterOperator,
         HyperPodEnsureClusterOperator,
         HyperPodSubmitJobOperator,
     )
@@ -59,6 +65,8 @@ def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
         execution_role_arn=hyperpod.execution_role_arn,
         lifecycle_s3_uri=hyperpod.lifecycle_s3_uri,
         lifecycle_on_create=hyperpod.lifecycle_on_create,
+        # Which run created the cluster: the same on every try of this run, so only its teardown deletes it.
+        tags={CREATED_BY_RUN_TAG: CREATED_BY_RUN},
         waiter_delay=hyperpod.poll_seconds,
         aws_conn_id=config.aws.conn_id,
         region_name=config.training.region,
@@ -97,6 +105,15 @@ def _hyperpod(config: PipelineConfig, run, bundle) -> tuple:
     )
     first = upload_lifecycle_scripts()
     first >> cluster >> submit
+    if hyperpod.delete_created_cluster:
+        delete = HyperPodDeleteClusterOperator(
+            task_id="delete_created_cluster",
+            cluster_name=hyperpod.cluster_name,
+            only_if_tags={CREATED_BY_RUN_TAG: CREATED_BY_RUN},
+            aws_conn_id=config.aws.conn_id,
+            region_name=config.training.region,
+        )
+        submit >> delete.as_teardown(setups=cluster)  # runs whether training succeeded or failed
     return first, submit
 
 

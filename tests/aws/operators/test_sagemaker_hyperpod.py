@@ -11,6 +11,7 @@ from hyperpod_helpers import upload_trivial_lifecycle, wait_for
 
 from finetune_pipeline.aws.hooks.sagemaker_hyperpod import HyperPodHook
 from finetune_pipeline.aws.operators.sagemaker_hyperpod import (
+    HyperPodDeleteClusterOperator,
     HyperPodEnsureClusterOperator,
     HyperPodSubmitJobOperator,
 )
@@ -101,6 +102,24 @@ def test_ensure_cluster_refuses_a_cluster_being_deleted(hook, context, unique):
     hook.delete_cluster(name)
     with pytest.raises(RuntimeError, match=f"HyperPod cluster {name} is Deleting"):
         ensure(name).execute(context)
+
+
+def test_delete_cluster_deletes_only_a_cluster_with_the_given_tags(hook, context, unique):
+    name = unique("hp")
+    arn = ensure(name, tags={"created-by-run": "run-1"}, wait_for_completion=False).execute(context)
+    other_run = HyperPodDeleteClusterOperator(task_id="delete", cluster_name=name,
+                                              only_if_tags={"created-by-run": "run-2"})  # fmt: skip
+    assert other_run.execute(context) is None
+    assert hook.describe_cluster(name)["ClusterStatus"] == "Creating"  # not its run's: kept
+    creator = HyperPodDeleteClusterOperator(task_id="delete", cluster_name=name,
+                                            only_if_tags={"created-by-run": "run-1"})  # fmt: skip
+    assert creator.execute(context) == arn
+    assert hook.describe_cluster(name)["ClusterStatus"] == "Deleting"
+    assert creator.execute(context) == arn  # a retry: already Deleting, nothing sent again
+
+
+def test_delete_cluster_of_a_cluster_that_does_not_exist_does_nothing(context, unique):
+    assert HyperPodDeleteClusterOperator(task_id="delete", cluster_name=unique("hp")).execute(context) is None
 
 
 def test_ensure_cluster_fails_without_retry_on_a_failed_cluster(hook, context, unique, boto_client):

@@ -106,3 +106,13 @@ class HyperPodHook(AwsBaseHook):
         .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/sagemaker/client/delete_cluster.html
         """
         return self.conn.delete_cluster(ClusterName=cluster_name)["ClusterArn"]
+
+    def list_tags(self, resource_arn: str) -> dict[str, str]:
+        """
+        A resource's tags (all pages), as a dict.
+
+        .. seealso:: https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/sagemaker/client/list_tags.html
+        """
+        paginator = self.conn.get_paginator("list_tags")
+        return {tag["Key"]: tag["Value"] for page in paginator.paginate(ResourceArn=resource_arn)
+                for tag in page.get("Tags", [])}

@@ -70,7 +70,7 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
     :param lifecycle_s3_uri: S3 folder with the lifecycle scripts; must start with ``s3://sagemaker-``.
     :param lifecycle_on_create: The script in that folder run when a node is created.
     :param vpc_config: Optional ``VpcConfig`` (security groups, subnets).
-    :param tags: Tags of a new cluster.
+    :param tags: Tags of a new cluster (templated). Creating with tags needs ``sagemaker:AddTags`` too.
     :param create_cluster_kwargs: Further ``CreateCluster`` arguments.
     :param wait_for_completion: Wait until the cluster is ``InService``.
     :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable``.
@@ -80,7 +80,7 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
 
     aws_hook_class = HyperPodHook
     template_fields: Sequence[str] = aws_template_fields(
-        "cluster_name", "instance_groups", "execution_role_arn", "lifecycle_s3_uri", "vpc_config"
+        "cluster_name", "instance_groups", "execution_role_arn", "lifecycle_s3_uri", "vpc_config", "tags"
     )
     template_fields_renderers = {"instance_groups": "json", "vpc_config": "json"}
 
@@ -198,6 +198,51 @@ class HyperPodEnsureClusterOperator(AwsBaseOperator[HyperPodHook]):
                 f"Waiting for HyperPod cluster {self.cluster_name} failed: {event.get('message')}"
             )
         return cluster_arn or self.hook.describe_cluster(self.cluster_name)["ClusterArn"]
+
+
+class HyperPodDeleteClusterOperator(AwsBaseOperator[HyperPodHook]):
+    """
+    Delete a HyperPod cluster, only if it carries every tag of ``only_if_tags``; return its ARN if it did.
+
+    Made for a teardown task: with the tag that the ensuring task gave the cluster it created (e.g. the run's
+    id), a cluster that existed before the run, or that another run created, is never deleted. A cluster
+    that is gone or already ``Deleting`` is left as it is, so a retry after a lost answer sends nothing
+    twice. ``DeleteCluster`` is asynchronous: the cluster is ``Deleting`` when this returns, and SageMaker
+    terminates its instances.
+
+    :param cluster_name: The cluster name (templated).
+    :param only_if_tags: Tags the cluster must carry to be deleted (templated); empty: delete it regardless.
+    """
+
+    aws_hook_class = HyperPodHook
+    template_fields: Sequence[str] = aws_template_fields("cluster_name", "only_if_tags")
+
+    def __init__(self, *, cluster_name: str, only_if_tags: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster_name = cluster_name
+        self.only_if_tags = only_if_tags or {}
+
+    def execute(self, context: Context) -> str | None:
+        cluster = self.hook.find_cluster(self.cluster_name)
+        if cluster is None:
+            self.log.info("HyperPod cluster %s does not exist: nothing to delete.", self.cluster_name)
+            return None
+        arn, status = cluster["ClusterArn"], cluster["ClusterStatus"]
+        if status in HyperPodHook.GONE_STATES:
+            self.log.info("HyperPod cluster %s (%s) is already %s.", self.cluster_name, arn, status)
+            return arn
+        tags = self.hook.list_tags(arn) if self.only_if_tags else {}
+        differing = sorted(key for key, value in self.only_if_tags.items() if tags.get(key) != value)
+        if differing:
+            self.log.info(
+                "HyperPod cluster %s (%s) is kept: its tags %s are not %s.",
+                self.cluster_name, arn, {key: tags.get(key) for key in differing},
+                {key: self.only_if_tags[key] for key in differing},
+            )  # fmt: skip
+            return None
+        self.hook.delete_cluster(self.cluster_name)
+        self.log.info("Deleting HyperPod cluster %s (%s); SageMaker terminates its instances.", self.cluster_name, arn)
+        return arn
 
 
 class HyperPodSubmitJobOperator(AwsBaseOperator[HyperPodHook]):
