@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Generator
 from pathlib import Path
 
 import botocore.client
+from aiobotocore.client import AioBaseClient
+
+import finetune_pipeline
 
 POLICY = Path(__file__).resolve().parents[1] / "include" / "iam" / "airflow-runner-policy.json"
+PACKAGE = str(Path(finetune_pipeline.__file__).resolve().parent)
 # botocore's service name -> IAM's service prefix, for the services whose actions are their operations.
 CHECKED_SERVICES = {"glue": "glue", "sagemaker": "sagemaker", "ec2": "ec2", "dms": "dms", "snowball": "snowball",
                     "ssm": "ssm", "iam": "iam", "secretsmanager": "secretsmanager"}  # fmt: skip
@@ -30,23 +35,45 @@ def allowed_actions() -> set[str]:
     return actions
 
 
+def _sent_by_the_package() -> bool:
+    """Whether the call comes from finetune_pipeline's code (not from a test's own set-up calls)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(PACKAGE):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
-def recorded_calls() -> Generator[set[str], None, None]:
-    """The IAM actions of the checked services' calls any boto3 client in this process sends in the block."""
+def recorded_calls(only_the_package: bool = False) -> Generator[set[str], None, None]:
+    """The IAM actions of the checked services' calls any boto3 client in this process sends in the block
+    (with ``only_the_package``, those that finetune_pipeline's code sends)."""
     calls: set[str] = set()
     make_api_call = botocore.client.BaseClient._make_api_call
 
     def recording(self, operation_name, api_params):
         prefix = CHECKED_SERVICES.get(self.meta.service_model.service_name)
-        if prefix:
+        if prefix and (not only_the_package or _sent_by_the_package()):
             calls.add(f"{prefix}:{operation_name}")
         return make_api_call(self, operation_name, api_params)
 
+    # The triggers' clients are aiobotocore's, whose call is a coroutine of its own.
+    make_async_call = AioBaseClient._make_api_call
+
+    async def recording_async(self, operation_name, api_params):
+        prefix = CHECKED_SERVICES.get(self.meta.service_model.service_name)
+        if prefix and (not only_the_package or _sent_by_the_package()):
+            calls.add(f"{prefix}:{operation_name}")
+        return await make_async_call(self, operation_name, api_params)
+
     botocore.client.BaseClient._make_api_call = recording
+    AioBaseClient._make_api_call = recording_async
     try:
         yield calls
     finally:
         botocore.client.BaseClient._make_api_call = make_api_call
+        AioBaseClient._make_api_call = make_async_call
 
 
 def missing_from_policy(calls: set[str]) -> list[str]:
