@@ -217,3 +217,29 @@ def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(hea
     else:
         assert bounds[0][0] == 0 and bounds[-1][1] is None
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+def test_a_session_parses_each_block_before_it_reads_the_next(source, tmp_path, monkeypatch):
+    """Nothing reads ahead of the parser: a session holds one block of COPY rows, however big the table."""
+    make_items(source, rows=5000)
+    monkeypatch.setattr(postgres, "COPY_BLOCK_BYTES", 16 * 1024)
+    produced, parsed = [], []
+    real_copy_blocks, real_batches = postgres.copy_blocks, postgres._CsvParser.batches
+
+    def counting_copy_blocks(*args):
+        for block in real_copy_blocks(*args):
+            produced.append(len(block))
+            yield block
+
+    def counting_batches(self, block):
+        assert len(produced) == len(parsed) + 1, "a block was read before the previous one was parsed"
+        parsed.append(len(block))
+        return real_batches(self, block)
+
+    monkeypatch.setattr(postgres, "copy_blocks", counting_copy_blocks)
+    monkeypatch.setattr(postgres._CsvParser, "batches", counting_batches)
+    result = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, workers=1)).run()
+    assert len(parsed) > 20 and parsed == produced
+    assert max(parsed) < 16 * 1024 + 200  # a block ends at the first row past the limit
+    assert result.csv_bytes == sum(parsed)
+    assert read_back(tmp_path, result.manifest, source) == source_rows(source)
