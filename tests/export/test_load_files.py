@@ -39,3 +39,23 @@ def test_memory_stays_flat_while_rows_keep_coming(tmp_path):
     files = [pq.ParquetFile(path) for path in paths]
     assert sum(f.metadata.num_rows for f in files) == writer.rows == 240_000
     assert sum(f.metadata.num_row_groups for f in files) > 30
+
+
+def test_the_rows_are_what_the_projects_dms_writer_makes_of_them(tmp_path):
+    from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, to_dms_table
+
+    load_time = datetime(2026, 12, 1, 9, 30, 5, 123456, tzinfo=UTC)
+    writer = LoadFileWriter(tmp_path, "chunk", load_time, row_group_bytes=ROW_GROUP_BYTES)
+    rows = [batch(0), batch(2000, rows=10)]
+    for item in rows:
+        writer.write(item)
+    (path,) = writer.close()
+    table = pa.Table.from_batches(rows)
+    n = table.num_rows
+    expected = to_dms_table(pa.Table.from_arrays(
+        [pa.array(["I"] * n), pa.array([load_time] * n, pa.timestamp("us", tz="UTC")), pa.nulls(n, pa.string()),
+         *table.columns], names=[OP, TS, SEQ, *table.column_names]))
+    written = pq.read_table(path)
+    assert written.schema == expected.schema
+    assert written.equals(expected)
+    assert written.column(TS)[0].as_py() == "2026-12-01 09:30:05.123456"
