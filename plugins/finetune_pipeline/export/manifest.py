@@ -151,8 +151,8 @@ def file_checksums(path: Path, part_size: int = S3_PART_SIZE) -> dict:
             sha256.update(block)
             md5.update(block)
             crc = zlib.crc32(block, crc)
-            view = memoryview(block) if multipart else memoryview(b"")
-            while view:
+            view = memoryview(block)
+            while multipart and view:
                 take = min(len(view), part - in_part)
                 part_md5.update(view[:take])
                 in_part += take
