@@ -84,7 +84,8 @@ class LoadFileWriter:
         if self._writer is None:
             path = self.directory / f"{self.prefix}-{len(self.paths) + 1:05d}.parquet"
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._sink = path.open("wb")
+            # Arrow's own file, not a Python one: the pages go to disk without the GIL or a copy into bytes.
+            self._sink = pa.OSFile(str(path), "wb")
             self._writer = pq.ParquetWriter(self._sink, table.schema)
             self.paths.append(path)
         self._writer.write_table(table, row_group_size=n)
