@@ -7,7 +7,9 @@ without blocking, half that cost), and the thread waits for the socket, with the
 libpq has none left.
 
 PostgreSQL sends each row as one CopyData message, even a row whose values hold newlines, so a block of
-messages is a block of whole rows.
+messages is a block of whole rows. Each block is one buffer of ``block_bytes``, allocated at once and filled,
+not a bytearray grown row by row through every size up to the block's: that left the allocator holes of
+each size, and the peak RSS at 4M rows was 20-40 MiB higher.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ _WOULD_BLOCK = 0
 _COPY_DONE = -1
 
 
-def copy_blocks(cursor: psycopg.Cursor, statement, block_bytes: int) -> Iterator[bytearray]:
-    """The output of ``statement`` (a ``COPY ... TO STDOUT``) in blocks of whole rows, about ``block_bytes`` each.
+def copy_blocks(cursor: psycopg.Cursor, statement, block_bytes: int) -> Iterator[memoryview]:
+    """The output of ``statement`` (a ``COPY ... TO STDOUT``) in blocks of whole rows.
 
-    A block is never reused after it is yielded: the caller may hand it to Arrow without a copy. A failed
-    COPY raises its psycopg error after the last block it sent.
+    A block holds at most ``block_bytes``, or a single row longer than that. It is never reused after it is
+    yielded: the caller may hand it to Arrow without a copy. A failed COPY raises its psycopg error after
+    the last block it sent.
     """
     with cursor.copy(statement):
         pgconn = cursor.connection.pgconn
@@ -37,22 +40,26 @@ def copy_blocks(cursor: psycopg.Cursor, statement, block_bytes: int) -> Iterator
             _finish(pgconn, socket, cursor.connection.info.encoding)
 
 
-def _read_rows(pgconn: pq.abc.PGconn, socket: selectors.BaseSelector, block_bytes: int) -> Iterator[bytearray]:
+def _read_rows(pgconn: pq.abc.PGconn, socket: selectors.BaseSelector, block_bytes: int) -> Iterator[memoryview]:
     get_copy_data = pgconn.get_copy_data
-    block = bytearray()
+    view = memoryview(bytearray(block_bytes))
+    end = 0
     while True:
         size, row = get_copy_data(1)  # 1: never block; libpq raises on a broken connection
         if size > 0:
-            block += row
-            if len(block) >= block_bytes:
-                yield block
-                block = bytearray()
+            if end + size > block_bytes:  # the row does not fit: a fresh block (one row's size, if larger)
+                if end:
+                    yield view[:end]
+                view = memoryview(bytearray(max(block_bytes, size)))
+                end = 0
+            view[end:end + size] = row
+            end += size
         elif size == _WOULD_BLOCK:
             socket.select()
             pgconn.consume_input()
         else:  # _COPY_DONE
-            if block:
-                yield block
+            if end:
+                yield view[:end]
             return
 
 

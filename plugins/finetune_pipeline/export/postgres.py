@@ -449,7 +449,7 @@ class _CsvParser:
             true_values=["t"], false_values=["f"],
         )
 
-    def batches(self, block: bytearray) -> list[pa.RecordBatch]:
+    def batches(self, block: memoryview) -> list[pa.RecordBatch]:
         rows = pcsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=self._read,
                              parse_options=self._parse, convert_options=self._convert)
         return rows.to_batches()
