@@ -201,7 +201,9 @@ def test_retained_wal_grows_while_nobody_reads_the_slot(source, tmp_path):
 
 @pytest.mark.parametrize(
     ("heap_mib", "sessions", "ranges"),
-    [(8, 2, 1), (100, 2, 2), (100, 4, 3), (182, 2, 2), (2048, 2, 4), (2048, 8, 8)],
+    [(8, 2, 1), (100, 2, 2), (100, 4, 3), (182, 2, 2), (2048, 2, 4), (2048, 8, 8),
+     # Past one range per session, a multiple of the sessions, so that none idles at the end.
+     (1457, 2, 4), (2600, 2, 6), (2048, 3, 6), (1100, 1, 3)],
 )
 def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(heap_mib, sessions, ranges):
     from finetune_pipeline.export.postgres import MIB, TableSpec, _chunks, _Table
@@ -217,6 +219,7 @@ def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(hea
     else:
         assert bounds[0][0] == 0 and bounds[-1][1] is None
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all((high - low) * 8192 <= 512 * MIB for low, high in bounds[:-1])
 
 
 def test_a_session_parses_each_block_before_it_reads_the_next(source, tmp_path, monkeypatch):

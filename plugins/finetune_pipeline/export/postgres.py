@@ -465,12 +465,15 @@ class _Chunk:
 def _chunks(table: _Table, chunk_bytes: int, sessions: int = 1) -> list[_Chunk]:
     """Page ranges of a large table (TID range scans, PostgreSQL 14+); small tables are one chunk.
 
-    At most ``chunk_bytes`` of heap each (memory stays bounded), and a table of some size is cut into at
-    least ``sessions`` ranges, so that one big table keeps every session busy, not one.
+    At most ``chunk_bytes`` of heap each, and a table of some size is cut into at least ``sessions`` ranges,
+    so that one big table keeps every session busy, not one. More ranges than sessions come in a multiple
+    of them: three ranges on two sessions would leave one session idle for the last third.
     """
     pages = max(1, table.heap_bytes // table.block_size)
     count = max(1, math.ceil(table.heap_bytes / chunk_bytes),
                 min(sessions, table.heap_bytes // MIN_SPLIT_BYTES))
+    if count > sessions:
+        count = math.ceil(count / sessions) * sessions
     if count == 1:
         return [_Chunk(table, 0, None)]
     step = math.ceil(pages / count)
