@@ -59,3 +59,10 @@ def test_the_rows_are_what_the_projects_dms_writer_makes_of_them(tmp_path):
     assert written.schema == expected.schema
     assert written.equals(expected)
     assert written.column(TS)[0].as_py() == "2026-12-01 09:30:05.123456"
+
+
+def test_a_naive_load_time_is_taken_as_utc(tmp_path):
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, 9, 30, 5))
+    writer.write(batch(0, rows=3))
+    (path,) = writer.close()
+    assert pq.read_table(path).column("_dms_ts").to_pylist() == ["2026-12-01 09:30:05.000000"] * 3

@@ -55,7 +55,9 @@ class LoadFileWriter:
         self.row_group_bytes = row_group_bytes
         # DMS stamps full-load rows with the transfer time (TimestampColumnName). The snapshot position is
         # used: no CDC change can commit at or before it, so a change after the snapshot always wins the merge.
-        self._load_ts = load_time.astimezone(UTC).strftime(DMS_TS_FORMAT).encode()
+        # A naive time is UTC, as Arrow takes it for a timestamp with a zone.
+        utc = load_time.astimezone(UTC) if load_time.tzinfo else load_time.replace(tzinfo=UTC)
+        self._load_ts = utc.strftime(DMS_TS_FORMAT).encode()
         self.rows = 0
         self.paths: list[Path] = []
         self._buffer: list[pa.RecordBatch] = []
