@@ -124,6 +124,7 @@ def main() -> int:
             from devstack.source_db import stop_source_database
 
             stop_source_database(server)
+            shutil.rmtree(server.data_dir.parent, ignore_errors=True)  # GBs of table and WAL per run
     print("targets: export >= 0.8x COPY, peak RSS <= 512 MiB at every size")
     return 0
 
