@@ -51,3 +51,25 @@ def test_cli_refusals_exit_1(source, tmp_path, capsys):
                  "--slot", source.slot, "--wal-bytes-per-day", "1000"])
     assert code == 1
     assert "has no primary key" in capsys.readouterr().err
+
+
+def test_an_export_process_imports_neither_pandas_nor_pydantic(tmp_path):
+    """A fifth of a second and more of every export's start: pyarrow imports pandas on the first Python value
+    it converts, and the DMS format module's contracts would bring pydantic."""
+    script = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from pathlib import Path\n"
+        "import pyarrow as pa\n"
+        "import finetune_pipeline.export.cli, finetune_pipeline.export.postgres\n"
+        "from finetune_pipeline.export.load_files import LoadFileWriter\n"
+        "writer = LoadFileWriter(Path(sys.argv[1]), 'chunk', datetime.now(UTC))\n"
+        "writer.write(pa.RecordBatch.from_arrays([pa.nulls(3, pa.int64())], names=['id']))\n"
+        "writer.close()\n"
+        "print(sorted({'pandas', 'pydantic'} & set(sys.modules)))\n"
+    )
+    env = {"PYTHONPATH": str(REPO_PLUGINS), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

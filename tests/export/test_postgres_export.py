@@ -201,7 +201,9 @@ def test_retained_wal_grows_while_nobody_reads_the_slot(source, tmp_path):
 
 @pytest.mark.parametrize(
     ("heap_mib", "sessions", "ranges"),
-    [(8, 2, 1), (100, 2, 2), (100, 4, 3), (182, 2, 2), (2048, 2, 4), (2048, 8, 8)],
+    [(8, 2, 1), (100, 2, 2), (100, 4, 3), (182, 2, 2), (2048, 2, 4), (2048, 8, 8),
+     # Past one range per session, a multiple of the sessions, so that none idles at the end.
+     (1457, 2, 4), (2600, 2, 6), (2048, 3, 6), (1100, 1, 3)],
 )
 def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(heap_mib, sessions, ranges):
     from finetune_pipeline.export.postgres import MIB, TableSpec, _chunks, _Table
@@ -217,3 +219,30 @@ def test_a_big_table_is_cut_into_a_range_per_session_and_chunks_stay_bounded(hea
     else:
         assert bounds[0][0] == 0 and bounds[-1][1] is None
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all((high - low) * 8192 <= 512 * MIB for low, high in bounds[:-1])
+
+
+def test_a_session_parses_each_block_before_it_reads_the_next(source, tmp_path, monkeypatch):
+    """Nothing reads ahead of the parser: a session holds one block of COPY rows, however big the table."""
+    make_items(source, rows=5000)
+    monkeypatch.setattr(postgres, "COPY_BLOCK_BYTES", 16 * 1024)
+    produced, parsed = [], []
+    real_copy_blocks, real_batches = postgres.copy_blocks, postgres._CsvParser.batches
+
+    def counting_copy_blocks(*args):
+        for block in real_copy_blocks(*args):
+            produced.append(len(block))
+            yield block
+
+    def counting_batches(self, block):
+        assert len(produced) == len(parsed) + 1, "a block was read before the previous one was parsed"
+        parsed.append(len(block))
+        return real_batches(self, block)
+
+    monkeypatch.setattr(postgres, "copy_blocks", counting_copy_blocks)
+    monkeypatch.setattr(postgres._CsvParser, "batches", counting_batches)
+    result = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, workers=1)).run()
+    assert len(parsed) > 20 and parsed == produced
+    assert max(parsed) <= 16 * 1024  # no row is longer than a block here
+    assert result.csv_bytes == sum(parsed)
+    assert read_back(tmp_path, result.manifest, source) == source_rows(source)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +29,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from finetune_pipeline.datasets.contracts import TableContract
 from finetune_pipeline.datasets.dms_target import OP_COLUMN as OP
 from finetune_pipeline.datasets.dms_target import SEQUENCE_COLUMN as SEQ
 from finetune_pipeline.datasets.dms_target import SEQUENCE_LENGTH as SEQ_LENGTH
 from finetune_pipeline.datasets.dms_target import TIMESTAMP_COLUMN as TS
+
+if TYPE_CHECKING:  # annotations only: the snapshot export imports this module without pydantic
+    from finetune_pipeline.datasets.contracts import TableContract
 
 OPS = ("I", "U", "D")
 DMS_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -41,7 +43,6 @@ Format = Literal["parquet", "csv"]
 
 _CDC_RE = re.compile(r"^(\d{8}-\d{9,10})\.(parquet|csv)$")
 _LOAD_RE = re.compile(r"^LOAD([0-9A-F]{8})\.(parquet|csv)$")
-_OP_SET = pa.array(OPS, pa.string())
 _TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
@@ -316,7 +317,8 @@ def _normalize(batch: pa.RecordBatch, f: DmsFile, contract: TableContract) -> pa
     if OP in names:
         op = batch.column(OP)
         op = op.cast(pa.string()) if not pa.types.is_string(op.type) else op
-        ok = pc.is_in(op, _OP_SET) if f.kind is FileKind.CDC else pc.equal(op, "I")
+        # Built here, not at import: pa.array on Python values imports pandas, which the export does without.
+        ok = pc.is_in(op, pa.array(OPS, pa.string())) if f.kind is FileKind.CDC else pc.equal(op, "I")
         ok = pc.fill_null(ok, False)
         if not pc.all(ok).as_py():
             bad = op.filter(pc.invert(ok))

@@ -137,6 +137,9 @@ def file_checksums(path: Path, part_size: int = S3_PART_SIZE) -> dict:
     """sha256, md5, the multipart ETag at ``part_size`` and the CRC-32 of a file, in one read."""
     size = path.stat().st_size
     part = s3_part_size(size, part_size)
+    # s3transfer uploads a file of at least multipart_threshold (= part_size here) bytes in parts; a smaller
+    # one in a single PUT, whose ETag is the file's MD5, so its part MD5s are not computed at all.
+    multipart = size >= part_size
     sha256 = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
     crc = 0
@@ -149,7 +152,7 @@ def file_checksums(path: Path, part_size: int = S3_PART_SIZE) -> dict:
             md5.update(block)
             crc = zlib.crc32(block, crc)
             view = memoryview(block)
-            while view:
+            while multipart and view:
                 take = min(len(view), part - in_part)
                 part_md5.update(view[:take])
                 in_part += take
@@ -159,11 +162,10 @@ def file_checksums(path: Path, part_size: int = S3_PART_SIZE) -> dict:
                     part_md5, in_part = hashlib.md5(usedforsecurity=False), 0
     if in_part:
         part_digests.append(part_md5.digest())
-    # s3transfer uploads a file of at least multipart_threshold (= part_size here) bytes in parts.
-    if size < part_size:
-        etag = md5.hexdigest()
-    else:
+    if multipart:
         etag = f"{hashlib.md5(b''.join(part_digests), usedforsecurity=False).hexdigest()}-{len(part_digests)}"
+    else:
+        etag = md5.hexdigest()
     return {"size": size, "sha256": sha256.hexdigest(), "md5": md5.hexdigest(), "etag": etag,
             "crc32": base64.b64encode(crc.to_bytes(4, "big")).decode(), "part_size": part_size}
 

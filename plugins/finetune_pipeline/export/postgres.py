@@ -9,7 +9,9 @@
    simple query protocol, and never prepares them (``prepare_threshold=None``).
 3. While that connection stays open, ``workers`` sessions each ``SET TRANSACTION SNAPSHOT`` (REPEATABLE READ,
    READ ONLY) and stream a chunk of a table (a range of heap pages, by ``ctid``) with ``COPY ... TO STDOUT
-   (FORMAT csv)`` through pyarrow's streaming CSV reader into bounded Parquet row groups.
+   (FORMAT csv)``, read in blocks of whole rows (:mod:`.copy_blocks`), each parsed by pyarrow's CSV reader
+   and written into bounded Parquet row groups. Nothing reads ahead: a session holds one block and one row
+   group, whatever the table's size.
 4. The files get their DMS names (``LOAD00000001.parquet``...), their checksums, and ``manifest.json`` last.
 
 The slot then keeps every WAL segment from its consistent point until DMS confirms it: for the whole
@@ -23,7 +25,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ import pyarrow.csv as pcsv
 from psycopg import sql
 
 from finetune_pipeline.datasets.dms_format import load_file_name
+from finetune_pipeline.export.copy_blocks import copy_blocks
 from finetune_pipeline.export.errors import ExportError, PreflightError, SourceUnreachableError
 from finetune_pipeline.export.load_files import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROW_GROUP_BYTES, LoadFileWriter
 from finetune_pipeline.export.manifest import (
@@ -58,6 +61,9 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 # Below this much heap a table is one range: splitting it would cost more sessions than it saves.
 MIN_SPLIT_BYTES = 32 * MIB
+# COPY rows are parsed a block at a time; the pieces of a block are parsed in parallel.
+COPY_BLOCK_BYTES = 8 * MIB
+PARSE_PIECE_BYTES = 1 * MIB
 STAGING_DIR = ".export-partial"
 # Below this, a pg_stat_wal average says more about the last bulk load than about the steady write rate.
 _MIN_WAL_STATS_SECONDS = 86_400
@@ -417,42 +423,6 @@ def retained_wal(conn: psycopg.Connection, slot_name: str) -> dict | None:
 # ---------------------------------------------------------------------------------------------- streaming
 
 
-class _CopyStream:
-    """A file-like view of ``COPY ... TO STDOUT`` data for pyarrow (one CopyData message per row)."""
-
-    def __init__(self, copy) -> None:
-        self._rows = iter(copy)
-        self._buffer = bytearray()
-        self._done = False
-        self.bytes = 0
-        self.closed = False
-
-    def read(self, size: int = -1) -> bytes:
-        buffer, rows = self._buffer, self._rows
-        want = size if size >= 0 else 1 << 62
-        # bytearray += is amortised O(1); the per-row loop is the same one a plain COPY reader runs.
-        while len(buffer) < want and not self._done:
-            for row in rows:
-                buffer += row
-                if len(buffer) >= want:
-                    break
-            else:
-                self._done = True
-        data = bytes(buffer[:want])
-        del buffer[:want]
-        self.bytes += len(data)
-        return data
-
-    def peek_empty(self) -> bool:
-        if not self._buffer and not self._done:
-            row = next(self._rows, None)
-            if row is None:
-                self._done = True
-            else:
-                self._buffer += row
-        return not self._buffer
-
-
 def _copy_query(table: _Table, pages: tuple[int, int | None] | None) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
     select = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(table.spec.schema, table.spec.name))
@@ -465,22 +435,24 @@ def _copy_query(table: _Table, pages: tuple[int, int | None] | None) -> sql.Comp
     return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
 
 
-def _csv_batches(stream: _CopyStream, table: _Table) -> Iterator[pa.RecordBatch]:
-    if stream.peek_empty():
-        return
-    names = [c.name for c in table.columns]
-    reader = pcsv.open_csv(
-        stream,
-        read_options=pcsv.ReadOptions(column_names=names, block_size=4 * MIB),
+class _CsvParser:
+    """Parses blocks of whole COPY rows (PostgreSQL's CSV) into record batches of the table's Arrow types."""
+
+    def __init__(self, table: _Table) -> None:
+        # Arrow splits a block into pieces of this size and parses them on its CPU threads in parallel.
+        self._read = pcsv.ReadOptions(column_names=[c.name for c in table.columns], block_size=PARSE_PIECE_BYTES)
         # PostgreSQL's CSV: NULL is an unquoted empty field, '' a quoted one; values may hold newlines.
-        parse_options=pcsv.ParseOptions(newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(
+        self._parse = pcsv.ParseOptions(newlines_in_values=True)
+        self._convert = pcsv.ConvertOptions(
             column_types={c.name: c.arrow_type for c in table.columns},
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
             true_values=["t"], false_values=["f"],
-        ),
-    )
-    yield from reader
+        )
+
+    def batches(self, block: memoryview) -> list[pa.RecordBatch]:
+        rows = pcsv.read_csv(pa.BufferReader(pa.py_buffer(block)), read_options=self._read,
+                             parse_options=self._parse, convert_options=self._convert)
+        return rows.to_batches()
 
 
 @dataclass
@@ -493,12 +465,15 @@ class _Chunk:
 def _chunks(table: _Table, chunk_bytes: int, sessions: int = 1) -> list[_Chunk]:
     """Page ranges of a large table (TID range scans, PostgreSQL 14+); small tables are one chunk.
 
-    At most ``chunk_bytes`` of heap each (memory stays bounded), and a table of some size is cut into at
-    least ``sessions`` ranges, so that one big table keeps every session busy, not one.
+    At most ``chunk_bytes`` of heap each, and a table of some size is cut into at least ``sessions`` ranges,
+    so that one big table keeps every session busy, not one. More ranges than sessions come in a multiple
+    of them: three ranges on two sessions would leave one session idle for the last third.
     """
     pages = max(1, table.heap_bytes // table.block_size)
     count = max(1, math.ceil(table.heap_bytes / chunk_bytes),
                 min(sessions, table.heap_bytes // MIN_SPLIT_BYTES))
+    if count > sessions:
+        count = math.ceil(count / sessions) * sessions
     if count == 1:
         return [_Chunk(table, 0, None)]
     step = math.ceil(pages / count)
@@ -655,21 +630,24 @@ class PostgresExport:
         writer = LoadFileWriter(staging / table.spec.schema / table.spec.name, f"chunk{chunk.index:05d}", load_time,
                                 max_file_bytes=self.settings.max_file_bytes,
                                 row_group_bytes=self.settings.row_group_bytes)
+        csv_bytes = 0
         try:
             with connect(self.conninfo, autocommit=True) as conn:
                 # Text forms pyarrow parses exactly: UTC ISO timestamps, ISO dates, round-tripping floats.
                 conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3")
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                with conn.cursor() as cursor, cursor.copy(_copy_query(table, chunk.pages)) as copy:
-                    stream = _CopyStream(copy)
-                    for batch in _csv_batches(stream, table):
-                        writer.write(batch)
+                parser = _CsvParser(table)
+                with conn.cursor() as cursor:
+                    for block in copy_blocks(cursor, _copy_query(table, chunk.pages), COPY_BLOCK_BYTES):
+                        csv_bytes += len(block)
+                        for batch in parser.batches(block):
+                            writer.write(batch)
                 conn.execute("COMMIT")
             paths = writer.close()
         except BaseException:
             writer.abort()
             raise
         with self._lock:
-            self._csv_bytes += stream.bytes
+            self._csv_bytes += csv_bytes
         return paths, writer.rows

@@ -1,0 +1,68 @@
+"""The chunked writer: memory bounded by one row group, however many rows go through it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from finetune_pipeline.export.load_files import LoadFileWriter
+
+ROW_GROUP_BYTES = 256 * 1024
+
+
+def batch(start: int, rows: int = 2000) -> pa.RecordBatch:
+    ids = pa.array(range(start, start + rows), pa.int64())
+    notes = pa.array([f"note {i} " * (1 + i % 7) for i in range(start, start + rows)], pa.string())
+    return pa.RecordBatch.from_arrays([ids, notes], names=["id", "note"])
+
+
+def test_memory_stays_flat_while_rows_keep_coming(tmp_path):
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, tzinfo=UTC), row_group_bytes=ROW_GROUP_BYTES)
+    batches = [batch(n * 2000) for n in range(120)]  # about 40 row groups
+    total = sum(b.nbytes for b in batches)
+    baseline = pa.total_allocated_bytes() - sum(b.nbytes for b in batches)
+    held = []
+    for n, item in enumerate(batches):
+        writer.write(item)
+        batches[n] = None  # the writer's copy, if it keeps one, is then the only one
+        # What the writer holds: the batches of the row group it is filling, never more than one group.
+        assert writer._buffered < ROW_GROUP_BYTES
+        held.append(pa.total_allocated_bytes() - baseline - sum(b.nbytes for b in batches if b is not None))
+    paths = writer.close()
+    first, last = max(held[:30]), max(held[-30:])
+    # Flat: the last row groups hold no more than the first ones did (not a byte more per row group written).
+    assert last <= first + ROW_GROUP_BYTES // 4, (first, last)
+    # Bounded by a row group and its encoding (padding included), far below what went through.
+    assert max(held) < 6 * ROW_GROUP_BYTES < total / 5
+    files = [pq.ParquetFile(path) for path in paths]
+    assert sum(f.metadata.num_rows for f in files) == writer.rows == 240_000
+    assert sum(f.metadata.num_row_groups for f in files) > 30
+
+
+def test_the_rows_are_what_the_projects_dms_writer_makes_of_them(tmp_path):
+    from finetune_pipeline.datasets.dms_format import OP, SEQ, TS, to_dms_table
+
+    load_time = datetime(2026, 12, 1, 9, 30, 5, 123456, tzinfo=UTC)
+    writer = LoadFileWriter(tmp_path, "chunk", load_time, row_group_bytes=ROW_GROUP_BYTES)
+    rows = [batch(0), batch(2000, rows=10)]
+    for item in rows:
+        writer.write(item)
+    (path,) = writer.close()
+    table = pa.Table.from_batches(rows)
+    n = table.num_rows
+    expected = to_dms_table(pa.Table.from_arrays(
+        [pa.array(["I"] * n), pa.array([load_time] * n, pa.timestamp("us", tz="UTC")), pa.nulls(n, pa.string()),
+         *table.columns], names=[OP, TS, SEQ, *table.column_names]))
+    written = pq.read_table(path)
+    assert written.schema == expected.schema
+    assert written.equals(expected)
+    assert written.column(TS)[0].as_py() == "2026-12-01 09:30:05.123456"
+
+
+def test_a_naive_load_time_is_taken_as_utc(tmp_path):
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, 9, 30, 5))
+    writer.write(batch(0, rows=3))
+    (path,) = writer.close()
+    assert pq.read_table(path).column("_dms_ts").to_pylist() == ["2026-12-01 09:30:05.000000"] * 3
