@@ -4,6 +4,7 @@ files the project's reader reads back as the source's rows."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from finetune_pipeline.datasets.contracts import TableContract
@@ -241,8 +242,53 @@ def test_a_session_parses_each_block_before_it_reads_the_next(source, tmp_path, 
 
     monkeypatch.setattr(postgres, "copy_blocks", counting_copy_blocks)
     monkeypatch.setattr(postgres._CsvParser, "batches", counting_batches)
-    result = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path, workers=1)).run()
+    settings = source.settings(tmp_path, workers=1, binary_copy=False)  # the CSV path, for any table
+    result = PostgresExport(source.url, [source.table("items")], settings).run()
     assert len(parsed) > 20 and parsed == produced
     assert max(parsed) <= 16 * 1024  # no row is longer than a block here
     assert result.csv_bytes == sum(parsed)
     assert read_back(tmp_path, result.manifest, source) == source_rows(source)
+
+
+def _data_columns(export_dir, manifest) -> pa.Table:
+    """The exported rows without the load-time column (each export has its own)."""
+    tables = [pq.read_table(export_dir / item.key) for item in manifest.files if item.key.endswith(".parquet")]
+    table = pa.concat_tables(tables)
+    return table.select([name for name in table.column_names if name in SOURCE_COLUMNS]).sort_by("id")
+
+
+SOURCE_COLUMNS = ("id", "note", "amount", "flag", "seen_at", "day")
+
+
+def test_binary_copy_and_csv_copy_write_the_same_files(source, tmp_path):
+    """The two read paths (ADBC's binary COPY for simple types, CSV otherwise) give the same Parquet columns:
+    types, NULLs against empty strings, quotes and newlines in text, timestamps to the microsecond."""
+    make_items(source, rows=3000)
+    binary = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path / "binary")).run()
+    assert binary.csv_bytes == 0  # read through ADBC, not CSV
+    csv_source = type(source)(source.url, source.schema, f"{source.slot}_csv")
+    csv = PostgresExport(source.url, [csv_source.table("items")],
+                         csv_source.settings(tmp_path / "csv", binary_copy=False)).run()  # fmt: skip
+    assert csv.csv_bytes > 0
+    try:
+        assert _data_columns(tmp_path / "binary", binary.manifest) == _data_columns(tmp_path / "csv", csv.manifest)
+        assert _data_columns(tmp_path / "binary", binary.manifest).num_rows == 3000
+    finally:
+        source.sql("SELECT pg_drop_replication_slot(%s)", (f"{source.slot}_csv",))
+
+
+def test_a_table_with_a_type_binary_copy_does_not_map_goes_through_csv(source, tmp_path, monkeypatch):
+    source.sql(f"""
+        CREATE TABLE {source.schema}.priced (id bigint PRIMARY KEY, price numeric(10, 2), tag uuid);
+        INSERT INTO {source.schema}.priced
+        SELECT g, g / 7.0, md5(g::text)::uuid FROM generate_series(1, 50) g""")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("numeric and uuid are exported in their text forms, through CSV")
+
+    monkeypatch.setattr(postgres.binary_copy, "read_batches", refuse)
+    result = PostgresExport(source.url, [source.table("priced")], source.settings(tmp_path)).run()
+    (item,) = result.manifest.files
+    table = pq.read_table(tmp_path / item.key).sort_by("id")
+    assert table.column("price").to_pylist()[:2] == ["0.14", "0.29"]
+    assert table.column("tag").to_pylist()[0] == source.sql("SELECT md5('1')::uuid::text")[0][0]

@@ -8,10 +8,12 @@
    protocol, so that connection only ever runs parameterless text statements, which psycopg sends with the
    simple query protocol, and never prepares them (``prepare_threshold=None``).
 3. While that connection stays open, ``workers`` sessions each ``SET TRANSACTION SNAPSHOT`` (REPEATABLE READ,
-   READ ONLY) and stream a chunk of a table (a range of heap pages, by ``ctid``) with ``COPY ... TO STDOUT
-   (FORMAT csv)``, read in blocks of whole rows (:mod:`.copy_blocks`), each parsed by pyarrow's CSV reader
-   and written into bounded Parquet row groups. Nothing reads ahead: a session holds one block and one row
-   group, whatever the table's size.
+   READ ONLY) and stream a chunk of a table (a range of heap pages, by ``ctid``) into bounded Parquet row
+   groups. A table of simple types (:data:`.binary_copy.BINARY_TYPES`) is read by ADBC's PostgreSQL driver
+   from a binary COPY, decoded to Arrow in C++ (:mod:`.binary_copy`); any other table with ``COPY ... TO
+   STDOUT (FORMAT csv)``, read in blocks of whole rows (:mod:`.copy_blocks`), each parsed by pyarrow's CSV
+   reader. Nothing reads ahead: a session holds one batch or block and one row group, whatever the table's
+   size.
 4. The files get their DMS names (``LOAD00000001.parquet``...), their checksums, and ``manifest.json`` last.
 
 The slot then keeps every WAL segment from its consistent point until DMS confirms it: for the whole
@@ -37,6 +39,7 @@ import pyarrow.csv as pcsv
 from psycopg import sql
 
 from finetune_pipeline.datasets.dms_format import load_file_name
+from finetune_pipeline.export import binary_copy
 from finetune_pipeline.export.copy_blocks import copy_blocks
 from finetune_pipeline.export.errors import ExportError, PreflightError, SourceUnreachableError
 from finetune_pipeline.export.load_files import DEFAULT_MAX_FILE_BYTES, DEFAULT_ROW_GROUP_BYTES, LoadFileWriter
@@ -122,6 +125,8 @@ class ExportSettings:
     # A table larger than this many heap bytes is exported in page ranges by several sessions at once.
     chunk_bytes: int = 512 * MIB
     part_size: int = S3_PART_SIZE
+    # Tables of simple types through ADBC's binary COPY (:mod:`.binary_copy`); False: every table as CSV.
+    binary_copy: bool = True
 
 
 @dataclass
@@ -140,6 +145,11 @@ class _Table:
     heap_bytes: int
     size_bytes: int  # pg_table_size: heap, TOAST, free-space and visibility maps
     block_size: int
+
+    @property
+    def binary_copy(self) -> bool:
+        """Whether every column decodes from binary COPY to its exported type (see :mod:`.binary_copy`)."""
+        return all(c.type_name in binary_copy.BINARY_TYPES for c in self.columns)
 
 
 @dataclass
@@ -424,6 +434,10 @@ def retained_wal(conn: psycopg.Connection, slot_name: str) -> dict | None:
 
 
 def _copy_query(table: _Table, pages: tuple[int, int | None] | None) -> sql.Composed:
+    return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(_select_query(table, pages))
+
+
+def _select_query(table: _Table, pages: tuple[int, int | None] | None) -> sql.Composed:
     columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
     select = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(table.spec.schema, table.spec.name))
     if pages is not None:
@@ -432,7 +446,7 @@ def _copy_query(table: _Table, pages: tuple[int, int | None] | None) -> sql.Comp
         if high is not None:
             condition = sql.SQL("{} AND ctid < {}::tid").format(condition, sql.Literal(f"({high},0)"))
         select = sql.SQL("{} WHERE {}").format(select, condition)
-    return sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
+    return select
 
 
 class _CsvParser:
@@ -632,18 +646,13 @@ class PostgresExport:
                                 row_group_bytes=self.settings.row_group_bytes)
         csv_bytes = 0
         try:
-            with connect(self.conninfo, autocommit=True) as conn:
-                # Text forms pyarrow parses exactly: UTC ISO timestamps, ISO dates, round-tripping floats.
-                conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3")
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                parser = _CsvParser(table)
-                with conn.cursor() as cursor:
-                    for block in copy_blocks(cursor, _copy_query(table, chunk.pages), COPY_BLOCK_BYTES):
-                        csv_bytes += len(block)
-                        for batch in parser.batches(block):
-                            writer.write(batch)
-                conn.execute("COMMIT")
+            if self.settings.binary_copy and table.binary_copy and binary_copy.available():
+                schema = pa.schema([(c.name, c.arrow_type) for c in table.columns])
+                query = _select_query(table, chunk.pages).as_string()
+                for batch in binary_copy.read_batches(self.conninfo, snapshot, query, schema):
+                    writer.write(batch)
+            else:
+                csv_bytes = self._copy_csv(chunk, snapshot, writer)
             paths = writer.close()
         except BaseException:
             writer.abort()
@@ -651,3 +660,21 @@ class PostgresExport:
         with self._lock:
             self._csv_bytes += csv_bytes
         return paths, writer.rows
+
+    def _copy_csv(self, chunk: _Chunk, snapshot: str, writer: LoadFileWriter) -> int:
+        """The chunk through ``COPY ... (FORMAT csv)``, parsed a block at a time; returns the CSV bytes."""
+        table = chunk.table
+        csv_bytes = 0
+        with connect(self.conninfo, autocommit=True) as conn:
+            # Text forms pyarrow parses exactly: UTC ISO timestamps, ISO dates, round-tripping floats.
+            conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            parser = _CsvParser(table)
+            with conn.cursor() as cursor:
+                for block in copy_blocks(cursor, _copy_query(table, chunk.pages), COPY_BLOCK_BYTES):
+                    csv_bytes += len(block)
+                    for batch in parser.batches(block):
+                        writer.write(batch)
+            conn.execute("COMMIT")
+        return csv_bytes
