@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict
+
 from finetune_pipeline.export.cli import main
 
 REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -31,6 +33,22 @@ def test_the_cli_exports_and_a_rerun_reuses_it(source, tmp_path, capsys):
     summary = json.loads(out[out.index("{"):])
     assert summary["status"] == "reused" and summary["rows"] == {f"{source.schema}.kv": 25}
     assert summary["slot"] == source.slot and "/" in summary["cdc_start_position"]
+
+
+def test_the_cli_takes_the_connection_from_pg_variables_alone(source, tmp_path, monkeypatch, capsys):
+    """No --dsn, as the README shows: libpq's PG* variables say where, for psycopg and ADBC alike."""
+    source.sql(f"CREATE TABLE {source.schema}.kv (k int PRIMARY KEY, v text); "
+               f"INSERT INTO {source.schema}.kv SELECT g, 'v' || g FROM generate_series(1, 25) g")
+    params = conninfo_to_dict(source.url)
+    for key, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"), ("dbname", "PGDATABASE"),
+                          ("password", "PGPASSWORD")):
+        if key in params:
+            monkeypatch.setenv(variable, str(params[key]))
+    args = ["--table", f"{source.schema}.kv=k", "--export-dir", str(tmp_path), "--slot", source.slot,
+            "--wal-bytes-per-day", "1000000", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["rows"] == {f"{source.schema}.kv": 25}
 
 
 def test_cli_exit_codes_name_the_problem_without_a_traceback(tmp_path):

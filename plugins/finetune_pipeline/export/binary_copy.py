@@ -44,7 +44,10 @@ def read_batches(conninfo: str, snapshot: str, query: str, schema: pa.Schema) ->
     """
     import adbc_driver_postgresql.dbapi as adbc
 
-    with adbc.connect(conninfo, autocommit=True) as conn, conn.cursor() as cursor:
+    # The driver refuses an empty connection string, which libpq reads as "all from PG* variables and
+    # ~/.pgpass" (the CLI's usual form); one keyword of no consequence keeps that meaning.
+    with adbc.connect(conninfo.strip() or "application_name=finetune-export", autocommit=True) as conn, \
+            conn.cursor() as cursor:
         cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cursor.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(snapshot)}'")
         cursor.execute(query)
