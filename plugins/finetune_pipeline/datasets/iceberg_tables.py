@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from finetune_pipeline.datasets.catalog import CatalogSpec
 from finetune_pipeline.datasets.contracts import TableContract
+from finetune_pipeline.datasets.deletes import row_delta
 from finetune_pipeline.datasets.dms_target import SEQUENCE_COLUMN, TIMESTAMP_COLUMN
 from finetune_pipeline.datasets.partition import Bucketing
 from finetune_pipeline.datasets.store import ObjectStore
@@ -392,8 +393,10 @@ class TableWrite:
     def writer(self, bucket: int, target_bytes: int) -> DataFileWriter:
         return DataFileWriter(self, bucket, target_bytes)
 
-    def commit(self, *, deleted: list[Any], added: list[Any], summary: dict[str, str], tag: str) -> int:
+    def commit(self, *, deleted: list[Any], added: list[Any], summary: dict[str, str], tag: str,
+               added_deletes: list[Any] = (), removed_deletes: list[Any] = ()) -> int:
         """One commit: replace ``deleted`` by ``added`` (or none: a snapshot that only records the version),
+        add the position delete files ``added_deletes`` and drop ``removed_deletes`` (see :mod:`.deletes`),
         with ``summary`` on the snapshot and ``tag`` on it. Returns the snapshot id.
 
         :raises ConcurrentCommitError: another writer moved ``main`` (or created the table) first.
@@ -404,13 +407,20 @@ class TableWrite:
         tx = self.transaction
         if tag in self.metadata.refs:
             raise ConcurrentCommitError(f"table {'.'.join(self.head.identifier)} already has tag {tag}")
-        update = tx.update_snapshot(snapshot_properties=summary)
-        producer = update.overwrite() if deleted else update.fast_append()
+        if added_deletes or removed_deletes:
+            producer = row_delta(tx, summary)
+        else:
+            update = tx.update_snapshot(snapshot_properties=summary)
+            producer = update.overwrite() if deleted else update.fast_append()
         with producer as files:
             for f in deleted:
                 files.delete_data_file(f)
             for f in added:
                 files.append_data_file(f)
+            for f in added_deletes:
+                files.append_delete_file(f)
+            for f in removed_deletes:
+                files.remove_delete_file(f)
             snapshot_id = files.snapshot_id
         # The producer asserts main is still the snapshot this sync read; pyiceberg keeps one ref assertion
         # per transaction, and a version always moves main, so that one fences the tag too.
@@ -457,7 +467,8 @@ def expire_versions(catalog, identifier: tuple[str, str], keep: set[str], is_ver
 
 
 def referenced_files(table) -> set[str]:
-    """Every file a snapshot of the table still needs: manifest lists, manifests, data files."""
+    """Every file a snapshot of the table still needs: manifest lists, manifests, data files and position
+    delete files (a delete manifest lists those as its entries)."""
     io = table.io
     out: set[str] = set()
     seen: set[str] = set()
