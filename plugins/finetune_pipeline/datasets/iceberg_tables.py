@@ -239,11 +239,14 @@ class DataFileWriter:
         w = self.write
         self._path = f"{w.location}/data/{BUCKET_COLUMN}={self.bucket}/{w.token}-{len(self.files):05d}.parquet"
         self._stream = w.io.new_output(self._path).create(overwrite=True)
+        schema = w.file_schema
         self._writer = pq.ParquetWriter(
             self._stream,
-            schema=w.file_schema,
+            schema=schema,
             compression=w.properties.get("write.parquet.compression-codec", "zstd"),
             compression_level=int(w.properties.get("write.parquet.compression-level", "1")),
+            use_dictionary=[n for n in schema.names if n not in w.key_columns] if w.key_columns else True,
+            column_encoding={n: "DELTA_BINARY_PACKED" for n in w.key_columns} or None,
         )
 
     def _finish(self) -> None:
@@ -292,6 +295,13 @@ class DataFileWriter:
             self._writer = self._stream = None
 
 
+def _delta_encoded(contract: TableContract) -> list[str]:
+    """The integer key columns. A merge on read reads them from every data file of a bucket it touches;
+    written in key order, DELTA_BINARY_PACKED stores them in a fraction of the bytes of a dictionary and
+    decodes them several times faster, for every Parquet reader (a standard encoding)."""
+    return [c.name for c in contract.columns if c.name in contract.primary_key and pa.types.is_integer(c.arrow_type)]
+
+
 @dataclass
 class TableWrite:
     """One table's pending commit: a transaction on the table (or one that creates it) and its new files.
@@ -304,6 +314,8 @@ class TableWrite:
     bucketing: Bucketing
     added_columns: list[str] = field(default_factory=list)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Integer key columns, written DELTA_BINARY_PACKED (see _delta_encoded).
+    key_columns: list[str] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -327,7 +339,7 @@ class TableWrite:
                     "format-version": "2",
                 },
             )
-            return cls(head, tx, bucketing)
+            return cls(head, tx, bucketing, key_columns=_delta_encoded(contract))
         table = head.table
         where = f"table {'.'.join(head.identifier)}"
         new = check_schema(table.schema(), table.spec(), contract, where)
@@ -342,7 +354,7 @@ class TableWrite:
                 for name, t in new:
                     update.add_column(name, t)
             log.info("%s: adding column(s) %s", where, [n for n, _ in new])
-        return cls(head, tx, bucketing, added_columns=[n for n, _ in new])
+        return cls(head, tx, bucketing, added_columns=[n for n, _ in new], key_columns=_delta_encoded(contract))
 
     @property
     def metadata(self):

@@ -64,11 +64,26 @@ def _key_match(batch: pa.Table, primary_key: list[str], delta: pa.Table) -> np.n
     by a hash collision only meets no event of its own key in the merge, so it is kept as it is)."""
     if len(primary_key) == 1:
         key = primary_key[0]
-        values = delta.column(key).cast(batch.schema.field(key).type)
-        return pc.is_in(batch.column(key), value_set=pc.unique(values)).to_numpy(zero_copy_only=False)
+        column = batch.column(key)
+        if pa.types.is_integer(column.type) and not column.null_count and len(column):
+            return _integer_match(column.to_numpy(), delta.column(key).to_numpy(zero_copy_only=False))
+        values = delta.column(key).cast(column.type)
+        return pc.is_in(column, value_set=pc.unique(values)).to_numpy(zero_copy_only=False)
     ours = hash_columns([batch.column(k) for k in primary_key])
     theirs = hash_columns([delta.column(k) for k in primary_key])
     return np.isin(ours, theirs)
+
+
+def _integer_match(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin`` for integer keys: a bitmap over the keys' range when it is dense (range buckets: a
+    bucket's keys span about its row count), several times faster than hashing each key."""
+    low, high = int(keys.min()), int(keys.max())
+    if high - low > 8 * len(keys):
+        return np.isin(keys, wanted)
+    wanted = wanted[(wanted >= low) & (wanted <= high)].astype(np.int64) - low
+    bitmap = np.zeros(high - low + 1, dtype=bool)
+    bitmap[wanted] = True
+    return bitmap[keys.astype(np.int64) - low]
 
 
 def read_base_keys(io, tasks: list[Any], primary_key: list[str], delta: pa.Table, with_order: bool) -> BaseKeys:
@@ -79,7 +94,8 @@ def read_base_keys(io, tasks: list[Any], primary_key: list[str], delta: pa.Table
     pieces, files = [], []
     for task in tasks:
         with io.new_input(task.file.file_path).open() as stream:
-            rows = pq.read_table(stream, columns=columns)
+            # One thread per file: the buckets are already read on all threads.
+            rows = pq.read_table(stream, columns=columns, use_threads=False)
         masked = deleted_positions(io, task)
         alive = np.ones(rows.num_rows, dtype=bool)
         alive[masked] = False

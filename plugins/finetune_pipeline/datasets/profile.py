@@ -120,9 +120,15 @@ class Profile:
         return self.nulls.get(column, 0) / self.rows if self.rows else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["sample_hashes"] = [str(h) for h in self.sample_hashes]
-        return out
+        # Built field by field, not with dataclasses.asdict: that deep-copies the sample value by value, and
+        # a sync serializes one profile per bucket it touches.
+        return {
+            "rows": self.rows,
+            "nulls": dict(self.nulls),
+            "moments": {name: asdict(m) for name, m in self.moments.items()},
+            "sample_hashes": [str(h) for h in self.sample_hashes],
+            "sample": {name: list(values) for name, values in self.sample.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:

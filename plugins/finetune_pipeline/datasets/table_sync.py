@@ -714,9 +714,11 @@ class TableSync:
         delta_rows = sum(s.rows if s.rows is not None else s.data_bytes // 100 for s in shapes)
         existing = self.head.bucketing
         if existing is not None:
+            # Split by the delta alone: a bucket merged on read reads all of its delta anyway, and a bucket
+            # rewritten whole that does not fit the budget splits its rows and its delta itself
+            # (_merge_bucket), so a small delta over a large table is not spilled into many small files.
             buckets = len(self.prev.buckets) if self.prev else 1
-            prev_bytes = self.prev.data_bytes if self.prev else 0
-            return Layout.for_spill(existing, max(1, buckets), prev_bytes + delta_bytes, settings.budget)
+            return Layout.for_spill(existing, max(1, buckets), delta_bytes, settings.budget)
         key = self.contract.primary_key
         if len(key) == 1 and range_key_type(self.contract.column(key[0]).arrow_type):
             span = key_range(good, self.contract, settings.csv) or (0, 0)
