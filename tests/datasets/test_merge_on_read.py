@@ -253,3 +253,30 @@ def test_the_training_entrypoint_and_the_cli_read_a_version_with_delete_files(st
     assert main(["validate", str(spec_dir), "--version", result.version, "--contract", contract,
                  "--catalog-uri", spec.catalog.uri, "--warehouse", spec.catalog.warehouse]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["rows"] == len(truth)
+
+
+def test_the_tallies_of_a_bucket_merged_on_read_count_the_rows_published(store, mor_spec):
+    """Nulls of the masked rows are taken out (read back only for columns that had any) and the new rows'
+    added: the bucket's counts and profile equal a count over the rows the version has."""
+    from ds_helpers import head_state
+
+    spec = mor_spec
+    put_load(store, item_load([(k, f"n{k}", k % 50, None if k % 10 == 0 else "new") for k in range(1, KEYS + 1)]))
+    run_sync(store, spec, now=NOW)
+    # 10 and 20 lose their null status, 30 is deleted, 5 gains one, 500 is inserted with one.
+    events = [("U", 10, 10, 10, "a", 1, "done"), ("U", 10.1, 11, 20, "b", 1, "new"),
+              ("D", 10.2, 12, 30, None, None, None), ("U", 10.3, 13, 5, "c", 1, None),
+              ("I", 10.4, 14, 500, "d", 1, None)]  # fmt: skip
+    put_cdc(store, item_events(events), 13)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and _report(store, spec, result)["buckets_merged_on_read"] == 1
+    rows = published_rows(store, spec)
+    nulls = sum(1 for r in rows.values() if r["status"] is None)
+    assert nulls == 10 - 3 + 2
+    (bucket,) = head_state(store, spec).buckets.values()
+    assert bucket.rows == bucket.counts["rows"] == bucket.profile["rows"] == len(rows)
+    assert bucket.counts["nulls"]["status"] == bucket.profile["nulls"]["status"] == nulls
+    assert bucket.counts["nulls"]["name"] == 0
+    sampled = set(bucket.profile["sample_hashes"])
+    # Fewer rows than the sample holds: every row once, none of those masked.
+    assert len(sampled) == len(bucket.profile["sample_hashes"]) == len(rows)

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -360,23 +361,25 @@ class TableWrite:
     def metadata(self):
         return self.transaction.table_metadata
 
-    @property
+    # Cached: a transaction rebuilds its metadata from its updates on every access, and every file written
+    # asks for these; nothing changes them between open() and the commit.
+    @cached_property
     def schema(self):
         return self.metadata.schema()
 
-    @property
+    @cached_property
     def file_schema(self) -> pa.Schema:
         return arrow_schema(self.schema)
 
-    @property
+    @cached_property
     def properties(self) -> dict[str, str]:
         return self.metadata.properties
 
-    @property
+    @cached_property
     def location(self) -> str:
         return self.metadata.location.rstrip("/")
 
-    @property
+    @cached_property
     def spec_id(self) -> int:
         return self.metadata.default_spec_id
 

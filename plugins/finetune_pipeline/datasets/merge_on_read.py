@@ -163,9 +163,9 @@ def merge_on_read(base: BaseKeys, tombstones: pa.Table, delta: pa.Table, primary
     return BucketDelta(merged, masked, newly)
 
 
-def masked_rows(io, base: BaseKeys, masked: dict[str, np.ndarray], columns: list[str]) -> pa.Table | None:
-    """The values in ``columns`` of the rows this merge masks (not those masked before), read from their
-    data files; None when no column is asked for."""
+def masked_rows(io, base: BaseKeys, masked: dict[str, np.ndarray], columns: dict[str, pa.DataType]) -> pa.Table | None:
+    """The values in ``columns`` (name: type) of the rows this merge masks (not those masked before), read
+    from their data files (null where a file predates the column); None when no column is asked for."""
     if not columns:
         return None
     pieces = []
@@ -178,8 +178,7 @@ def masked_rows(io, base: BaseKeys, masked: dict[str, np.ndarray], columns: list
             file = pq.ParquetFile(stream)
             names = [c for c in columns if c in file.schema_arrow.names]
             values = file.read(columns=names).take(pa.array(lost))
-        for c in columns:
-            if c not in names:
-                values = values.append_column(c, pa.nulls(len(lost)))
-        pieces.append(values.select(columns))
+        for c, t in columns.items():
+            values = values.append_column(c, pa.nulls(len(lost), t)) if c not in names else values
+        pieces.append(values.select(list(columns)))
     return pa.concat_tables(pieces, promote_options="default") if pieces else None

@@ -651,8 +651,8 @@ class TableSync:
         # column clean before stays clean without them.
         counts = CheckCounts.from_json(previous.counts)
         suspect = sorted({c for c, n in counts.nulls.items() if n} | {k.split(":", 1)[1] for k, n in
-                          counts.violations.items() if n and ":" in k})  # fmt: skip
-        lost = masked_rows(io, base, result.masked, suspect)
+                          counts.violations.items() if n and ":" in k} & set(contract.column_names))  # fmt: skip
+        lost = masked_rows(io, base, result.masked, {c: contract.column(c).arrow_type for c in suspect})
         removed = count_batch(lost, contract, primary_key_check=False) if lost is not None else CheckCounts()
         removed.rows = result.newly_masked
         counts.subtract(removed).add(out.counts)
