@@ -2,8 +2,9 @@
 
 A bucket merged on read (see :mod:`.merge_on_read`) keeps its data files and masks the rows a delta replaced
 or deleted with a position delete file: rows of ``(file_path, pos)``, the data file and the 0-based row
-position in it (Iceberg spec, "Position Delete Files": field ids 2147483546 and 2147483545, sorted by
-``file_path`` then ``pos``). Every reader of the table applies them: pyiceberg's scans, Spark, Trino, Athena.
+position in it, field ids 2147483546 and 2147483545, sorted by ``file_path`` then ``pos`` (Iceberg table
+spec, "Position Delete Files": https://iceberg.apache.org/spec/#position-delete-files). Every reader of
+the table applies them: pyiceberg's scans, Spark, Trino, Athena.
 
 pyiceberg 0.12 reads position deletes in its scans but has no API to write them, so this module writes the
 Parquet file itself and commits it through a small subclass of pyiceberg's overwrite producer whose added
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 PATH_FIELD_ID = 2147483546
 POS_FIELD_ID = 2147483545
+# ``pos`` is a long, as the spec has it (pyiceberg's own POSITIONAL_DELETE_SCHEMA declares an int).
 DELETE_SCHEMA = pa.schema(
     [
         pa.field("file_path", pa.string(), nullable=False, metadata={"PARQUET:field_id": str(PATH_FIELD_ID)}),
