@@ -8,7 +8,7 @@
             then the same 20k-event delta over a 100x larger table (200k vs 20M rows), four ways: skewed as
             change streams are (80% of the changes on the newest 5% of the keys, the rest spread over the
             older keys; target <= 2x), only on the newest 5%, only new keys (appends), and uniformly random;
-            with buckets rewritten vs kept and data files replaced
+            with buckets rewritten, merged on read (position delete files) and kept, and files replaced
 
 Every sync commits to an Iceberg SQL catalog on a SQLite file, its warehouse in the run's folder.
 
@@ -204,6 +204,8 @@ def child_sync(root: str, contracts_dir: str, full: bool, memory_mb: int, rows_p
         "buckets_kept": table["buckets_kept"],
         "data_files_added": table["data_files_added"],
         "data_files_removed": table["data_files_removed"],
+        "buckets_merged_on_read": table["buckets_merged_on_read"],
+        "delete_files_added": table["delete_files_added"],
     }
 
 
@@ -674,8 +676,9 @@ def main() -> None:
                 for x in sizes.values():
                     print(
                         f"    table {x['table_rows']:>12,} rows: incremental {x['seconds']:.2f} s (median of 3), "
-                        f"buckets rewritten {x['buckets_rewritten']}, kept {x['buckets_kept']}, data files "
-                        f"replaced {x['data_files_removed']}, peak RSS {x['peak_rss_mb']:,.0f} MiB"
+                        f"buckets rewritten {x['buckets_rewritten']}, merged on read {x['buckets_merged_on_read']}, "
+                        f"kept {x['buckets_kept']}, data files replaced {x['data_files_removed']}, delete files "
+                        f"added {x['delete_files_added']}, peak RSS {x['peak_rss_mb']:,.0f} MiB"
                     )
                 small, large = sizes.values()
                 print(f"    ratio 100x/1x {large['seconds'] / small['seconds']:.2f}{targets.get(kind, '')}")

@@ -83,22 +83,16 @@ class TrainingJob:
     _tables: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def read(self, table: str, columns: list[str] | None = None):
-        """This rank's rows of ``table`` (a ``pyarrow.Table``), read file by file through the table's FileIO."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        """This rank's rows of ``table`` (a ``pyarrow.Table``): its share of the data files, read through the
+        dataset reader so the version's position delete files mask the rows they replaced or deleted."""
         if table not in self.files:
             raise TrainingInputError(f"dataset version {self.version} has no table {table}; it has "
                                      f"{sorted(self.files)}")
-        io = self._tables[table].iceberg_table.io
-        parts = []
-        for path in self.files[table]:
-            with io.new_input(path).open() as stream:
-                parts.append(pq.read_table(stream, columns=columns))
-        if not parts:
-            schema = self._tables[table].iceberg_table.schema().as_arrow()
+        version = self._tables[table]
+        if not self.files[table]:
+            schema = version.iceberg_table.schema().as_arrow()
             return schema.empty_table().select(columns) if columns else schema.empty_table()
-        return pa.concat_tables(parts, promote_options="default")
+        return version.read_files(self.files[table], columns)
 
     def log(self, message: str) -> None:
         prefix = f"[rank {self.rank.rank}/{self.rank.world_size}] " if self.rank.world_size > 1 else ""

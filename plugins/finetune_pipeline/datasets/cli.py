@@ -11,6 +11,7 @@ version, 2 bad usage or configuration, or a catalog that cannot be reached (the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -142,6 +143,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         csv_header=args.csv_header,
         rows_per_bucket=args.rows_per_bucket,
         merge_memory_bytes=args.merge_memory_mb * 2**20,
+        merge_on_read_min_rows=args.merge_on_read_min_rows,
     )
     result = run_sync(
         store, spec, tables=args.table or None, full_rebuild=args.full_rebuild, now=args.now, access=_access(args)
@@ -225,15 +227,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _validate_dms(args, contract)
     import contextlib
 
+    version = None
     if args.version:
         # A published version's data files, as its snapshot lists them.
         from finetune_pipeline.datasets.reader import open_version
 
         spec, catalog = _open_catalog(args, args.target)
-        table = open_version(catalog, spec.namespace, args.version).tables.get(contract.table)
-        if table is None:
+        version = open_version(catalog, spec.namespace, args.version).tables.get(contract.table)
+        if version is None:
             raise UsageError(f"version {args.version} has no table {contract.table}")
-        store, keys = None, table.files()
+        store, keys = None, version.files()
     else:
         if not args.target:
             raise UsageError("name a file, folder or s3:// prefix to validate, or a --version")
@@ -242,7 +245,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.target}: no .parquet files")
 
     with contextlib.ExitStack() as stack:
-        if store is None:
+        if version is not None:
+            paths = [stack.enter_context(_live_rows(version, k)) for k in keys]
+        elif store is None:
             paths = [stack.enter_context(_fetched(k, args.endpoint_url)) for k in keys]
         else:
             paths = [stack.enter_context(store.local_path(k)) for k in keys]
@@ -262,6 +267,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     }
     print(json.dumps(out, indent=2, default=str))
     return 0 if publishable(report.results) else 1
+
+
+@contextlib.contextmanager
+def _live_rows(version, location: str):
+    """A version's data file as a local Parquet file of its rows with its delete files applied: validating
+    the data file as it lies would count rows the version no longer has."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="ftp-validate-") as folder:
+        path = Path(folder) / location.rsplit("/", 1)[-1]
+        pq.write_table(version.read_files([location]), path)
+        yield path
 
 
 def _fetched(location: str, endpoint: str | None):
@@ -397,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--rows-per-bucket", type=int, default=1_000_000)
     merge.add_argument("--merge-memory-mb", type=int, default=128)
+    merge.add_argument("--merge-on-read-min-rows", type=int, default=sync_defaults.MERGE_ON_READ_MIN_ROWS,
+                       help="buckets with fewer rows are always rewritten whole, never merged on read")
     merge.add_argument("--now", type=_iso, help="evaluate freshness as of this time")
     merge.add_argument("--json", action="store_true", help="print the result as JSON")
     catalogs.add_arguments(merge)

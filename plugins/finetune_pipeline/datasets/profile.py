@@ -100,13 +100,35 @@ class Profile:
             self.sample = merged
         return self
 
+    def subtract(self, rows: int, nulls: dict[str, int], keys: list[pa.Array | pa.ChunkedArray]) -> Profile:
+        """Take out rows that are gone (a bucket's rows a merge on read masked): the row and null counts
+        exactly, and their keys from the sample. Moments need the values, which a merge on read does not
+        read: they keep the masked rows until the bucket is next rewritten (at most
+        ``merge_on_read.MAX_MASKED_SHARE`` of its rows)."""
+        self.rows -= rows
+        for name, value in nulls.items():
+            self.nulls[name] = self.nulls.get(name, 0) - value
+        if keys and len(keys[0]) and self.sample_hashes:
+            gone = hash_columns(keys, seed=_SAMPLE_SEED)
+            keep = ~np.isin(np.array(self.sample_hashes, dtype=np.uint64), gone)
+            self.sample_hashes = [h for h, k in zip(self.sample_hashes, keep, strict=True) if k]
+            self.sample = {name: [v for v, k in zip(values, keep, strict=False) if k]
+                           for name, values in self.sample.items()}  # fmt: skip
+        return self
+
     def null_rate(self, column: str) -> float:
         return self.nulls.get(column, 0) / self.rows if self.rows else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["sample_hashes"] = [str(h) for h in self.sample_hashes]
-        return out
+        # Built field by field, not with dataclasses.asdict: that deep-copies the sample value by value, and
+        # a sync serializes one profile per bucket it touches.
+        return {
+            "rows": self.rows,
+            "nulls": dict(self.nulls),
+            "moments": {name: asdict(m) for name, m in self.moments.items()},
+            "sample_hashes": [str(h) for h in self.sample_hashes],
+            "sample": {name: list(values) for name, values in self.sample.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Profile:

@@ -67,7 +67,10 @@ class TableVersion:
 
     @property
     def rows(self) -> int:
-        return int(self.summary.get("total-records", "0"))
+        """Rows of the version: its data files' records less those their position delete files mask (the sync
+        removes a delete file with its data file, so every one it references masks rows of a live file)."""
+        summary = self.summary
+        return int(summary.get("total-records", "0")) - int(summary.get("total-position-deletes", "0"))
 
     @property
     def changes_applied(self) -> int:
@@ -103,8 +106,25 @@ class TableVersion:
         yield from self.scan(columns).to_arrow_batch_reader()
 
     def files(self) -> list[str]:
-        """The Parquet data files the version's snapshot is made of (no delete files: the sync writes none)."""
+        """The Parquet data files the version's snapshot is made of. Some rows of them may be masked by
+        position delete files: read them through :meth:`read_files`, never as plain Parquet."""
         return [task.file.file_path for task in self.scan().plan_files()]
+
+    def read_files(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The rows of some of the version's data files (from :meth:`files`), with their delete files applied:
+        how a reader that shares the files out (a training rank) reads its share."""
+        from pyiceberg.expressions import AlwaysTrue
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        scan = self.scan(columns)
+        wanted = set(paths)
+        tasks = [task for task in scan.plan_files() if task.file.file_path in wanted]
+        missing = wanted - {task.file.file_path for task in tasks}
+        if missing:
+            raise ValueError(f"not data files of {self.table} at {self.tag}: {sorted(missing)[:5]}")
+        table = self.iceberg_table
+        arrow = ArrowScan(table.metadata, table.io, scan.projection(), AlwaysTrue())
+        return arrow.to_table(tasks)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -104,6 +104,10 @@ class SyncSpec(BaseModel):
         default=sync_defaults.MERGE_MEMORY_BYTES, ge=1, description="Target input size of one in-memory merge"
     )
     target_file_bytes: int = Field(default=sync_defaults.TARGET_FILE_BYTES, ge=1)
+    merge_on_read_min_rows: int = Field(
+        default=sync_defaults.MERGE_ON_READ_MIN_ROWS, ge=1,
+        description="Smaller buckets are always rewritten whole, never merged on read with delete files",
+    )
     late_file_grace: timedelta = sync_defaults.LATE_FILE_GRACE
     late_file_audit: timedelta = sync_defaults.LATE_FILE_AUDIT
     threads: int = Field(default=2, ge=1, description="Buckets merged at once (and file read-ahead)")
@@ -139,6 +143,7 @@ class SyncSpec(BaseModel):
             late_file_grace=self.late_file_grace,
             late_file_audit=self.late_file_audit,
             target_file_bytes=self.target_file_bytes,
+            merge_on_read_min_rows=self.merge_on_read_min_rows,
             threads=self.threads,
         )
 
@@ -479,6 +484,9 @@ class _Run:
                 "buckets_kept": o.buckets_kept,
                 "data_files_added": len(o.added),
                 "data_files_removed": len(o.deleted),
+                "buckets_merged_on_read": o.buckets_on_read,
+                "delete_files_added": len(o.added_deletes),
+                "delete_files_removed": len(o.removed_deletes),
                 "columns_added": o.write.added_columns if o.write else [],
                 "watermark": o.state.cdc_watermark,
                 "newest_change": o.state.newest_change.isoformat() if o.state.newest_change else None,
@@ -554,7 +562,8 @@ class _Run:
                 o = outcomes[t]
                 write, state = o.write, o.state
                 summary = self._summary(p, state, o)
-                snapshot_id = write.commit(deleted=o.deleted, added=o.added, summary=summary, tag=p.version)
+                snapshot_id = write.commit(deleted=o.deleted, added=o.added, summary=summary, tag=p.version,
+                                           added_deletes=o.added_deletes, removed_deletes=o.removed_deletes)
             else:
                 head, state = p.heads[t], p.states[t]
                 write = TableWrite(head, head.table.transaction(), head.bucketing)

@@ -32,6 +32,10 @@ LATE_FILE_AUDIT = timedelta(days=1)
 ROWS_PER_BUCKET = 1_000_000
 # Data files are rolled over at about this many bytes on disk (a bucket's files stay in the tens of MB).
 TARGET_FILE_BYTES = 64 * 2**20
+# A bucket with fewer rows than this in its data files is rewritten whole by every delta that touches it,
+# never merged on read: rewriting it costs little, and merging on read gives it one more data file and a
+# delete file for every reader to open. When a larger bucket is merged on read: merge_on_read.py.
+MERGE_ON_READ_MIN_ROWS = 10_000
 # Target input size of one in-memory merge.
 MERGE_MEMORY_BYTES = 128 * 2**20
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from finetune_pipeline.datasets import quarantine, sync_defaults
 from finetune_pipeline.datasets.contracts import BadFilePolicy, ExtraColumnPolicy, TableContract
+from finetune_pipeline.datasets.deletes import write_delete_file
 from finetune_pipeline.datasets.dms_format import (
     OP,
     SEQ,
@@ -44,6 +45,7 @@ from finetune_pipeline.datasets.dms_format import (
 )
 from finetune_pipeline.datasets.iceberg_tables import BUCKET_COLUMN, TableHead, TableWrite
 from finetune_pipeline.datasets.merge import MergeOutcome, merge_events
+from finetune_pipeline.datasets.merge_on_read import masked_rows, merge_on_read, merges_on_read, read_base_keys
 from finetune_pipeline.datasets.partition import Bucketing, Layout, Spill, concat, range_key_type, split_bucket
 from finetune_pipeline.datasets.prefetch import read_ahead
 from finetune_pipeline.datasets.profile import Profile, profile_table
@@ -70,6 +72,7 @@ class TableSettings:
     late_file_grace: timedelta
     target_file_bytes: int
     threads: int = 2
+    merge_on_read_min_rows: int = sync_defaults.MERGE_ON_READ_MIN_ROWS
     late_file_audit: timedelta = sync_defaults.LATE_FILE_AUDIT
 
     @property
@@ -117,6 +120,21 @@ class TableOutcome:
     write: TableWrite | None = None
     added: list[Any] = field(default_factory=list)
     deleted: list[Any] = field(default_factory=list)
+    buckets_on_read: int = 0
+    added_deletes: list[Any] = field(default_factory=list)
+    removed_deletes: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class BucketResult:
+    """One bucket's part of the commit: kept as it was, rewritten whole, or merged on read."""
+
+    bucket: int
+    state: BucketState
+    files: list[Any]
+    mode: str
+    added_deletes: list[Any] = field(default_factory=list)
+    removed_deletes: list[Any] = field(default_factory=list)
 
 
 def output_schema(contract: TableContract) -> pa.Schema:
@@ -520,7 +538,11 @@ class TableSync:
             return
         for batch in self.write.read(self.base.get(bucket, [])):
             yield _as_events(batch, self.contract, "I")
-        previous = self.prev.buckets.get(bucket)
+        yield from self._tombstone_batches(bucket)
+
+    def _tombstone_batches(self, bucket: int):
+        """The previous version's tombstones of one bucket, as events (Op=D)."""
+        previous = self.prev.buckets.get(bucket) if self.prev is not None else None
         if previous is not None and previous.tombstones_key:
             key = join_key(self.settings.dataset_prefix, previous.tombstones_key)
             with self.store.local_path(key) as path:
@@ -576,13 +598,107 @@ class TableSync:
                 delta.remove(p)
             shutil.rmtree(work, ignore_errors=True)
         problems = [] if not files else self._schema_problems()
+        tomb_key = self._put_tombstones(bucket, out)
+        self.bucket_keys[bucket] = out.keys
+        return out.state(tomb_key, problems), files
+
+    def _merges_on_read(self, bucket: int, delta: Spill) -> bool:
+        """A bucket the delta changes little of is merged on read (see :mod:`.merge_on_read`)."""
+        tasks = self.base.get(bucket, [])
+        data_rows = sum(t.file.record_count for t in tasks)
+        masked = sum(d.record_count for t in tasks for d in t.delete_files)
+        if data_rows < self.settings.merge_on_read_min_rows:
+            return False
+        return merges_on_read(data_rows, masked, delta.rows_in(delta.parts_of(bucket)))
+
+    def _order_needed(self, events: pa.Table, previous: BucketState) -> bool:
+        """Whether the stored rows' (_dms_ts, _dms_seq) can decide a winner: not when every event is a CDC
+        event newer than anything the bucket holds (its newest change), which then wins outright."""
+        if previous.newest_change_us is None or events.num_rows == 0:
+            return True
+        if events.column(SEQ).null_count:
+            return True
+        oldest = pc.min(events.column(TS)).cast(pa.int64()).as_py()
+        return oldest is None or oldest <= previous.newest_change_us
+
+    def _merge_bucket_on_read(self, bucket: int, delta: Spill) -> BucketResult:
+        """Append the delta's winning rows to one bucket and mask the rows they replace or delete."""
+        contract, pk = self.contract, self.contract.primary_key
+        schema = event_schema(contract)
+        previous = self.prev.buckets[bucket]
+        io = self.write.io
+        events = concat((delta.read(p) for p in delta.parts_of(bucket)), schema)
+        tombstones = _table(self._tombstone_batches(bucket), schema)
+        base = read_base_keys(io, self.base.get(bucket, []), pk, events, self._order_needed(events, previous))
+        result = merge_on_read(base, tombstones, events, pk)
+        for p in delta.parts_of(bucket):
+            delta.remove(p)
+        out = _BucketWriter(self.write, self.workdir, bucket, contract, self.settings.target_file_bytes)
+        try:
+            out.add(result.merged)
+            files = out.close()
+            deletes = [
+                write_delete_file(io, self.write.location, self.write.token, bucket, self.write.spec_id, path,
+                                  positions, self.write.properties)  # fmt: skip
+                for path, positions in sorted(result.masked.items())
+            ]
+        except BaseException:
+            out.abort()
+            raise
+        replaced = [d for f in base.files if f.task.file.file_path in result.masked for d in f.task.delete_files]
+        # The bucket's tallies: the previous ones, less the rows masked now, plus the rows appended. The
+        # masked rows' values are read only for columns the tallies count a null or a violation in: a
+        # column clean before stays clean without them.
+        counts = CheckCounts.from_json(previous.counts)
+        suspect = sorted({c for c, n in counts.nulls.items() if n} | {k.split(":", 1)[1] for k, n in
+                          counts.violations.items() if n and ":" in k} & set(contract.column_names))  # fmt: skip
+        lost = masked_rows(io, base, result.masked, {c: contract.column(c).arrow_type for c in suspect})
+        removed = count_batch(lost, contract, primary_key_check=False) if lost is not None else CheckCounts()
+        removed.rows = result.newly_masked
+        counts.subtract(removed).add(out.counts)
+        rows = base.live_rows - result.newly_masked + out.rows
+        counts.rows = rows
+        lost_keys = self._lost_keys(base, result)
+        profile = Profile.from_json(previous.profile).subtract(result.newly_masked, removed.nulls, lost_keys)
+        profile.add(out.profile)
+        profile.rows = rows
+        tomb_key = self._put_tombstones(bucket, out)
+        newest = [v for v in (previous.newest_change_us, out.newest) if v is not None]
+        kept_share = (base.live_rows - result.newly_masked) / max(1, previous.rows)
+        state = BucketState(
+            rows=rows,
+            tombstones=out.tombstones,
+            bytes=int(previous.bytes * kept_share) + out.nbytes,
+            newest_change_us=max(newest) if newest else None,
+            tombstones_key=tomb_key,
+            schema_problems=previous.schema_problems if not files else self._schema_problems(),
+            counts=counts.to_json(),
+            profile=profile.to_json(),
+        )
+        self.bucket_keys[bucket] = out.keys
+        return BucketResult(bucket, state, files, "on_read", added_deletes=deletes, removed_deletes=replaced)
+
+    def _lost_keys(self, base, result) -> list[pa.Array]:
+        """The keys of the rows this merge masked (for the profile's sample)."""
+        picks, start = [], 0
+        for f in base.files:
+            now = result.masked.get(f.task.file.file_path)
+            if now is not None:
+                picks.append(start + np.flatnonzero(np.isin(f.matched, now) & ~np.isin(f.matched, f.masked)))
+            start += len(f.matched)
+        if not picks:
+            return []
+        rows = base.matched.take(pa.array(np.concatenate(picks)))
+        return [rows.column(k) for k in self.contract.primary_key]
+
+    def _put_tombstones(self, bucket: int, out: _BucketWriter) -> str | None:
+        """Upload a bucket's tombstones into this commit's state folder; the key, or None if it has none."""
         tomb_key = None
         if out.tombstones:
             tomb_key = self._state_key(f"tombstones-{bucket:010d}.parquet")
             self.store.put_file(join_key(self.settings.dataset_prefix, tomb_key), out.tomb_path)
         out.tomb_path.unlink(missing_ok=True)
-        self.bucket_keys[bucket] = out.keys
-        return out.state(tomb_key, problems), files
+        return tomb_key
 
     def _schema_problems(self) -> list[str]:
         # The types check looks at what the data files are written with: the table's own file schema.
@@ -598,9 +714,11 @@ class TableSync:
         delta_rows = sum(s.rows if s.rows is not None else s.data_bytes // 100 for s in shapes)
         existing = self.head.bucketing
         if existing is not None:
+            # Split by the delta alone: a bucket merged on read reads all of its delta anyway, and a bucket
+            # rewritten whole that does not fit the budget splits its rows and its delta itself
+            # (_merge_bucket), so a small delta over a large table is not spilled into many small files.
             buckets = len(self.prev.buckets) if self.prev else 1
-            prev_bytes = self.prev.data_bytes if self.prev else 0
-            return Layout.for_spill(existing, max(1, buckets), prev_bytes + delta_bytes, settings.budget)
+            return Layout.for_spill(existing, max(1, buckets), delta_bytes, settings.budget)
         key = self.contract.primary_key
         if len(key) == 1 and range_key_type(self.contract.column(key[0]).arrow_type):
             span = key_range(good, self.contract, settings.csv) or (0, 0)
@@ -684,26 +802,35 @@ class TableSync:
         touched = delta.buckets()
         buckets = sorted(touched | set(prev.buckets if prev else ()))
 
-        def one_bucket(b: int) -> tuple[int, BucketState, list, bool]:
+        def one_bucket(b: int) -> BucketResult:
             if reusable and b not in touched:
-                return b, prev.buckets[b], [], True
+                return BucketResult(b, prev.buckets[b], [], "kept")
+            if reusable and b in prev.buckets and self._merges_on_read(b, delta):
+                return self._merge_bucket_on_read(b, delta)
             base_bytes = prev.buckets[b].bytes if prev and b in prev.buckets else 0
             state, files = self._merge_bucket(b, layout, delta, base_bytes)
-            return b, state, files, False
+            return BucketResult(b, state, files, "rewritten")
 
         # Buckets are independent (own keys, own files): merge them on all threads, in bucket order.
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.settings.threads) as pool:
             done = list(pool.map(one_bucket, buckets))
         log.info("%s: %d bucket(s) done in %.1f s", contract.table, len(buckets), time.perf_counter() - started)
-        states = {b: s for b, s, _, _ in done if s.rows or s.tombstones}
-        added = [f for _, _, files, _ in done for f in files]
-        rewritten = [b for b, _, _, kept in done if not kept]
+        states = {r.bucket: r.state for r in done if r.state.rows or r.state.tombstones}
+        added = [f for r in done for f in r.files]
+        # Buckets whose rows this run read back (whole, or their keys): the row count check counts them.
+        rewritten = [r.bucket for r in done if r.mode != "kept"]
+        replaced = [r.bucket for r in done if r.mode == "rewritten"]
         if prev is None:
             # New table, or a full rebuild: every file of the table is replaced.
-            deleted = [task.file for tasks in self.base.values() for task in tasks]
-        else:
-            deleted = [task.file for b in rewritten for task in self.base.get(b, [])]
+            replaced = list(self.base)
+        deleted = [task.file for b in replaced for task in self.base.get(b, [])]
+        # A rewritten bucket's delete files go with its data files; a bucket merged on read replaces the
+        # delete files of the data files it masks more rows of.
+        added_deletes = [d for r in done for d in r.added_deletes]
+        removed_deletes = list({d.file_path: d for b in replaced for task in self.base.get(b, [])
+                                for d in task.delete_files}.values())  # fmt: skip
+        removed_deletes += [d for r in done for d in r.removed_deletes]
         counts, profile = CheckCounts(), Profile()
         for summary in states.values():
             counts.add(CheckCounts.from_json(summary.counts))
@@ -776,11 +903,14 @@ class TableSync:
             profile=profile,
             events=outcome_events,
             applied_files=[f.key for f in applied],
-            buckets_rewritten=len(rewritten),
+            buckets_rewritten=len([r for r in done if r.mode == "rewritten"]),
             buckets_kept=len(buckets) - len(rewritten),
+            buckets_on_read=len([r for r in done if r.mode == "on_read"]),
             write=self.write,
             added=added,
             deleted=deleted,
+            added_deletes=added_deletes,
+            removed_deletes=removed_deletes,
         )
 
     def _applied_since_snapshot(self, events: dict[str, int]) -> tuple[int | None, dict[str, int]]:

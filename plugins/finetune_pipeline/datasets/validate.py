@@ -92,6 +92,19 @@ class CheckCounts:
             self.max_value[name] = max(value, self.max_value.get(name, value))
         return self
 
+    def subtract(self, removed: CheckCounts) -> CheckCounts:
+        """Take out the tallies of rows that are gone (a bucket's rows a merge on read masked). Counts are
+        exact; a maximum and the duplicate count cannot shrink without the remaining rows, so they stay as
+        upper bounds until the bucket is next rewritten, and a value's samples go when its count reaches 0."""
+        self.rows -= removed.rows
+        for name, value in removed.nulls.items():
+            self.nulls[name] = self.nulls.get(name, 0) - value
+        for name, value in removed.violations.items():
+            self.violations[name] = self.violations.get(name, 0) - value
+            if self.violations[name] <= 0:
+                self.samples.pop(name, None)
+        return self
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["samples"] = {k: [_jsonable(v) for v in vs] for k, vs in self.samples.items()}
