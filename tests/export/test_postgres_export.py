@@ -264,8 +264,10 @@ def test_binary_copy_and_csv_copy_write_the_same_files(source, tmp_path):
     """The two read paths (ADBC's binary COPY for simple types, CSV otherwise) give the same Parquet columns:
     types, NULLs against empty strings, quotes and newlines in text, timestamps to the microsecond."""
     make_items(source, rows=3000)
-    binary = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path / "binary")).run()
-    assert binary.csv_bytes == 0  # read through ADBC, not CSV
+    said = []
+    binary = PostgresExport(source.url, [source.table("items")], source.settings(tmp_path / "binary"),
+                            report=said.append).run()  # fmt: skip
+    assert binary.csv_bytes == 0 and f"{source.schema}.items: binary COPY, decoded by ADBC" in said
     csv_source = type(source)(source.url, source.schema, f"{source.slot}_csv")
     csv = PostgresExport(source.url, [csv_source.table("items")],
                          csv_source.settings(tmp_path / "csv", binary_copy=False)).run()  # fmt: skip
@@ -287,7 +289,9 @@ def test_a_table_with_a_type_binary_copy_does_not_map_goes_through_csv(source, t
         raise AssertionError("numeric and uuid are exported in their text forms, through CSV")
 
     monkeypatch.setattr(postgres.binary_copy, "read_batches", refuse)
-    result = PostgresExport(source.url, [source.table("priced")], source.settings(tmp_path)).run()
+    said = []
+    result = PostgresExport(source.url, [source.table("priced")], source.settings(tmp_path), report=said.append).run()
+    assert f"{source.schema}.priced: CSV COPY (columns of type numeric, uuid keep their text form)" in said
     (item,) = result.manifest.files
     table = pq.read_table(tmp_path / item.key).sort_by("id")
     assert table.column("price").to_pylist()[:2] == ["0.14", "0.29"]

@@ -549,6 +549,8 @@ class PostgresExport:
                     created = True
                     self.say(f"created slot {slot} ({PLUGIN}) at {lsn}; exporting snapshot {snapshot} with "
                              f"{settings.workers} session(s)")
+                    for table in report.tables:
+                        self.say(f"{table.spec.qualified_name}: {self._read_path(table)}")
                     files, counts = self._export_tables(report.tables, snapshot, snapshot_position)
                 wal = retained_wal(conn, settings.slot_name)
                 manifest = ExportManifest(
@@ -575,6 +577,20 @@ class PostgresExport:
                  f"{_size(manifest.total_bytes)}, in {seconds:.1f}s; CDC starts at {lsn}; the slot retains "
                  f"{_size(wal['retained_bytes'] or 0) if wal else '?'} of WAL")
         return ExportResult(manifest, False, seconds, rows, self._csv_bytes, report.warnings)
+
+    def _binary(self, table: _Table) -> bool:
+        return self.settings.binary_copy and table.binary_copy and binary_copy.available()
+
+    def _read_path(self, table: _Table) -> str:
+        """How a table is read, and why not the fast way (said once per table, as the export starts)."""
+        if self._binary(table):
+            return "binary COPY, decoded by ADBC"
+        if not self.settings.binary_copy:
+            return "CSV COPY (binary COPY turned off)"
+        if not table.binary_copy:
+            others = sorted({c.type_name for c in table.columns if c.type_name not in binary_copy.BINARY_TYPES})
+            return f"CSV COPY (columns of type {', '.join(others)} keep their text form)"
+        return "CSV COPY (adbc-driver-postgresql is not installed: pip install adbc-driver-postgresql)"
 
     def _clear_target(self, report: PreflightReport) -> None:
         """Remove what an earlier, unfinished or replaced export left for these tables (only our files)."""
@@ -646,7 +662,7 @@ class PostgresExport:
                                 row_group_bytes=self.settings.row_group_bytes)
         csv_bytes = 0
         try:
-            if self.settings.binary_copy and table.binary_copy and binary_copy.available():
+            if self._binary(table):
                 schema = pa.schema([(c.name, c.arrow_type) for c in table.columns])
                 query = _select_query(table, chunk.pages).as_string()
                 for batch in binary_copy.read_batches(self.conninfo, snapshot, query, schema):
