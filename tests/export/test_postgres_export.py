@@ -9,7 +9,7 @@ import pytest
 
 from finetune_pipeline.datasets.contracts import TableContract
 from finetune_pipeline.datasets.dms_format import DmsFile, FileKind, read_events
-from finetune_pipeline.export import postgres
+from finetune_pipeline.export import binary_copy, postgres
 from finetune_pipeline.export.errors import PreflightError, SourceUnreachableError
 from finetune_pipeline.export.manifest import MANIFEST_NAME, read_manifest
 from finetune_pipeline.export.postgres import PostgresExport, retained_wal
@@ -296,3 +296,11 @@ def test_a_table_with_a_type_binary_copy_does_not_map_goes_through_csv(source, t
     table = pq.read_table(tmp_path / item.key).sort_by("id")
     assert table.column("price").to_pylist()[:2] == ["0.14", "0.29"]
     assert table.column("tag").to_pylist()[0] == source.sql("SELECT md5('1')::uuid::text")[0][0]
+
+
+def test_a_binary_session_that_cannot_connect_is_reported_as_unreachable():
+    url = "postgresql://exporter:s3cret-pw@127.0.0.1:1/appdb"  # port 1: nothing listens
+    schema = pa.schema([("id", pa.int64())])
+    with pytest.raises(SourceUnreachableError, match="cannot open an export session .*Connection refused") as error:
+        next(binary_copy.read_batches(url, "00000003-00000002-1", "SELECT 1::bigint AS id", schema))
+    assert "s3cret-pw" not in str(error.value)

@@ -16,9 +16,13 @@ what DMS writes for those types.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pyarrow as pa
+
+from finetune_pipeline.export.errors import SourceUnreachableError
 
 # PostgreSQL types whose binary COPY the driver decodes to a type that casts losslessly to the exported
 # Arrow type (postgres._ARROW_TYPES): same integers and floats (oid, unsigned 32-bit, widens to int64),
@@ -44,13 +48,11 @@ def read_batches(conninfo: str, snapshot: str, query: str, schema: pa.Schema) ->
     not its DB-API module, which imports pyarrow.dataset: a quarter of a second of every export's start.
     """
     import adbc_driver_manager
-    import adbc_driver_postgresql
 
     # The driver refuses an empty connection string, which libpq reads as "all from PG* variables and
     # ~/.pgpass" (the CLI's usual form); one keyword of no consequence keeps that meaning.
     uri = conninfo.strip() or "application_name=finetune-export"
-    with adbc_driver_postgresql.connect(uri) as database, adbc_driver_manager.AdbcConnection(database) as conn, \
-            adbc_driver_manager.AdbcStatement(conn) as statement:
+    with _session(uri) as conn, adbc_driver_manager.AdbcStatement(conn) as statement:
         for command in ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                         f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(snapshot)}'"):
             statement.set_sql_query(command)
@@ -63,6 +65,27 @@ def read_batches(conninfo: str, snapshot: str, query: str, schema: pa.Schema) ->
         reader.close()
         statement.set_sql_query("COMMIT")
         statement.execute_update()
+
+
+@contextlib.contextmanager
+def _session(uri: str) -> Generator[Any, None, None]:
+    """An ADBC connection, or SourceUnreachableError as the CSV path gives it (libpq's reason; never the
+    password). The driver connects both when the database handle is made and when the session is."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql
+
+    try:
+        database = adbc_driver_postgresql.connect(uri)
+        try:
+            conn = adbc_driver_manager.AdbcConnection(database)
+        except BaseException:
+            database.close()
+            raise
+    except adbc_driver_manager.OperationalError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise SourceUnreachableError(f"cannot open an export session on the source database: {reason}") from None
+    with database, conn:
+        yield conn
 
 
 def _snapshot_literal(snapshot: str) -> str:
