@@ -611,10 +611,18 @@ class TableSync:
             return False
         return merges_on_read(data_rows, masked, delta.rows_in(delta.parts_of(bucket)))
 
-    def _order_needed(self, events: pa.Table, previous: BucketState) -> bool:
-        """Whether the stored rows' (_dms_ts, _dms_seq) can decide a winner: not when every event is a CDC
-        event newer than anything the bucket holds (its newest change), which then wins outright."""
-        if previous.newest_change_us is None or events.num_rows == 0:
+    def _order_needed(self, bucket: int, events: pa.Table, previous: BucketState) -> bool:
+        """Whether the stored rows' (_dms_ts, _dms_seq) can decide a winner. Not when no stored row has a
+        ``_dms_seq``, as the data files' null counts say: full-load rows, which the merge orders first, as
+        it does rows read without their order columns. Nor when every event is a CDC event newer than
+        anything the bucket holds (its newest change), which then wins outright."""
+        if events.num_rows == 0:
+            return True
+        seq = self.write.schema.find_field(SEQ).field_id
+        tasks = self.base.get(bucket, [])
+        if tasks and all((t.file.null_value_counts or {}).get(seq) == t.file.record_count for t in tasks):
+            return False
+        if previous.newest_change_us is None:
             return True
         if events.column(SEQ).null_count:
             return True
@@ -629,7 +637,7 @@ class TableSync:
         io = self.write.io
         events = concat((delta.read(p) for p in delta.parts_of(bucket)), schema)
         tombstones = _table(self._tombstone_batches(bucket), schema)
-        base = read_base_keys(io, self.base.get(bucket, []), pk, events, self._order_needed(events, previous))
+        base = read_base_keys(io, self.base.get(bucket, []), pk, events, self._order_needed(bucket, events, previous))
         result = merge_on_read(base, tombstones, events, pk)
         for p in delta.parts_of(bucket):
             delta.remove(p)
