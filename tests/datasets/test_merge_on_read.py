@@ -174,6 +174,33 @@ def test_a_bucket_of_full_load_rows_is_matched_on_its_keys_alone(store, mor_spec
     assert _names(store, spec) == truth and truth[3][0] == "u10-3"
 
 
+def test_a_bucket_built_in_pieces_is_in_key_order_and_its_newest_keys_read_alone(store, mor_spec, monkeypatch):
+    """A range bucket too big for one merge splits into sub-ranges of its keys, merged and written in order:
+    its row groups hold disjoint, rising key ranges, and a delta on the newest keys reads only theirs."""
+    from finetune_pipeline.datasets import merge_on_read
+
+    spec = mor_spec.model_copy(update={"rows_per_bucket": 10_000, "merge_memory_bytes": 2**16})
+    truth = {k: (f"n{k}", k % 50, "new") for k in range(1, 2001)}
+    put_load(store, item_load([(k, *v) for k, v in truth.items()]))
+    assert run_sync(store, spec, now=NOW).published
+    (task,) = iceberg_table(spec).scan().plan_files()
+    metadata = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+    ranges = [(g.column(0).statistics.min, g.column(0).statistics.max)
+              for g in (metadata.row_group(i) for i in range(metadata.num_row_groups))]  # fmt: skip
+    assert len(ranges) > 2 and ranges[0][0] == 1 and ranges[-1][1] == 2000
+    assert all(high < low for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False))
+    read = []
+    real = merge_on_read._groups_to_read
+    monkeypatch.setattr(merge_on_read, "_groups_to_read", lambda *args: read.append(real(*args)) or read[-1])
+    newest = _small_delta(10, 10, [1999, 2000])
+    put_cdc(store, item_events(newest), 13)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and _report(store, spec, result)["buckets_merged_on_read"] == 1
+    assert read == [[len(ranges) - 1]]
+    _apply(truth, newest)
+    assert _names(store, spec) == truth
+
+
 def test_a_crash_before_the_commit_leaves_nothing_referenced_and_the_retry_publishes(store, mor_spec, monkeypatch):
     spec = mor_spec
     truth = _load(store)

@@ -7,9 +7,11 @@ map to buckets is fixed when the table is created (:class:`Bucketing`, kept as a
   and leaves the old buckets' files alone; new buckets appear as the table grows, each about ``width`` keys.
 - ``hash`` otherwise: bucket = hash(key) % buckets, a fixed count.
 
-For a run whose input is too big to merge one bucket at a time, each bucket is split k ways by another part of
-the key hash: partition p = bucket * k + j, so p // k is the bucket and every partition of a bucket merges on
-its own and is appended to that bucket's files.
+For a run whose input is too big to merge one bucket at a time, each bucket is split k ways: partition
+p = bucket * k + j, so p // k is the bucket and every partition of a bucket merges on its own and is appended
+to that bucket's files. A range bucket splits into k sub-ranges of its keys, so that its pieces, merged and
+written in order, leave its files in key order: each row group's key statistics then bound a narrow range,
+and a delta on the newest keys reads only their row groups. A hash bucket splits by another part of the hash.
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ class Bucketing:
         """The bucket of each row (int64), from its key (range) or its key hash (hash)."""
         if self.kind == "hash":
             return (hashes % np.uint64(self.buckets)).astype(np.int64)
+        # Keys below the origin join the first bucket, keys far above it the last: correct, if uneven.
+        return np.clip(self.offsets(batch) // self.width, 0, MAX_BUCKET)
+
+    def offsets(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Range buckets: each row's key less the origin (int64)."""
         keys = batch.column(self.column)
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
-        values = pc.fill_null(keys, self.origin).to_numpy(zero_copy_only=False).astype(np.int64)
-        # Keys below the origin join the first bucket, keys far above it the last: correct, if uneven.
-        return np.clip((values - self.origin) // self.width, 0, MAX_BUCKET)
+        return pc.fill_null(keys, self.origin).to_numpy(zero_copy_only=False).astype(np.int64) - self.origin
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -84,13 +89,28 @@ class Layout:
     bucketing: Bucketing
     split: int = 1
     coarse: int = 0
+    # Range buckets: the highest key of the run's rows when known (a new table's), so that the newest
+    # bucket, filled only up to it, is cut into even pieces of its filled part. None: a bucket's full width.
+    key_high: int | None = None
 
     def partition_ids(self, batch: pa.RecordBatch | pa.Table, hashes: np.ndarray) -> np.ndarray:
-        """Partition per row from its bucket and its key hash."""
+        """Partition per row from its bucket and its key (range) or key hash."""
         buckets = self.bucketing.bucket_ids(batch, hashes)
         if self.split == 1:
             return buckets
-        return buckets * self.split + ((hashes >> _SPLIT_SHIFT) % np.uint64(self.split)).astype(np.int64)
+        return buckets * self.split + self._pieces(batch, hashes, buckets)
+
+    def _pieces(self, batch: pa.RecordBatch | pa.Table, hashes: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        """Which of ``split`` pieces of its bucket each row falls in: a sub-range of the bucket's keys for
+        range buckets, another part of the key hash for hash buckets."""
+        b = self.bucketing
+        if b.kind == "hash":
+            return ((hashes >> _SPLIT_SHIFT) % np.uint64(self.split)).astype(np.int64)
+        start = buckets * b.width
+        filled = b.width if self.key_high is None else np.clip(self.key_high - b.origin + 1 - start, 1, b.width)
+        step = -(-filled // self.split)  # a ceiling, without the product of key and split (wide ranges overflow)
+        # Keys below the origin (bucket 0) or past the last bucket fall in its first or last piece.
+        return np.clip((b.offsets(batch) - start) // step, 0, self.split - 1)
 
     def bucket_of(self, part: int) -> int:
         fine = part // self.split
@@ -104,10 +124,13 @@ class Layout:
         return self.bucketing
 
     @staticmethod
-    def for_spill(bucketing: Bucketing, buckets: int, input_bytes: int, budget_bytes: int) -> Layout:
+    def for_spill(
+        bucketing: Bucketing, buckets: int, input_bytes: int, budget_bytes: int, key_high: int | None = None
+    ) -> Layout:
         """Split each of ``buckets`` buckets a power-of-two number of ways, so one partition's share of the
         input fits the merge budget."""
-        return Layout(bucketing, _pow2(math.ceil(input_bytes / max(1, buckets) / max(1, budget_bytes))))
+        split = _pow2(math.ceil(input_bytes / max(1, buckets) / max(1, budget_bytes)))
+        return Layout(bucketing, split, key_high=key_high)
 
     @staticmethod
     def for_new_hash_table(input_bytes: int, input_rows: int, budget_bytes: int, rows_per_bucket: int) -> Layout:

@@ -734,7 +734,7 @@ class TableSync:
             rows = max(1, min(delta_rows, span[1] - span[0] + 1))
             bucketing = Bucketing.for_range(key[0], span[0], span[1], rows, settings.rows_per_bucket)
             buckets = max(1, math.ceil(rows / max(1, settings.rows_per_bucket)))
-            return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget)
+            return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget, key_high=span[1])
         return Layout.for_new_hash_table(delta_bytes, delta_rows, settings.budget, settings.rows_per_bucket)
 
     def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
