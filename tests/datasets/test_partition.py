@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from finetune_pipeline.datasets.partition import Bucketing, Layout
+from finetune_pipeline.datasets import partition
+from finetune_pipeline.datasets.partition import Bucketing, Layout, Spill
 
 
 def _parts(layout: Layout, keys) -> np.ndarray:
@@ -35,3 +36,45 @@ def test_hash_pieces_follow_the_hash():
     layout = Layout(Bucketing(kind="hash", buckets=2), split=2)
     hashes = np.array([0, 1, 2**40, 2**40 + 1], np.uint64)
     assert layout.partition_ids(pa.table({"id": [1, 2, 3, 4]}), hashes).tolist() == [0, 2, 1, 3]
+
+
+def _events(n: int, seed: int) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    return pa.RecordBatch.from_pydict({
+        "Op": pa.array(rng.choice(["I", "U", "D"], n)),
+        "id": pa.array(rng.integers(1, 5000, n)),
+        "arrival": pa.array(np.arange(seed * n, (seed + 1) * n)),
+    })
+
+
+def _spilled(spill: Spill) -> dict[int, list[int]]:
+    return {part: spill.read(part).column("arrival").to_pylist() for part in spill.parts()}
+
+
+def test_a_spill_grouped_on_threads_writes_what_one_thread_writes_in_arrival_order(tmp_path):
+    layout = Layout(Bucketing(kind="range", column="id", origin=1, width=1000), split=2)
+    batches = [_events(3000, seed) for seed in range(8)]
+    one = Spill(tmp_path / "one", "delta", batches[0].schema, ["id"], layout)
+    for batch in batches:
+        one.add(batch)
+    one.close()
+    many = Spill(tmp_path / "many", "delta", batches[0].schema, ["id"], layout)
+    many.add_all(iter(batches), threads=2)
+    many.close()
+    assert _spilled(many) == _spilled(one) and len(_spilled(one)) == 10
+    assert all(arrivals == sorted(arrivals) for arrivals in _spilled(many).values())
+    assert many.stats == one.stats and many.stats.rows == 24_000
+
+
+def test_a_spill_that_fits_in_the_page_cache_is_written_uncompressed(tmp_path, monkeypatch):
+    batch = pa.RecordBatch.from_pydict({"Op": ["I"] * 20_000, "id": list(range(20_000)), "text": ["same"] * 20_000})
+    layout = Layout(Bucketing())
+    monkeypatch.setattr(partition, "available_memory", lambda: 64 * 2**20)
+    sizes = {}
+    for name, expected in (("fits", batch.nbytes), ("large", 32 * 2**20), ("unknown", None)):
+        spill = Spill(tmp_path / name, "delta", batch.schema, ["id"], layout, expected_bytes=expected)
+        spill.add(batch)
+        spill.close()
+        assert spill.read(0).equals(pa.Table.from_batches([batch]))
+        sizes[name] = spill.path(0).stat().st_size
+    assert sizes["fits"] > 1.5 * sizes["large"] and sizes["large"] == sizes["unknown"]
