@@ -177,8 +177,9 @@ def test_a_bucket_of_full_load_rows_is_matched_on_its_keys_alone(store, mor_spec
 def test_a_bucket_built_in_pieces_is_in_key_order_and_its_newest_keys_read_alone(store, mor_spec, monkeypatch):
     """A range bucket too big for one merge splits into sub-ranges of its keys, merged and written in order:
     its row groups hold disjoint, rising key ranges, and a delta on the newest keys reads only theirs."""
-    from finetune_pipeline.datasets import merge_on_read
+    from finetune_pipeline.datasets import iceberg_tables, merge_on_read
 
+    monkeypatch.setattr(iceberg_tables, "MIN_ROW_GROUP_ROWS", 1)  # each piece its own row group
     spec = mor_spec.model_copy(update={"rows_per_bucket": 10_000, "merge_memory_bytes": 2**16})
     truth = {k: (f"n{k}", k % 50, "new") for k in range(1, 2001)}
     put_load(store, item_load([(k, *v) for k, v in truth.items()]))
@@ -199,6 +200,18 @@ def test_a_bucket_built_in_pieces_is_in_key_order_and_its_newest_keys_read_alone
     assert read == [[len(ranges) - 1]]
     _apply(truth, newest)
     assert _names(store, spec) == truth
+
+
+def test_the_pieces_of_a_bucket_are_gathered_into_row_groups(store, mor_spec):
+    """Small pieces merged apart are written together: one row group for the whole small bucket."""
+    spec = mor_spec.model_copy(update={"rows_per_bucket": 10_000, "merge_memory_bytes": 2**16})
+    put_load(store, item_load([(k, f"n{k}", k % 50, "new") for k in range(1, 2001)]))
+    assert run_sync(store, spec, now=NOW).published
+    (task,) = iceberg_table(spec).scan().plan_files()
+    metadata = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+    assert metadata.num_row_groups == 1 and metadata.num_rows == 2000
+    keys = pq.read_table(task.file.file_path.removeprefix("file://"), columns=["item_id"]).column(0).to_pylist()
+    assert keys == sorted(keys)
 
 
 def test_a_crash_before_the_commit_leaves_nothing_referenced_and_the_retry_publishes(store, mor_spec, monkeypatch):

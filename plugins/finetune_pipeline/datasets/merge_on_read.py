@@ -13,7 +13,7 @@ delete files mask would pass :data:`MAX_MASKED_SHARE` of its data files' rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,15 @@ def _groups_to_read(file: pq.ParquetFile, key: str, wanted: np.ndarray | None) -
     return kept
 
 
+def _row_groups(read: pa.Table | None, starts: np.ndarray, groups: list[int]) -> Iterator[pa.Table]:
+    """The row groups of one ``read_row_groups`` result, as zero-copy slices."""
+    offset = 0
+    for group in groups:
+        rows = int(starts[group + 1] - starts[group])
+        yield read.slice(offset, rows)
+        offset += rows
+
+
 def read_base_keys(io, tasks: list[Any], primary_key: list[str], delta: pa.Table, with_order: bool) -> BaseKeys:
     """Read the key columns of each data file (and ``_dms_ts``/``_dms_seq`` when ``with_order``), skip the
     rows its delete files mask, and keep the rows whose key the delta has, with their positions.
@@ -150,8 +159,11 @@ def read_base_keys(io, tasks: list[Any], primary_key: list[str], delta: pa.Table
             # decoding a key column. One thread per file: the buckets are already read on all threads.
             file = pq.ParquetFile(stream)
             starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
-            for group in _groups_to_read(file, primary_key[0], wanted):
-                rows = file.read_row_group(group, columns=columns, use_threads=False)
+            groups = _groups_to_read(file, primary_key[0], wanted)
+            # One read of the row groups wanted (many small ones cost little more than one), then each is
+            # matched on its own chunk: a row group's column is one chunk, used without a copy.
+            read = file.read_row_groups(groups, columns=columns, use_threads=False) if groups else None
+            for group, rows in zip(groups, _row_groups(read, starts, groups), strict=True):
                 start = int(starts[group])
                 match = match_keys(rows)
                 low, high = np.searchsorted(masked, [start, start + rows.num_rows])
