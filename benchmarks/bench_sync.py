@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from finetune_pipeline.datasets import sync_defaults
 from finetune_pipeline.datasets.dms_format import cdc_file_name, load_file_name, write_dms_file
 from finetune_pipeline.datasets.store import LocalStore
 
@@ -348,7 +349,7 @@ def run_sync_child(root: Path, cpath: Path, memory_mb: int, full: bool = False) 
         contracts_dir=str(cpath),
         full=full,
         memory_mb=memory_mb,
-        rows_per_bucket=1_000_000,
+        rows_per_bucket=sync_defaults.ROWS_PER_BUCKET,
     )
 
 

@@ -237,6 +237,17 @@ def test_bad_change_sequence(store, items_contract):
     assert _error(store, key, items_contract).reason == "bad_sequence"
 
 
+@pytest.mark.parametrize("bad", ["a", "/", ":", " "])
+def test_a_change_sequence_of_35_characters_that_are_not_all_digits(store, items_contract, bad):
+    key = "landing/shop/items/" + cdc_file_name(at(10))
+    table = item_events([("I", 1, 1, 1, "a", 3, "new"), ("I", 2, 2, 2, "b", 3, "new")])
+    good = table.column(SEQ)[0].as_py()
+    table = table.set_column(table.schema.get_field_index(SEQ), SEQ, pa.array([good, good[:20] + bad + good[21:]]))
+    write_dms_file(store, key, table)
+    error = _error(store, key, items_contract)
+    assert error.reason == "bad_sequence" and "digits only" in str(error)
+
+
 def test_cdc_file_without_dms_columns(store, items_contract):
     key = "landing/shop/items/" + cdc_file_name(at(10))
     write_dms_file(store, key, item_events([("I", 1, 1, 1, "a", 3, "new")]).drop_columns([SEQ]))

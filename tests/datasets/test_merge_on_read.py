@@ -12,6 +12,7 @@ import pytest
 from ds_helpers import T0, iceberg_table, item_events, item_load, published, published_rows, put_cdc, put_load
 
 from finetune_pipeline.datasets.deletes import DELETE_SCHEMA
+from finetune_pipeline.datasets.dms_format import TS
 from finetune_pipeline.datasets.iceberg_tables import TableWrite, referenced_files
 from finetune_pipeline.datasets.sync import run_sync
 
@@ -134,6 +135,83 @@ def test_replays_older_than_the_stored_row_lose_under_merge_on_read(store, mor_s
     truth[8] = ("fresh", 8, "new")
     assert _names(store, spec) == truth and 6 not in truth
     assert _static_rows(spec, result.version) == truth
+
+
+def test_a_bucket_of_full_load_rows_is_matched_on_its_keys_alone(store, mor_spec, monkeypatch):
+    """No stored row has a _dms_seq (the data files' null counts say so): full-load rows, here without a
+    transfer time, which every CDC event beats. The order columns are not read and the merge is that of a
+    rewrite. Once the bucket holds CDC rows, they are read again, and a replay loses to them."""
+    from finetune_pipeline.datasets import table_sync
+
+    spec = mor_spec
+    truth = {k: (f"n{k}", k % 50, "new") for k in range(1, KEYS + 1)}
+    load = item_load([(k, *v) for k, v in truth.items()])
+    no_time = pa.nulls(load.num_rows, load.schema.field(TS).type)
+    put_load(store, load.set_column(load.schema.get_field_index(TS), TS, no_time))
+    assert run_sync(store, spec, now=NOW).published
+    with_order = []
+    real = table_sync.read_base_keys
+
+    def spy(io, tasks, primary_key, delta, order):
+        with_order.append(order)
+        return real(io, tasks, primary_key, delta, order)
+
+    monkeypatch.setattr(table_sync, "read_base_keys", spy)
+    first = _small_delta(10, 10, [3, 40])
+    put_cdc(store, item_events(first), 13)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and _report(store, spec, result)["buckets_merged_on_read"] == 1
+    assert with_order == [False]
+    _apply(truth, first)
+    assert _names(store, spec) == truth and truth[3][0] == "u10-3"
+    # A replay older than the stored change of key 3 loses to it; key 8 changes for real.
+    replay = [("U", 5, 5, 3, "older", 1, "new"), ("U", 30, 21, 8, "fresh", 8, "new")]
+    put_cdc(store, item_events(replay), 31)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and _report(store, spec, result)["buckets_merged_on_read"] == 1
+    assert with_order == [False, True]
+    truth[8] = ("fresh", 8, "new")
+    assert _names(store, spec) == truth and truth[3][0] == "u10-3"
+
+
+def test_a_bucket_built_in_pieces_is_in_key_order_and_its_newest_keys_read_alone(store, mor_spec, monkeypatch):
+    """A range bucket too big for one merge splits into sub-ranges of its keys, merged and written in order:
+    its row groups hold disjoint, rising key ranges, and a delta on the newest keys reads only theirs."""
+    from finetune_pipeline.datasets import iceberg_tables, merge_on_read
+
+    monkeypatch.setattr(iceberg_tables, "MIN_ROW_GROUP_ROWS", 1)  # each piece its own row group
+    spec = mor_spec.model_copy(update={"rows_per_bucket": 10_000, "merge_memory_bytes": 2**16})
+    truth = {k: (f"n{k}", k % 50, "new") for k in range(1, 2001)}
+    put_load(store, item_load([(k, *v) for k, v in truth.items()]))
+    assert run_sync(store, spec, now=NOW).published
+    (task,) = iceberg_table(spec).scan().plan_files()
+    metadata = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+    ranges = [(g.column(0).statistics.min, g.column(0).statistics.max)
+              for g in (metadata.row_group(i) for i in range(metadata.num_row_groups))]  # fmt: skip
+    assert len(ranges) > 2 and ranges[0][0] == 1 and ranges[-1][1] == 2000
+    assert all(high < low for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False))
+    read = []
+    real = merge_on_read._groups_to_read
+    monkeypatch.setattr(merge_on_read, "_groups_to_read", lambda *args: read.append(real(*args)) or read[-1])
+    newest = _small_delta(10, 10, [1999, 2000])
+    put_cdc(store, item_events(newest), 13)
+    result = run_sync(store, spec, now=NOW)
+    assert result.published and _report(store, spec, result)["buckets_merged_on_read"] == 1
+    assert read == [[len(ranges) - 1]]
+    _apply(truth, newest)
+    assert _names(store, spec) == truth
+
+
+def test_the_pieces_of_a_bucket_are_gathered_into_row_groups(store, mor_spec):
+    """Small pieces merged apart are written together: one row group for the whole small bucket."""
+    spec = mor_spec.model_copy(update={"rows_per_bucket": 10_000, "merge_memory_bytes": 2**16})
+    put_load(store, item_load([(k, f"n{k}", k % 50, "new") for k in range(1, 2001)]))
+    assert run_sync(store, spec, now=NOW).published
+    (task,) = iceberg_table(spec).scan().plan_files()
+    metadata = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+    assert metadata.num_row_groups == 1 and metadata.num_rows == 2000
+    keys = pq.read_table(task.file.file_path.removeprefix("file://"), columns=["item_id"]).column(0).to_pylist()
+    assert keys == sorted(keys)
 
 
 def test_a_crash_before_the_commit_leaves_nothing_referenced_and_the_retry_publishes(store, mor_spec, monkeypatch):

@@ -50,6 +50,7 @@ if point == "data":
     real_add = iceberg_tables.DataFileWriter.add
     def add(self, table):
         real_add(self, table.slice(0, max(1, table.num_rows // 2)))
+        self._flush()  # written now, not gathered into a later row group
         self._stream.flush()
         die()  # half a data file written, never closed
     iceberg_tables.DataFileWriter.add = add

@@ -414,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--csv-header", action="store_true", help="CSV files have a header row (AddColumnName)"
     )
-    merge.add_argument("--rows-per-bucket", type=int, default=1_000_000)
-    merge.add_argument("--merge-memory-mb", type=int, default=128)
+    merge.add_argument("--rows-per-bucket", type=int, default=sync_defaults.ROWS_PER_BUCKET,
+                       help=f"rows per bucket of a new table (default {sync_defaults.ROWS_PER_BUCKET:,})")
+    merge.add_argument("--merge-memory-mb", type=int, default=sync_defaults.MERGE_MEMORY_BYTES // 2**20,
+                       help="input of one in-memory merge, in MiB (default %(default)s)")
     merge.add_argument("--merge-on-read-min-rows", type=int, default=sync_defaults.MERGE_ON_READ_MIN_ROWS,
                        help="buckets with fewer rows are always rewritten whole, never merged on read")
     merge.add_argument("--now", type=_iso, help="evaluate freshness as of this time")

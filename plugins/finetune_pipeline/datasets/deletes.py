@@ -39,7 +39,7 @@ def deleted_positions(io, task) -> np.ndarray:
     found = []
     for delete_file in task.delete_files:
         with io.new_input(delete_file.file_path).open() as stream:
-            table = pq.read_table(stream, columns=["file_path", "pos"])
+            table = pq.ParquetFile(stream).read(columns=["file_path", "pos"], use_threads=False)
         if table.num_rows == 0:
             continue
         paths = table.column("file_path").to_numpy(zero_copy_only=False)

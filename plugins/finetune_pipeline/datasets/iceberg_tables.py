@@ -214,6 +214,11 @@ def load_head(catalog, spec: CatalogSpec, name: str) -> TableHead:
 # ------------------------------------------------------------------------------------------------ writes
 
 
+# A data file's row groups: at most ROW_GROUP_ROWS rows, and at least MIN_ROW_GROUP_ROWS but for the last.
+ROW_GROUP_ROWS = 1_048_576
+MIN_ROW_GROUP_ROWS = 131_072
+
+
 class DataFileWriter:
     """Writes one bucket's rows as Parquet data files of about ``target_bytes`` each, straight through the
     table's FileIO, and describes each as an Iceberg ``DataFile`` (with column statistics)."""
@@ -226,13 +231,26 @@ class DataFileWriter:
         self._writer: pq.ParquetWriter | None = None
         self._stream = None
         self._path: str | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
+        self._pending.append(table.cast(self.write.file_schema))
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= MIN_ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what :meth:`add` gathered: the pieces of a bucket merged apart come in small tables, and
+        every row group costs a reader a read and its statistics, so they are written together."""
+        if not self._pending:
+            return
         if self._writer is None:
             self._open()
-        self._writer.write_table(table.cast(self.write.file_schema), row_group_size=1_048_576)
+        self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
+        self._pending, self._pending_rows = [], 0
         if self._stream.tell() >= self.target_bytes:
             self._finish()
 
@@ -285,11 +303,13 @@ class DataFileWriter:
         self._writer = self._stream = self._path = None
 
     def close(self) -> list[Any]:
+        self._flush()
         if self._writer is not None:
             self._finish()
         return self.files
 
     def abort(self) -> None:
+        self._pending, self._pending_rows = [], 0
         if self._writer is not None:
             self._writer.close()
             self._stream.close()

@@ -102,10 +102,13 @@ def order_keys(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _out_of_order(ts: np.ndarray, seq: np.ndarray, first: np.ndarray, second: np.ndarray) -> bool:
-    """Is any `second` event ordered strictly before its `first` (compared pairwise)?"""
+    """Is any `second` event ordered strictly before its `first` (compared pairwise)? The sequences, 35-byte
+    strings, are compared only where the times tie."""
     t1, t2 = ts[first], ts[second]
-    earlier = (t2 < t1) | ((t2 == t1) & (seq[second] < seq[first]))
-    return bool(earlier.any())
+    if bool((t2 < t1).any()):
+        return True
+    tied = np.flatnonzero(t2 == t1)
+    return bool((seq[second[tied]] < seq[first[tied]]).any())
 
 
 def merge_events(events: pa.Table, primary_key: list[str], base_rows: int = 0) -> MergeOutcome:

@@ -13,6 +13,7 @@ delete files mask would pass :data:`MAX_MASKED_SHARE` of its data files' rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,51 +60,120 @@ class BaseKeys:
     files: list[FileKeys] = field(default_factory=list)
 
 
-def _key_match(batch: pa.Table, primary_key: list[str], delta: pa.Table) -> np.ndarray:
-    """Rows of ``batch`` whose key is among the delta's (a hash match for a composite key: a row matched
-    by a hash collision only meets no event of its own key in the merge, so it is kept as it is)."""
+def _integer_keys(primary_key: list[str], delta: pa.Table) -> np.ndarray | None:
+    """The delta's keys, sorted and unique, when the key is a single integer column."""
+    if len(primary_key) != 1 or not pa.types.is_integer(delta.column(primary_key[0]).type):
+        return None
+    return np.unique(delta.column(primary_key[0]).drop_null().to_numpy())
+
+
+def _key_matcher(
+    primary_key: list[str], delta: pa.Table, wanted: np.ndarray | None
+) -> Callable[[pa.Table], np.ndarray]:
+    """A function giving the rows of a batch whose key is among the delta's (a hash match for a composite
+    key: a row matched by a hash collision only meets no event of its own key in the merge, so it is kept
+    as it is). The delta's side is prepared once, for every row group of the bucket; ``wanted``: its
+    :func:`_integer_keys`."""
     if len(primary_key) == 1:
         key = primary_key[0]
-        column = batch.column(key)
-        if pa.types.is_integer(column.type) and not column.null_count and len(column):
-            return _integer_match(column.to_numpy(), delta.column(key).to_numpy(zero_copy_only=False))
-        values = delta.column(key).cast(column.type)
-        return pc.is_in(column, value_set=pc.unique(values)).to_numpy(zero_copy_only=False)
-    ours = hash_columns([batch.column(k) for k in primary_key])
+        values = delta.column(key)
+
+        def match(batch: pa.Table) -> np.ndarray:
+            column = batch.column(key)
+            if wanted is not None and pa.types.is_integer(column.type) and not column.null_count and len(column):
+                # One chunk (a row group) converts without a copy; ChunkedArray.to_numpy always copies.
+                keys = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+                return _integer_match(keys.to_numpy(), wanted)
+            return pc.is_in(column, value_set=pc.unique(values.cast(column.type))).to_numpy(zero_copy_only=False)
+
+        return match
     theirs = hash_columns([delta.column(k) for k in primary_key])
-    return np.isin(ours, theirs)
+    return lambda batch: np.isin(hash_columns([batch.column(k) for k in primary_key]), theirs)
 
 
 def _integer_match(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin`` for integer keys: a bitmap over the keys' range when it is dense (range buckets: a
-    bucket's keys span about its row count), several times faster than hashing each key."""
+    """``np.isin(keys, wanted)`` for integer keys and ``wanted`` sorted and unique, without hashing each key.
+    Sorted keys (a merge writes each row group in key order): a binary search for each wanted key in their
+    range, which are few. Otherwise a bitmap over the keys' range when it is dense (range buckets: a
+    bucket's keys span about its row count)."""
+    if len(keys) > 1 and bool((keys[1:] > keys[:-1]).all()):
+        wanted = wanted[np.searchsorted(wanted, keys[0]):np.searchsorted(wanted, keys[-1], side="right")]
+        found = np.searchsorted(keys, wanted)
+        match = np.zeros(len(keys), dtype=bool)
+        match[found[keys[found] == wanted]] = True
+        return match
     low, high = int(keys.min()), int(keys.max())
     if high - low > 8 * len(keys):
         return np.isin(keys, wanted)
     wanted = wanted[(wanted >= low) & (wanted <= high)].astype(np.int64) - low
     bitmap = np.zeros(high - low + 1, dtype=bool)
     bitmap[wanted] = True
-    return bitmap[keys.astype(np.int64) - low]
+    return bitmap[np.subtract(keys, low, dtype=np.int64)]
+
+
+def _groups_to_read(file: pq.ParquetFile, key: str, wanted: np.ndarray | None) -> list[int]:
+    """The row groups whose key range holds one of the ``wanted`` keys (all of them without integer keys or
+    statistics): a delta on the newest keys skips the row groups of older ones."""
+    groups = list(range(file.num_row_groups))
+    if wanted is None:
+        return groups
+    index = file.schema_arrow.get_field_index(key)
+    kept = []
+    for group in groups:
+        stats = file.metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            kept.append(group)
+            continue
+        first = np.searchsorted(wanted, stats.min)
+        if first < len(wanted) and wanted[first] <= stats.max:
+            kept.append(group)
+    return kept
+
+
+def _row_groups(read: pa.Table | None, starts: np.ndarray, groups: list[int]) -> Iterator[pa.Table]:
+    """The row groups of one ``read_row_groups`` result, as zero-copy slices."""
+    offset = 0
+    for group in groups:
+        rows = int(starts[group + 1] - starts[group])
+        yield read.slice(offset, rows)
+        offset += rows
 
 
 def read_base_keys(io, tasks: list[Any], primary_key: list[str], delta: pa.Table, with_order: bool) -> BaseKeys:
     """Read the key columns of each data file (and ``_dms_ts``/``_dms_seq`` when ``with_order``), skip the
-    rows its delete files mask, and keep the rows whose key the delta has, with their positions."""
+    rows its delete files mask, and keep the rows whose key the delta has, with their positions.
+
+    A row group at a time: its arrays stay small enough for the allocator to reuse them (one of 4M keys is
+    32 MB, which glibc maps afresh, and faults in page by page, every time), and a row group without any of
+    the delta's keys is not read at all."""
     columns = [*primary_key, *((TS, SEQ) if with_order else ())]
+    wanted = _integer_keys(primary_key, delta)
+    match_keys = _key_matcher(primary_key, delta, wanted)
     live_rows = 0
     pieces, files = [], []
     for task in tasks:
-        with io.new_input(task.file.file_path).open() as stream:
-            # One thread per file: the buckets are already read on all threads.
-            rows = pq.read_table(stream, columns=columns, use_threads=False)
         masked = deleted_positions(io, task)
-        alive = np.ones(rows.num_rows, dtype=bool)
-        alive[masked] = False
-        live_rows += int(alive.sum())
-        hit = np.flatnonzero(alive & _key_match(rows, primary_key, delta))
-        files.append(FileKeys(task, masked, hit))
-        if len(hit):
-            pieces.append(rows.take(pa.array(hit)))
+        hits = []
+        with io.new_input(task.file.file_path).open() as stream:
+            # ParquetFile, not read_table: that goes through the dataset scanner, whose set-up costs more than
+            # decoding a key column. One thread per file: the buckets are already read on all threads.
+            file = pq.ParquetFile(stream)
+            starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+            groups = _groups_to_read(file, primary_key[0], wanted)
+            # One read of the row groups wanted (many small ones cost little more than one), then each is
+            # matched on its own chunk: a row group's column is one chunk, used without a copy.
+            read = file.read_row_groups(groups, columns=columns, use_threads=False) if groups else None
+            for group, rows in zip(groups, _row_groups(read, starts, groups), strict=True):
+                start = int(starts[group])
+                match = match_keys(rows)
+                low, high = np.searchsorted(masked, [start, start + rows.num_rows])
+                match[masked[low:high] - start] = False
+                hit = np.flatnonzero(match)
+                if len(hit):
+                    pieces.append(rows.take(pa.array(hit)))
+                    hits.append(hit + start)
+        live_rows += task.file.record_count - len(masked)  # positions are unique and within the file
+        files.append(FileKeys(task, masked, np.concatenate(hits) if hits else np.zeros(0, np.int64)))
     matched = pa.concat_tables(pieces) if pieces else pa.table({k: delta.column(k).slice(0, 0) for k in columns})
     return BaseKeys(live_rows, matched, files)
 

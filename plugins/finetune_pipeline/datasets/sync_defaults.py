@@ -28,8 +28,12 @@ MIN_LATE_FILE_GRACE = timedelta(seconds=2 * CDC_MAX_BATCH_INTERVAL_SECONDS)
 # rebuild) if DMS can be that late.
 LATE_FILE_AUDIT = timedelta(days=1)
 
-# Keys are bucketed into key ranges (single integer keys) or hash buckets of about this many rows.
-ROWS_PER_BUCKET = 1_000_000
+# Keys are bucketed into key ranges (single integer keys) or hash buckets of about this many rows. Each
+# bucket a delta touches costs a read of its key column and one more data file and delete file, so a delta
+# spread over old keys (as real change streams are, in part) costs about the number of buckets: fewer, larger
+# buckets keep it cheap. Size costs no memory: a bucket is rewritten (past merge_on_read.MAX_MASKED_SHARE
+# masked rows) in pieces of MERGE_MEMORY_BYTES.
+ROWS_PER_BUCKET = 4_000_000
 # Data files are rolled over at about this many bytes on disk (a bucket's files stay in the tens of MB).
 TARGET_FILE_BYTES = 64 * 2**20
 # A bucket with fewer rows than this in its data files is rewritten whole by every delta that touches it,

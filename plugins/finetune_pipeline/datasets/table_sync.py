@@ -8,13 +8,15 @@ them unreferenced, for retention to remove later; the table itself is unchanged.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -231,6 +233,13 @@ def _as_events(batch: pa.RecordBatch, contract: TableContract, op: str) -> pa.Re
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _done(value) -> Future:
+    """A future already holding ``value``: a piece merged in the calling thread, queued like the others."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
 def _table(batches, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=schema)
 
@@ -437,6 +446,9 @@ class TableSync:
         self.stopped = False
         self.base: dict[int, list[Any]] = {}
         self.bucket_keys: dict[int, KeyTally] = {}
+        # Merges the pieces of a bucket rewritten in pieces, while fewer buckets than threads are (run()).
+        self._piece_pool: ThreadPoolExecutor | None = None
+        self._piece_threads = 1
 
     def _quarantine(self, f: DmsFile, err: DmsFileError) -> None:
         """Set a bad file aside for this run. It is moved to quarantine/ only once the run has staged every
@@ -484,7 +496,9 @@ class TableSync:
                 yield f, None, 0, err
                 return
 
-    def _spill_delta(self, files: list[tuple[DmsFile, Path]], layout: Layout) -> tuple[Spill, dict[str, int]]:
+    def _spill_delta(
+        self, files: list[tuple[DmsFile, Path]], layout: Layout, expected_bytes: int
+    ) -> tuple[Spill, dict[str, int]]:
         """Read every good file into the partitions; a file failing mid-read is quarantined and we start over
         without it, so a partial file never reaches the merge."""
         attempt = 0
@@ -496,26 +510,30 @@ class TableSync:
                 event_schema(self.contract),
                 self.contract.primary_key,
                 layout,
+                expected_bytes=expected_bytes,
             )
-            dropped = load_rows = 0
-            failed = None
-            try:
+            seen = {"dropped": 0, "load_rows": 0, "failed": None}
+
+            def batches(files=files, seen=seen):
                 for f, batch, skipped, err in read_ahead(self._file_batches(files)):
                     if err is not None:
-                        failed = (f, err)
-                        break
-                    dropped += skipped
+                        seen["failed"] = (f, err)
+                        return
+                    seen["dropped"] += skipped
                     if f.kind is FileKind.LOAD:
-                        load_rows += batch.num_rows
-                    spill.add(batch)
+                        seen["load_rows"] += batch.num_rows
+                    yield batch
+
+            try:
+                spill.add_all(batches(), self.settings.threads)
             finally:
                 spill.close()
-            if failed is None:
+            if seen["failed"] is None:
                 events = dict(spill.stats.ops)
-                events["dropped_before_snapshot"] = dropped
-                events["load_rows"] = load_rows
+                events["dropped_before_snapshot"] = seen["dropped"]
+                events["load_rows"] = seen["load_rows"]
                 return spill, events
-            f, err = failed
+            f, err = seen["failed"]
             self._quarantine(f, err)
             files = [(g, p) for g, p in files if g.key != f.key]
             spill.remove_all()
@@ -559,6 +577,7 @@ class TableSync:
         pk = self.contract.primary_key
         work = self.workdir / f"bucket-{bucket:010d}"
         out = _BucketWriter(self.write, self.workdir, bucket, self.contract, self.settings.target_file_bytes)
+        merging: collections.deque[Future] = collections.deque()
         try:
             if self.prev is None:
                 # No previous rows; the delta's partitions hold disjoint keys, so each merges on its own.
@@ -566,22 +585,30 @@ class TableSync:
             elif layout.split == 1:
                 pieces = [(lambda: self._base_batches(bucket), base_bytes, delta.parts_of(bucket))]
             else:
-                base = split_bucket(self._base_batches(bucket), work, "base", schema, pk, layout)
+                base = split_bucket(self._base_batches(bucket), work, "base", schema, pk, layout,
+                                    expected_bytes=base_bytes)  # fmt: skip
                 parts = sorted(set(delta.parts_of(bucket)) | set(base.parts_of(bucket)))
                 pieces = [(lambda p=p: base.read_batches(p), base.nbytes(p), [p]) for p in parts]
+            # Pieces that fit the budget merge on the piece pool, up to ``inner`` at once, and are written in
+            # order: a bucket's files stay in key order, and memory holds ``inner`` merges, as it would
+            # ``inner`` buckets. One that does not fit is split again, after those before it are written.
+            inner = self._piece_threads
             for base_batches, size, delta_parts in pieces:
                 total = size + sum(delta.nbytes(p) for p in delta_parts)
                 if total <= self.settings.budget:
-                    tables = [_table(base_batches(), schema), *(delta.read(p) for p in delta_parts)]
-                    out.add(merge_events(concat(tables, schema), pk, base_rows=tables[0].num_rows))
+                    while len(merging) >= inner:
+                        out.add(merging.popleft().result())
+                    merge = functools.partial(self._merge_piece, base_batches, delta, delta_parts)
+                    merging.append(self._piece_pool.submit(merge) if inner > 1 else _done(merge()))
                     continue
+                while merging:
+                    out.add(merging.popleft().result())
                 # The estimate was low for this piece: split it again by a second hash until pieces fit.
                 sub = Layout(Bucketing(kind="hash", buckets=math.ceil(total / self.settings.budget)))
                 where = work / f"{delta_parts[0]}"
-                sub_base = split_bucket(base_batches(), where, "base", schema, pk, sub, seed=1)
-                sub_delta = split_bucket(
-                    (b for p in delta_parts for b in delta.read_batches(p)), where, "delta", schema, pk, sub, seed=1
-                )
+                sub_base = split_bucket(base_batches(), where, "base", schema, pk, sub, seed=1, expected_bytes=size)
+                sub_delta = split_bucket((b for p in delta_parts for b in delta.read_batches(p)), where, "delta",
+                                         schema, pk, sub, seed=1, expected_bytes=total - size)  # fmt: skip
                 for i in sorted(set(sub_base.parts()) | set(sub_delta.parts())):
                     before = sub_base.read(i)
                     out.add(merge_events(concat([before, sub_delta.read(i)], schema), pk, base_rows=before.num_rows))
@@ -589,8 +616,13 @@ class TableSync:
                     sub_delta.remove(i)
                 for p in delta_parts:
                     delta.remove(p)
+            while merging:
+                out.add(merging.popleft().result())
             files = out.close()
         except BaseException:
+            for pending in merging:
+                pending.cancel()
+            wait(merging)
             out.abort()
             raise
         finally:
@@ -602,6 +634,11 @@ class TableSync:
         self.bucket_keys[bucket] = out.keys
         return out.state(tomb_key, problems), files
 
+    def _merge_piece(self, base_batches, delta: Spill, delta_parts: list[int]) -> MergeOutcome:
+        schema = event_schema(self.contract)
+        tables = [_table(base_batches(), schema), *(delta.read(p) for p in delta_parts)]
+        return merge_events(concat(tables, schema), self.contract.primary_key, base_rows=tables[0].num_rows)
+
     def _merges_on_read(self, bucket: int, delta: Spill) -> bool:
         """A bucket the delta changes little of is merged on read (see :mod:`.merge_on_read`)."""
         tasks = self.base.get(bucket, [])
@@ -611,10 +648,18 @@ class TableSync:
             return False
         return merges_on_read(data_rows, masked, delta.rows_in(delta.parts_of(bucket)))
 
-    def _order_needed(self, events: pa.Table, previous: BucketState) -> bool:
-        """Whether the stored rows' (_dms_ts, _dms_seq) can decide a winner: not when every event is a CDC
-        event newer than anything the bucket holds (its newest change), which then wins outright."""
-        if previous.newest_change_us is None or events.num_rows == 0:
+    def _order_needed(self, bucket: int, events: pa.Table, previous: BucketState) -> bool:
+        """Whether the stored rows' (_dms_ts, _dms_seq) can decide a winner. Not when no stored row has a
+        ``_dms_seq``, as the data files' null counts say: full-load rows, which the merge orders first, as
+        it does rows read without their order columns. Nor when every event is a CDC event newer than
+        anything the bucket holds (its newest change), which then wins outright."""
+        if events.num_rows == 0:
+            return True
+        seq = self.write.schema.find_field(SEQ).field_id
+        tasks = self.base.get(bucket, [])
+        if tasks and all((t.file.null_value_counts or {}).get(seq) == t.file.record_count for t in tasks):
+            return False
+        if previous.newest_change_us is None:
             return True
         if events.column(SEQ).null_count:
             return True
@@ -629,7 +674,7 @@ class TableSync:
         io = self.write.io
         events = concat((delta.read(p) for p in delta.parts_of(bucket)), schema)
         tombstones = _table(self._tombstone_batches(bucket), schema)
-        base = read_base_keys(io, self.base.get(bucket, []), pk, events, self._order_needed(events, previous))
+        base = read_base_keys(io, self.base.get(bucket, []), pk, events, self._order_needed(bucket, events, previous))
         result = merge_on_read(base, tombstones, events, pk)
         for p in delta.parts_of(bucket):
             delta.remove(p)
@@ -726,7 +771,7 @@ class TableSync:
             rows = max(1, min(delta_rows, span[1] - span[0] + 1))
             bucketing = Bucketing.for_range(key[0], span[0], span[1], rows, settings.rows_per_bucket)
             buckets = max(1, math.ceil(rows / max(1, settings.rows_per_bucket)))
-            return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget)
+            return Layout.for_spill(bucketing, buckets, delta_bytes, settings.budget, key_high=span[1])
         return Layout.for_new_hash_table(delta_bytes, delta_rows, settings.budget, settings.rows_per_bucket)
 
     def run(self, outside: OutsideCounts | None = None) -> TableOutcome:
@@ -777,7 +822,7 @@ class TableSync:
                 return self._stopped()
             spill_layout = self._layout(good, shapes)
             started = time.perf_counter()
-            delta, outcome_events = self._spill_delta(good, spill_layout)
+            delta, outcome_events = self._spill_delta(good, spill_layout, sum(x.data_bytes for x in shapes))
             # A new hash table: its bucket count follows the rows it will hold (inserts less deletes).
             layout = spill_layout.settle(
                 outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
@@ -811,9 +856,14 @@ class TableSync:
             state, files = self._merge_bucket(b, layout, delta, base_bytes)
             return BucketResult(b, state, files, "rewritten")
 
-        # Buckets are independent (own keys, own files): merge them on all threads, in bucket order.
+        # Buckets are independent (own keys, own files): merge them on all threads, in bucket order. When
+        # fewer buckets than threads are rewritten, the pieces of each merge on the threads left over.
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=self.settings.threads) as pool:
+        rewrites = len([b for b in buckets if not (reusable and b not in touched)])
+        self._piece_threads = max(1, self.settings.threads // max(1, min(self.settings.threads, rewrites)))
+        with ThreadPoolExecutor(max_workers=self.settings.threads) as pool, \
+                ThreadPoolExecutor(max_workers=self._piece_threads, thread_name_prefix="piece") as pieces:
+            self._piece_pool = pieces
             done = list(pool.map(one_bucket, buckets))
         log.info("%s: %d bucket(s) done in %.1f s", contract.table, len(buckets), time.perf_counter() - started)
         states = {r.bucket: r.state for r in done if r.state.rows or r.state.tombstones}
