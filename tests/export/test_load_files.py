@@ -66,3 +66,26 @@ def test_a_naive_load_time_is_taken_as_utc(tmp_path):
     writer.write(batch(0, rows=3))
     (path,) = writer.close()
     assert pq.read_table(path).column("_dms_ts").to_pylist() == ["2026-12-01 09:30:05.000000"] * 3
+
+
+def test_each_file_is_reported_once_as_soon_as_it_is_complete_and_none_after_an_abort(tmp_path):
+    closed = []
+
+    def on_closed(path):
+        closed.append((path, pq.ParquetFile(path).metadata.num_rows))  # complete: its footer is written
+
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, tzinfo=UTC), row_group_bytes=ROW_GROUP_BYTES,
+                            max_file_bytes=1, on_file_closed=on_closed)  # a file per row group
+    for n in range(12):
+        writer.write(batch(n * 2000))
+    assert len(closed) >= 3 and [path for path, _ in closed] == writer.paths  # reported as the rows still come
+    writer.write(batch(24_000, rows=10))
+    paths = writer.close()
+    assert len(paths) == len(closed) and [path for path, _ in closed] == paths
+    assert sum(rows for _, rows in closed) == writer.rows
+    aborted = LoadFileWriter(tmp_path / "aborted", "chunk", datetime(2026, 12, 1, tzinfo=UTC),
+                             row_group_bytes=ROW_GROUP_BYTES, on_file_closed=on_closed)
+    aborted.write(batch(0, rows=10))
+    aborted._flush()
+    aborted.abort()
+    assert len(closed) == len(paths) and not list((tmp_path / "aborted").iterdir())

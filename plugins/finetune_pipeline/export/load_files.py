@@ -13,6 +13,7 @@ The constant columns are built from buffers: any Python value handed to pyarrow 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def _repeated(value: bytes, n: int) -> pa.Array:
 
 
 class LoadFileWriter:
-    """Rolling Parquet files ``<prefix>-<n>.parquet`` in ``directory``; :meth:`close` returns them in order."""
+    """Rolling Parquet files ``<prefix>-<n>.parquet`` in ``directory``; :meth:`close` returns them in order.
+
+    ``on_file_closed`` is called with each file's path as soon as that file is complete, in the writer's thread.
+    """
 
     def __init__(
         self,
@@ -48,11 +52,13 @@ class LoadFileWriter:
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+        on_file_closed: Callable[[Path], None] | None = None,
     ) -> None:
         self.directory = directory
         self.prefix = prefix
         self.max_file_bytes = max_file_bytes
         self.row_group_bytes = row_group_bytes
+        self.on_file_closed = on_file_closed
         # DMS stamps full-load rows with the transfer time (TimestampColumnName). The snapshot position is
         # used: no CDC change can commit at or before it, so a change after the snapshot always wins the merge.
         # A naive time is UTC, as Arrow takes it for a timestamp with a zone.
@@ -99,6 +105,8 @@ class LoadFileWriter:
             self._writer.close()
             self._sink.close()
             self._writer = self._sink = None
+            if self.on_file_closed is not None:
+                self.on_file_closed(self.paths[-1])
 
     def close(self) -> list[Path]:
         self._flush()
@@ -107,6 +115,7 @@ class LoadFileWriter:
 
     def abort(self) -> None:
         self._buffer = []
+        self.on_file_closed = None  # the files are deleted: nothing to report about them
         try:
             self._close_file()
         finally:
