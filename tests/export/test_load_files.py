@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from finetune_pipeline.export.load_files import LoadFileWriter
+from finetune_pipeline.export.load_files import LoadFileWriter, dictionary_columns
 
 ROW_GROUP_BYTES = 256 * 1024
 
@@ -89,3 +89,23 @@ def test_each_file_is_reported_once_as_soon_as_it_is_complete_and_none_after_an_
     aborted._flush()
     aborted.abort()
     assert len(closed) == len(paths) and not list((tmp_path / "aborted").iterdir())
+
+
+def test_dictionary_pages_only_for_the_constant_dms_columns_and_columns_whose_values_repeat(tmp_path):
+    rows = 20_000
+    data = pa.RecordBatch.from_arrays(
+        [pa.array(range(rows), pa.int64()), pa.array(["agent", "customer"] * (rows // 2)),
+         pa.array([i % 1000 for i in range(rows)], pa.int32()), pa.array([f"free text {i}" for i in range(rows)])],
+        names=["id", "author", "score", "body"])
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, tzinfo=UTC))
+    writer.write(data)
+    (path,) = writer.close()
+    meta = pq.ParquetFile(path).metadata
+    encoded = {meta.schema.column(i).name: meta.row_group(0).column(i).has_dictionary_page
+               for i in range(meta.num_columns)}
+    assert encoded == {"Op": True, "_dms_ts": True, "_dms_seq": False, "id": False, "author": True, "score": True,
+                       "body": False}
+    # A few rows say nothing of repetition: a two-valued column among three rows is not worth a dictionary.
+    assert dictionary_columns(pa.Table.from_batches([data]).slice(0, 3)) == ["Op", "_dms_ts"]
+    # Only the bytes differ: the values read back as the plain strings and integers they were.
+    assert pq.read_table(path).select(data.schema.names).equals(pa.Table.from_batches([data]))
