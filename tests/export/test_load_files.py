@@ -109,3 +109,21 @@ def test_dictionary_pages_only_for_the_constant_dms_columns_and_columns_whose_va
     assert dictionary_columns(pa.Table.from_batches([data]).slice(0, 3)) == ["Op", "_dms_ts"]
     # Only the bytes differ: the values read back as the plain strings and integers they were.
     assert pq.read_table(path).select(data.schema.names).equals(pa.Table.from_batches([data]))
+
+
+def test_the_files_are_zstd_and_the_dataset_syncs_reader_reads_them(tmp_path):
+    from finetune_pipeline.datasets.contracts import TableContract
+    from finetune_pipeline.datasets.dms_format import DmsFile, FileKind, read_events
+
+    writer = LoadFileWriter(tmp_path, "chunk", datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
+    writer.write(batch(0))
+    (path,) = writer.close()
+    meta = pq.ParquetFile(path).metadata
+    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
+    contract = TableContract.model_validate({"table": "public.notes", "primary_key": ["id"], "columns": [
+        {"name": "id", "type": "int64", "nullable": False}, {"name": "note", "type": "string"}]})
+    events = pa.Table.from_batches(list(read_events(path, DmsFile("public/notes/LOAD00000001.parquet",
+                                                                  FileKind.LOAD, "parquet"), contract)))
+    assert events.select(["id", "note"]).equals(pa.Table.from_batches([batch(0)]))
+    assert set(events.column("Op").to_pylist()) == {"I"}
+    assert events.column("_dms_ts")[0].as_py() == datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
