@@ -317,3 +317,17 @@ def test_a_binary_session_that_cannot_connect_is_reported_as_unreachable():
     with pytest.raises(SourceUnreachableError, match="cannot open an export session .*Connection refused") as error:
         next(binary_copy.read_batches(url, "00000003-00000002-1", "SELECT 1::bigint AS id", schema))
     assert "s3cret-pw" not in str(error.value)
+
+
+def test_a_binary_batch_takes_the_exports_schema_and_is_cast_only_where_a_type_differs():
+    driver = pa.schema([pa.field("id", pa.int64(), metadata={"POSTGRESQL:type": "int8"}),
+                        pa.field("owner", pa.uint32(), metadata={"POSTGRESQL:type": "oid"})])
+    wanted = pa.schema([("id", pa.int64()), ("owner", pa.int64())])
+    batch = pa.RecordBatch.from_arrays([pa.array([1, 2], pa.int64()), pa.array([7, 4_000_000_000], pa.uint32())],
+                                       schema=driver)
+    cast = binary_copy.as_schema(batch, wanted)
+    assert cast.schema == wanted and cast.schema.field("id").metadata is None
+    assert cast.column("owner").to_pylist() == [7, 4_000_000_000]
+    same = binary_copy.as_schema(batch.select(["id"]), wanted.remove(1))
+    assert same.schema == wanted.remove(1) and same.schema.field("id").metadata is None
+    assert same.column(0).buffers()[1].address == batch.column(0).buffers()[1].address  # no copy
