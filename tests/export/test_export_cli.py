@@ -14,10 +14,10 @@ from finetune_pipeline.export.cli import main
 REPO_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(REPO_PLUGINS), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "finetune_pipeline.export", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, *python_options, "-m", "finetune_pipeline.export", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_the_cli_exports_and_a_rerun_reuses_it(source, tmp_path, capsys):
@@ -69,6 +69,45 @@ def test_cli_refusals_exit_1(source, tmp_path, capsys):
                  "--slot", source.slot, "--wal-bytes-per-day", "1000"])
     assert code == 1
     assert "has no primary key" in capsys.readouterr().err
+
+
+def test_the_export_process_runs_both_read_paths_without_numpy(source, tmp_path):
+    """``python -m finetune_pipeline.export`` refuses numpy (pyarrow would load it, and the export never uses
+    it): a real export through ADBC's binary COPY and through CSV COPY, and numpy never imported."""
+    source.sql(f"CREATE TABLE {source.schema}.kv (k int PRIMARY KEY, v text, at timestamptz); "
+               f"INSERT INTO {source.schema}.kv SELECT g, 'v' || g, now() FROM generate_series(1, 25) g; "
+               f"CREATE TABLE {source.schema}.priced (k int PRIMARY KEY, price numeric(8, 2)); "
+               f"INSERT INTO {source.schema}.priced SELECT g, g / 3.0 FROM generate_series(1, 5) g")
+    result = run_cli("--dsn", source.url, "--table", f"{source.schema}.kv", "--table", f"{source.schema}.priced",
+                     "--export-dir", str(tmp_path), "--slot", source.slot, "--wal-bytes-per-day", "1000000",
+                     "--json", python_options=("-X", "importtime"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["rows"] == {f"{source.schema}.kv": 25, f"{source.schema}.priced": 5}
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pyarrow.parquet" in imported and "adbc_driver_postgresql" in imported
+    # pyarrow's attempt at numpy is listed too (a few microseconds): what loading it would bring is not.
+    assert not {name for name in imported if name.startswith(("numpy.", "pandas"))}
+
+
+def test_refusing_numpy_is_for_the_export_process_only_and_says_so():
+    script = ("import sys\n"
+              "from finetune_pipeline.export.without_numpy import refuse_numpy\n"
+              "import finetune_pipeline.export.postgres\n"
+              "print('numpy' in sys.modules)\n"
+              "refuse_numpy()\n"
+              "print('numpy' in sys.modules)\n")
+    env = {"PYTHONPATH": str(REPO_PLUGINS), "PATH": "/usr/bin:/bin"}
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    # Importing the export as a library (Airflow's worker, these tests) keeps numpy, and refusing it then
+    # is a no-op rather than a half-loaded numpy.
+    assert imported.stdout.split() == ["True", "True"], imported.stderr
+    script = ("from finetune_pipeline.export.without_numpy import refuse_numpy\n"
+              "refuse_numpy()\n"
+              "import numpy\n")
+    refused = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 1 and "No module named 'numpy' (the export runs without numpy)" in refused.stderr
 
 
 def test_an_export_process_imports_neither_pandas_nor_pydantic(tmp_path):

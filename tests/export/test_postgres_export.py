@@ -11,7 +11,7 @@ from finetune_pipeline.datasets.contracts import TableContract
 from finetune_pipeline.datasets.dms_format import DmsFile, FileKind, read_events
 from finetune_pipeline.export import binary_copy, postgres
 from finetune_pipeline.export.errors import PreflightError, SourceUnreachableError
-from finetune_pipeline.export.manifest import MANIFEST_NAME, read_manifest
+from finetune_pipeline.export.manifest import MANIFEST_NAME, describe_file, read_manifest
 from finetune_pipeline.export.postgres import PostgresExport, retained_wal
 
 CONTRACT_COLUMNS = [
@@ -106,6 +106,19 @@ def test_large_tables_are_split_across_sessions_and_files_without_losing_a_row(s
     assert keys == [f"{source.schema}/items/LOAD{n:08X}.parquet" for n in range(1, len(keys) + 1)]
     assert read_back(tmp_path, manifest, source) == source_rows(source)
     assert manifest.tables[f"{source.schema}.items"].files == len(keys)
+
+
+def test_the_checksums_each_session_took_as_a_file_closed_are_those_of_the_file_under_its_dms_name(
+        source, tmp_path):
+    make_items(source, rows=20_000)
+    settings = source.settings(tmp_path, workers=2, chunk_bytes=400_000, row_group_bytes=200_000,
+                               max_file_bytes=300_000)
+    manifest = PostgresExport(source.url, [source.table("items")], settings).run().manifest
+    assert len(manifest.files) > 3
+    assert manifest.files == [describe_file(tmp_path, tmp_path / item.key, settings.part_size)
+                              for item in manifest.files]
+    assert manifest.tables[f"{source.schema}.items"].bytes == sum(item.size for item in manifest.files)
+    assert read_manifest(tmp_path) == manifest
 
 
 def test_a_table_without_a_primary_key_is_refused_with_the_fix(source, tmp_path):
@@ -304,3 +317,17 @@ def test_a_binary_session_that_cannot_connect_is_reported_as_unreachable():
     with pytest.raises(SourceUnreachableError, match="cannot open an export session .*Connection refused") as error:
         next(binary_copy.read_batches(url, "00000003-00000002-1", "SELECT 1::bigint AS id", schema))
     assert "s3cret-pw" not in str(error.value)
+
+
+def test_a_binary_batch_takes_the_exports_schema_and_is_cast_only_where_a_type_differs():
+    driver = pa.schema([pa.field("id", pa.int64(), metadata={"POSTGRESQL:type": "int8"}),
+                        pa.field("owner", pa.uint32(), metadata={"POSTGRESQL:type": "oid"})])
+    wanted = pa.schema([("id", pa.int64()), ("owner", pa.int64())])
+    batch = pa.RecordBatch.from_arrays([pa.array([1, 2], pa.int64()), pa.array([7, 4_000_000_000], pa.uint32())],
+                                       schema=driver)
+    cast = binary_copy.as_schema(batch, wanted)
+    assert cast.schema == wanted and cast.schema.field("id").metadata is None
+    assert cast.column("owner").to_pylist() == [7, 4_000_000_000]
+    same = binary_copy.as_schema(batch.select(["id"]), wanted.remove(1))
+    assert same.schema == wanted.remove(1) and same.schema.field("id").metadata is None
+    assert same.column(0).buffers()[1].address == batch.column(0).buffers()[1].address  # no copy

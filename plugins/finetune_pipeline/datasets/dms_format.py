@@ -23,7 +23,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -195,6 +194,10 @@ def parse_dms_timestamp(arr: pa.Array, column: str = TS) -> pa.Array:
 
 def check_sequence(arr: pa.Array) -> None:
     """Every change sequence must be 35 ASCII digits (YYYYMMDDHHmmSShh + 19-digit change number)."""
+    # Imported here: the snapshot export imports this module for its file names and columns, and runs
+    # without numpy (its ``__main__``); only the dataset sync checks sequences.
+    import numpy as np
+
     if arr.null_count:
         raise DmsFileError("bad_sequence", f"{arr.null_count} rows without {SEQ}")
     if len(arr) == 0:

@@ -14,7 +14,8 @@
    STDOUT (FORMAT csv)``, read in blocks of whole rows (:mod:`.copy_blocks`), each parsed by pyarrow's CSV
    reader. Nothing reads ahead: a session holds one batch or block and one row group, whatever the table's
    size.
-4. The files get their DMS names (``LOAD00000001.parquet``...), their checksums, and ``manifest.json`` last.
+4. Each file is checksummed by its session as soon as it closes; then the files get their DMS names
+   (``LOAD00000001.parquet``...), and ``manifest.json`` is written last.
 
 The slot then keeps every WAL segment from its consistent point until DMS confirms it: for the whole
 Snowball trip, days to weeks. :func:`retained_wal` is what the pipeline logs while the device travels.
@@ -52,7 +53,7 @@ from finetune_pipeline.export.manifest import (
     SlotInfo,
     SourceInfo,
     TableExport,
-    describe_file,
+    file_checksums,
     read_manifest,
     write_manifest,
 )
@@ -631,35 +632,41 @@ class PostgresExport:
                   for chunk in _chunks(table, settings.chunk_bytes, settings.workers)]
         with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="export") as pool:
             results = list(pool.map(lambda chunk: self._export_chunk(chunk, snapshot, load_time, staging), chunks))
-        by_table: dict[str, list[tuple[int, list[Path], int]]] = {}
-        for chunk, (paths, rows) in zip(chunks, results, strict=True):
-            by_table.setdefault(chunk.table.spec.qualified_name, []).append((chunk.index, paths, rows))
-        final: list[Path] = []
+        by_table: dict[str, list[tuple[int, dict[Path, dict], int]]] = {}
+        for chunk, (sums, rows) in zip(chunks, results, strict=True):
+            by_table.setdefault(chunk.table.spec.qualified_name, []).append((chunk.index, sums, rows))
+        files: list[ExportedFile] = []
         counts: dict[str, TableExport] = {}
         for table in tables:
             parts = sorted(by_table.get(table.spec.qualified_name, []), key=lambda item: item[0])
             folder = settings.export_dir / table.spec.schema / table.spec.name
             folder.mkdir(parents=True, exist_ok=True)
-            paths = [path for _, chunk_paths, _ in parts for path in chunk_paths]
-            for number, path in enumerate(paths, start=1):
+            # The checksums are of the bytes, so a file keeps them under its DMS name.
+            staged = [item for _, sums, _ in parts for item in sums.items()]
+            for number, (path, checksums) in enumerate(staged, start=1):
                 target = folder / load_file_name(number)
                 path.replace(target)
-                final.append(target)
+                files.append(ExportedFile(key=target.relative_to(settings.export_dir).as_posix(), **checksums))
             counts[table.spec.qualified_name] = TableExport(
-                rows=sum(rows for _, _, rows in parts), primary_key=table.primary_key, files=len(paths),
-                bytes=sum((folder / load_file_name(n)).stat().st_size for n in range(1, len(paths) + 1)),
+                rows=sum(rows for _, _, rows in parts), primary_key=table.primary_key, files=len(staged),
+                bytes=sum(checksums["size"] for _, checksums in staged),
             )
         shutil.rmtree(staging, ignore_errors=True)
-        with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="checksum") as pool:
-            files: list[ExportedFile] = list(
-                pool.map(lambda path: describe_file(settings.export_dir, path, settings.part_size), final))
         return sorted(files, key=lambda f: f.key), counts
 
     def _export_chunk(self, chunk: _Chunk, snapshot: str, load_time: datetime, staging: Path):
+        """The chunk's files, in order, each with its checksums; and its rows."""
         table = chunk.table
+        sums: dict[Path, dict] = {}
+
+        def checksum(path: Path) -> None:
+            # Here, in the session's thread as each file closes, while the other sessions still read: a pass
+            # over every file after the last one closed left a core idle.
+            sums[path] = file_checksums(path, self.settings.part_size)
+
         writer = LoadFileWriter(staging / table.spec.schema / table.spec.name, f"chunk{chunk.index:05d}", load_time,
                                 max_file_bytes=self.settings.max_file_bytes,
-                                row_group_bytes=self.settings.row_group_bytes)
+                                row_group_bytes=self.settings.row_group_bytes, on_file_closed=checksum)
         csv_bytes = 0
         try:
             if self._binary(table):
@@ -675,7 +682,7 @@ class PostgresExport:
             raise
         with self._lock:
             self._csv_bytes += csv_bytes
-        return paths, writer.rows
+        return {path: sums[path] for path in paths}, writer.rows
 
     def _copy_csv(self, chunk: _Chunk, snapshot: str, writer: LoadFileWriter) -> int:
         """The chunk through ``COPY ... (FORMAT csv)``, parsed a block at a time; returns the CSV bytes."""
