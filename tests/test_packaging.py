@@ -244,3 +244,51 @@ def test_copied_plugins_folder_provides_the_package_and_the_dags_parse(site_pack
     # .airflowignore keeps the plugin manager from exec'ing the package's modules as top-level plugins.
     assert report["plugin_errors"] == {}
     assert all(name.split(".")[0] == "finetune_pipeline" for name in report["from_plugins"]), report["from_plugins"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# c. what the package declares
+
+
+def _imported_libraries() -> dict[str, set[str]]:
+    """Every third-party top-level module the package imports, with the files that import it."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in PACKAGE_SOURCE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top not in sys.stdlib_module_names and top != "finetune_pipeline":
+                    found.setdefault(top, set()).add(path.relative_to(PACKAGE_SOURCE).as_posix())
+    return found
+
+
+def test_every_library_the_package_imports_is_declared_in_pyproject():
+    """A ``pip install finetune-pipeline`` (with the extra a feature names) brings every library the package
+    imports itself, not only through another package's dependencies."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {canonical(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in requirements}
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for module, files in _imported_libraries().items():
+        # Airflow's namespace spans its core and its providers; a module not installed here is its own name.
+        installed_as = distributions.get(module, [module])
+        names = {"apache-airflow"} if module == "airflow" else {canonical(d) for d in installed_as}
+        if not names & declared:
+            missing[module] = sorted(files)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
