@@ -78,3 +78,17 @@ def test_a_spill_that_fits_in_the_page_cache_is_written_uncompressed(tmp_path, m
         assert spill.read(0).equals(pa.Table.from_batches([batch]))
         sizes[name] = spill.path(0).stat().st_size
     assert sizes["fits"] > 1.5 * sizes["large"] and sizes["large"] == sizes["unknown"]
+
+
+def test_available_memory_is_capped_by_a_containers_limit(tmp_path, monkeypatch):
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "limit").write_text(f"{2**30}\n")
+    (v1 / "usage").write_text(f"{2**28}\n")
+    monkeypatch.setattr(partition, "CGROUP_MEMORY", ((str(v2 / "max"), str(v2 / "current")),
+                                                     (str(v1 / "limit"), str(v1 / "usage"))))
+    assert partition.available_memory() == 2**30 - 2**28  # this machine has more than 768 MiB available
+    v2.mkdir()
+    (v2 / "max").write_text("max\n")
+    (v2 / "current").write_text("123\n")
+    assert partition.available_memory() > 2**30  # no v2 limit: MemAvailable alone (v1 is not read)

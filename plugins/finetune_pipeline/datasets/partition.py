@@ -359,6 +359,13 @@ def _ipc_options(expected_bytes: int | None) -> pa.ipc.IpcWriteOptions:
     return _LZ4
 
 
+# A container's memory limit and use: cgroup v2, then v1 (whose "no limit" is a huge number).
+CGROUP_MEMORY = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
 def available_memory() -> int | None:
     """Bytes the system can give without swapping: Linux's MemAvailable, capped by the cgroup's memory
     limit (a container's); None where neither can be read."""
@@ -368,11 +375,13 @@ def available_memory() -> int | None:
             found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
     except OSError:
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
+    for limit_path, used_path in CGROUP_MEMORY:
+        try:
+            limit = Path(limit_path).read_text().strip()
+            used = Path(used_path).read_text().strip()
+        except OSError:
+            continue
+        if limit != "max" and limit.isdigit() and used.isdigit():
             found.append(max(0, int(limit) - int(used)))
-    except (OSError, ValueError):
-        pass
+        break
     return min(found) if found else None
