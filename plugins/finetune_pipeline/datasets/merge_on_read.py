@@ -77,6 +77,7 @@ def _key_matcher(
     if len(primary_key) == 1:
         key = primary_key[0]
         values = delta.column(key)
+        value_sets: dict[pa.DataType, pa.Array] = {}  # the delta's keys as each file's key type, made once
 
         def match(batch: pa.Table) -> np.ndarray:
             column = batch.column(key)
@@ -84,7 +85,9 @@ def _key_matcher(
                 # One chunk (a row group) converts without a copy; ChunkedArray.to_numpy always copies.
                 keys = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
                 return _integer_match(keys.to_numpy(), wanted)
-            return pc.is_in(column, value_set=pc.unique(values.cast(column.type))).to_numpy(zero_copy_only=False)
+            if column.type not in value_sets:
+                value_sets[column.type] = pc.unique(values.cast(column.type))
+            return pc.is_in(column, value_set=value_sets[column.type]).to_numpy(zero_copy_only=False)
 
         return match
     theirs = hash_columns([delta.column(k) for k in primary_key])

@@ -857,10 +857,11 @@ class TableSync:
             return BucketResult(b, state, files, "rewritten")
 
         # Buckets are independent (own keys, own files): merge them on all threads, in bucket order. When
-        # fewer buckets than threads are rewritten, the pieces of each merge on the threads left over.
+        # fewer buckets than threads are merged (rewritten or on read), the pieces of a bucket rewritten in
+        # pieces merge on the threads left over.
         started = time.perf_counter()
-        rewrites = len([b for b in buckets if not (reusable and b not in touched)])
-        self._piece_threads = max(1, self.settings.threads // max(1, min(self.settings.threads, rewrites)))
+        merged = len([b for b in buckets if not (reusable and b not in touched)])
+        self._piece_threads = max(1, self.settings.threads // max(1, min(self.settings.threads, merged)))
         with ThreadPoolExecutor(max_workers=self.settings.threads) as pool, \
                 ThreadPoolExecutor(max_workers=self._piece_threads, thread_name_prefix="piece") as pieces:
             self._piece_pool = pieces
