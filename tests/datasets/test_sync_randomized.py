@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from ds_helpers import ITEMS_YAML, T0, item_events, item_load, published, published_rows, put_cdc, put_load
 
-from finetune_pipeline.datasets import merge_on_read
+from finetune_pipeline.datasets import merge_on_read, table_sync
 from finetune_pipeline.datasets.catalog import CatalogSpec
 from finetune_pipeline.datasets.store import LocalStore
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
@@ -79,14 +79,26 @@ def test_random_streams_merged_on_read_match_dict_replay(tmp_path, seed, monkeyp
     rng = random.Random(1000 + seed)
     # Buckets of 16 rows and more: a delta of a few events on a bucket of 4 is always more than half of it.
     # Streams of at least 60 events, so there are enough runs after the full load for both to happen.
-    modes = _run_stream(tmp_path, rng, merge_on_read_min_rows=1, run_sizes=(1, 2), bucket_rows=(16, 1000),
-                        min_events=60, static_check=True)
+    modes, _ = _run_stream(tmp_path, rng, merge_on_read_min_rows=1, run_sizes=(1, 2), bucket_rows=(16, 1000),
+                           min_events=60, static_check=True)
     assert "on_read" in modes and "rewritten" in modes, modes
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_random_streams_with_superseded_events_dropped_match_dict_replay(tmp_path, seed, monkeypatch):
+    """The same streams, each run's events that cannot win dropped before the spill whatever their share:
+    replays, ties broken by the sequence, files named out of order and full-load rows changed since."""
+    monkeypatch.setattr(table_sync, "SUPERSEDED_SCAN_MIN_SHARE", 1.0)
+    _, superseded = _run_stream(tmp_path, random.Random(2000 + seed), run_sizes=(6, 20), min_events=60,
+                                budgets=(2**10,))
+    assert superseded > 0
+
+
 def _run_stream(tmp_path, rng: random.Random, merge_on_read_min_rows: int = 10_000, run_sizes=(1, 6),
-                bucket_rows=(4, 16, 1000), min_events: int = 21, static_check: bool = False) -> list[str]:
-    """Sync a random stream run by run against the dict replay; returns how each touched bucket merged."""
+                bucket_rows=(4, 16, 1000), min_events: int = 21, static_check: bool = False,
+                budgets=(2**10, 2**12, 2**30)) -> tuple[list[str], int]:
+    """Sync a random stream run by run against the dict replay; returns how each touched bucket merged, and
+    how many events were dropped as superseded."""
     contracts = tmp_path / "contracts"
     contracts.mkdir()
     (contracts / "shop.items.yaml").write_text(ITEMS_YAML + "severity: {row_count: warning}\n")
@@ -98,7 +110,7 @@ def _run_stream(tmp_path, rng: random.Random, merge_on_read_min_rows: int = 10_0
         catalog=CatalogSpec(uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=store.location("warehouse")),
         snapshot_position=T0,
         rows_per_bucket=rng.choice(bucket_rows),
-        merge_memory_bytes=rng.choice([2**10, 2**12, 2**30]),
+        merge_memory_bytes=rng.choice(budgets),
         late_file_grace=timedelta(minutes=10),
         merge_on_read_min_rows=merge_on_read_min_rows,
     )
@@ -115,6 +127,7 @@ def _run_stream(tmp_path, rng: random.Random, merge_on_read_min_rows: int = 10_0
         arrivals = arrivals[size:]
     delivered: list[list[tuple]] = []
     modes: list[str] = []
+    superseded = 0
     used_ms: set[int] = set()
     for batch in batches:
         for j in batch:
@@ -133,10 +146,11 @@ def _run_stream(tmp_path, rng: random.Random, merge_on_read_min_rows: int = 10_0
             continue
         report = json.loads(store.get_bytes(result.report_keys["json"]))["tables"]["shop.items"]
         modes += ["on_read"] * report["buckets_merged_on_read"] + ["rewritten"] * report["buckets_rewritten"]
+        superseded += report["events"]["superseded"]
         assert report["rows"] == len(got) == published(spec).tables["shop.items"].rows
         if static_check:
             assert _static_rows(spec, result.version) == got
-    return modes
+    return modes, superseded
 
 
 def _static_rows(spec, version: str) -> dict:

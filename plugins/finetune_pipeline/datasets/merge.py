@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from finetune_pipeline.datasets.dms_format import OP, SEQ, SEQ_LENGTH, TS
 
 _ZERO_SEQ = "0" * SEQ_LENGTH
-_INT64_MIN = np.iinfo(np.int64).min
+# The commit time the merge gives a full-load row: before every CDC event's.
+FULL_LOAD_TIME = int(np.iinfo(np.int64).min)
 
 
 @dataclass
@@ -92,13 +93,17 @@ def seq_view(seq: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.to_pylist(), dtype=f"S{SEQ_LENGTH}")
 
 
+def commit_times(events: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Each event's _dms_ts in microseconds (int64) as the merge orders by it: rows without a sequence
+    (full load) get the lowest, FULL_LOAD_TIME."""
+    ts = pc.cast(events.column(TS), pa.int64())
+    ts = pc.if_else(pc.is_valid(events.column(SEQ)), ts, pa.scalar(FULL_LOAD_TIME, pa.int64()))
+    return pc.fill_null(ts, FULL_LOAD_TIME).to_numpy(zero_copy_only=False)
+
+
 def order_keys(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(ts, seq) ordering arrays; rows without a sequence (full load) get the lowest ts."""
-    seq = events.column(SEQ)
-    has_seq = pc.is_valid(seq).to_numpy(zero_copy_only=False)
-    ts = pc.cast(events.column(TS), pa.int64()).to_numpy(zero_copy_only=False)
-    ts = np.where(has_seq, ts, _INT64_MIN)
-    return ts, seq_view(seq)
+    return commit_times(events), seq_view(events.column(SEQ))
 
 
 def _out_of_order(ts: np.ndarray, seq: np.ndarray, first: np.ndarray, second: np.ndarray) -> bool:

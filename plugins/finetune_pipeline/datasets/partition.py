@@ -20,7 +20,7 @@ import collections
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,21 +160,29 @@ def _pow2(n: int) -> int:
 
 @dataclass
 class GroupedBatch:
-    """A batch ordered by partition: ``runs`` of (partition, offset, length); ``ops``: its rows per Op."""
+    """A batch's kept rows ordered by partition: ``runs`` of (partition, offset, length); ``ops``: the rows
+    read per Op, ``read`` in all (the rows dropped as superseded included)."""
 
     batch: pa.RecordBatch
     ops: dict[str, int]
     runs: list[tuple[int, int, int]]
+    read: int
 
 
 @dataclass
 class SpillStats:
+    """Events read (``rows``, and per Op), and how many of them were dropped as superseded."""
+
     rows: int = 0
     ops: dict[str, int] = field(default_factory=lambda: {"I": 0, "U": 0, "D": 0})
+    superseded: int = 0
 
 
 class Spill:
-    """Arrow IPC spill files, one per partition, written batch by batch (nothing buffered in memory)."""
+    """Arrow IPC spill files, one per partition, written batch by batch (nothing buffered in memory).
+
+    ``keep``: which rows of a batch to spill (a bool per row, None for all); the others are counted only,
+    as events that cannot win the merge (:mod:`.supersede`)."""
 
     def __init__(
         self,
@@ -185,8 +193,10 @@ class Spill:
         layout: Layout,
         seed: int = 0,
         expected_bytes: int | None = None,
+        keep: Callable[[pa.RecordBatch], np.ndarray | None] | None = None,
     ):
         self.directory = Path(directory)
+        self.keep = keep
         self._options = _ipc_options(expected_bytes)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -237,24 +247,36 @@ class Spill:
         if isinstance(batch, pa.Table):
             return [g for b in batch.to_batches() for g in self.group(b)]
         ops = {item["values"]: item["counts"] for item in pc.value_counts(batch.column(OP)).to_pylist()}
+        read = batch.num_rows
+        keep = self.keep(batch) if self.keep is not None else None
+        rows = None if keep is None else np.flatnonzero(keep)
+        if rows is not None and not len(rows):
+            return [GroupedBatch(batch.slice(0, 0), ops, [], read)]
         hashes = hash_columns([batch.column(c) for c in self.primary_key], seed=self.seed)
         parts = self.layout.partition_ids(batch, hashes)
+        if rows is not None:
+            # The kept rows are copied once, by the grouping's take, straight from the batch read.
+            parts = parts[rows]
         first, last = int(parts.min()), int(parts.max())
         if first == last:
-            return [GroupedBatch(batch, ops, [(first, 0, batch.num_rows)])]
+            kept = batch if rows is None else batch.take(pa.array(rows))
+            return [GroupedBatch(kept, ops, [(first, 0, kept.num_rows)], read)]
         # Partition ids of one batch span a small range: as uint16 numpy sorts them by radix, several times
         # faster than a comparison sort of int64.
         span = last - first
         keys = (parts - first).astype(np.uint16) if span < 65536 else parts
         order = np.argsort(keys, kind="stable")
         ordered = parts[order]
+        if rows is not None:
+            order = rows[order]
         starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
         ends = np.append(starts[1:], len(ordered))
         runs = [(int(ordered[a]), a, b - a) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-        return [GroupedBatch(batch.take(pa.array(order)), ops, runs)]
+        return [GroupedBatch(batch.take(pa.array(order)), ops, runs, read)]
 
     def write(self, grouped: GroupedBatch) -> None:
-        self.stats.rows += grouped.batch.num_rows
+        self.stats.rows += grouped.read
+        self.stats.superseded += grouped.read - grouped.batch.num_rows
         for op, n in grouped.ops.items():
             self.stats.ops[op] = self.stats.ops.get(op, 0) + n
         for part, offset, length in grouped.runs:

@@ -220,7 +220,7 @@ def render_html(report: dict[str, Any]) -> str:
             f"<div>{t['rows']:,} rows &middot; {t.get('tombstones', 0):,} tombstones &middot; "
             f"{t.get('applied_files', 0)} new file(s) &middot; events I {ev.get('I', 0):,} / "
             f"U {ev.get('U', 0):,} / D {ev.get('D', 0):,}, {ev.get('dropped_before_snapshot', 0):,} at or "
-            f"before the snapshot &middot; "
+            f"before the snapshot, {ev.get('superseded', 0):,} superseded within the run (not spilled) &middot; "
             f"buckets rewritten {t.get('buckets_rewritten', 0)}, kept {t.get('buckets_kept', 0)} &middot; data files "
             f"added {t.get('data_files_added', 0)}, removed {t.get('data_files_removed', 0)}"
             + (f" &middot; columns added {_e(', '.join(t['columns_added']))}" if t.get("columns_added") else "")

@@ -54,9 +54,16 @@ from finetune_pipeline.datasets.profile import Profile, profile_table
 from finetune_pipeline.datasets.reconcile import OutsideCounts, reconcile
 from finetune_pipeline.datasets.state import BucketState, TableState, state_prefix
 from finetune_pipeline.datasets.store import ObjectStore, join_key
+from finetune_pipeline.datasets.supersede import LatestCommits, scan_latest_commits
 from finetune_pipeline.datasets.validate import CheckCounts, CheckResult, count_batch, evaluate, schema_check
 
 log = logging.getLogger(__name__)
+
+# The spill drops the events that cannot win only when at most this share of the delta's CDC events are the
+# last of their key: past it, the first read of the keys costs more than the drop saves.
+SUPERSEDED_SCAN_MIN_SHARE = 0.8
+# The least memory the latest commit time of each key may take (8 bytes a key), whatever the merge memory.
+LATEST_COMMITS_MIN_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,16 @@ def _done(value) -> Future:
 
 def _table(batches, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def _spilled_bytes(shapes, latest: LatestCommits | None) -> int:
+    """The delta's size in memory, less the share of its events that cannot win (at least all CDC events but
+    one per key)."""
+    data_bytes = sum(s.data_bytes for s in shapes)
+    rows = [s.rows for s in shapes]
+    if latest is None or None in rows or not sum(rows):
+        return data_bytes
+    return math.ceil(data_bytes * (1 - (latest.events - latest.keys) / sum(rows)))
 
 
 def key_range(files: list[tuple[DmsFile, Path]], contract: TableContract, csv: CsvSettings) -> tuple[int, int] | None:
@@ -496,8 +513,36 @@ class TableSync:
                 yield f, None, 0, err
                 return
 
+    def _latest_commits(self, files: list[tuple[DmsFile, Path]], shapes) -> LatestCommits | None:
+        """Each key's latest commit time in the delta, for the spill to drop the events that cannot win
+        (:mod:`.supersede`); None when that cannot pay for its read of the keys: a delta that merges in one
+        piece, keys it cannot hold, or one event per key or nearly."""
+        key = self.contract.primary_key
+        if len(key) != 1 or not range_key_type(self.contract.column(key[0]).arrow_type):
+            return None
+        cdc_bytes = sum(s.data_bytes for (f, _), s in zip(files, shapes, strict=True) if f.kind is FileKind.CDC)
+        if cdc_bytes <= self.settings.budget:
+            return None
+        started = time.perf_counter()
+        # The latest times live while the spill runs, before any merge: the whole merge memory, or a floor.
+        room = max(self.settings.merge_memory_bytes, LATEST_COMMITS_MIN_BYTES)
+        snapshot = self.settings.snapshot_ts
+        after = None if snapshot is None else int(pa.scalar(snapshot, pa.timestamp("us", tz="UTC")).value)
+        latest = scan_latest_commits(files, key[0], max_keys=room // 8, after=after)
+        if latest is None or latest.keys > SUPERSEDED_SCAN_MIN_SHARE * latest.events:
+            return None
+        log.info(
+            "%s: %d change event(s) over %d key(s), read in %.1f s: at least %d cannot win and are not spilled",
+            self.contract.table,
+            latest.events,
+            latest.keys,
+            time.perf_counter() - started,
+            latest.events - latest.keys,
+        )
+        return latest
+
     def _spill_delta(
-        self, files: list[tuple[DmsFile, Path]], layout: Layout, expected_bytes: int
+        self, files: list[tuple[DmsFile, Path]], shapes, layout: Layout, latest: LatestCommits | None
     ) -> tuple[Spill, dict[str, int]]:
         """Read every good file into the partitions; a file failing mid-read is quarantined and we start over
         without it, so a partial file never reaches the merge."""
@@ -510,7 +555,8 @@ class TableSync:
                 event_schema(self.contract),
                 self.contract.primary_key,
                 layout,
-                expected_bytes=expected_bytes,
+                expected_bytes=_spilled_bytes(shapes, latest),
+                keep=latest.keep if latest is not None else None,
             )
             seen = {"dropped": 0, "load_rows": 0, "failed": None}
 
@@ -528,15 +574,21 @@ class TableSync:
                 spill.add_all(batches(), self.settings.threads)
             finally:
                 spill.close()
+                spill.keep = None  # the latest times are not needed past the spill
             if seen["failed"] is None:
                 events = dict(spill.stats.ops)
                 events["dropped_before_snapshot"] = seen["dropped"]
                 events["load_rows"] = seen["load_rows"]
+                events["superseded"] = spill.stats.superseded
                 return spill, events
             f, err = seen["failed"]
             self._quarantine(f, err)
+            shapes = [s for (g, _), s in zip(files, shapes, strict=True) if g.key != f.key]
             files = [(g, p) for g, p in files if g.key != f.key]
             spill.remove_all()
+            if latest is not None:
+                # The latest times counted the file left out: count them again without it.
+                latest = self._latest_commits(files, shapes)
             if self.stopped:
                 spill = Spill(
                     self.workdir / "delta-empty",
@@ -752,10 +804,10 @@ class TableSync:
 
     # ------------------------------------------------------------------------------------------ run
 
-    def _layout(self, good: list[tuple[DmsFile, Path]], shapes) -> Layout:
+    def _layout(self, good: list[tuple[DmsFile, Path]], shapes, latest: LatestCommits | None) -> Layout:
         """The table's bucketing (a new table's is chosen from its first files), split to fit the budget."""
         settings = self.settings
-        delta_bytes = sum(s.data_bytes for s in shapes)
+        delta_bytes = _spilled_bytes(shapes, latest)
         delta_rows = sum(s.rows if s.rows is not None else s.data_bytes // 100 for s in shapes)
         existing = self.head.bucketing
         if existing is not None:
@@ -820,18 +872,22 @@ class TableSync:
             self.checks += columns.checks()
             if self.stopped:
                 return self._stopped()
-            spill_layout = self._layout(good, shapes)
+            latest = self._latest_commits(good, shapes)
+            spill_layout = self._layout(good, shapes, latest)
             started = time.perf_counter()
-            delta, outcome_events = self._spill_delta(good, spill_layout, sum(x.data_bytes for x in shapes))
+            delta, outcome_events = self._spill_delta(good, shapes, spill_layout, latest)
+            del latest  # its memory, up to the merge memory, is not needed past the spill
             # A new hash table: its bucket count follows the rows it will hold (inserts less deletes).
             layout = spill_layout.settle(
                 outcome_events.get("I", 0) - outcome_events.get("D", 0), self.settings.rows_per_bucket
             ) if self.head.bucketing is None else spill_layout
             log.info(
-                "%s: %d new file(s), %d event(s) spilled in %.1f s into %d bucket(s), split %d way(s)",
+                "%s: %d new file(s), %d event(s) read, %d of them spilled, in %.1f s into %d bucket(s), split "
+                "%d way(s)",
                 contract.table,
                 len(good),
                 delta.stats.rows,
+                delta.stats.rows - delta.stats.superseded,
                 time.perf_counter() - started,
                 len(delta.buckets()),
                 layout.split,
