@@ -20,9 +20,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -x "$(PY)" ] && ! "$(PY)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then rm -rf "$(VENV)"; fi
 	@[ -x "$(PY)" ] || "$(PYTHON)" -m venv "$(VENV)"
 	"$(PY)" -m pip install --quiet "uv==$(UV_VERSION)"
-	"$(VENV)/bin/uv" pip install --quiet --python "$(PY)" -r requirements.txt -r requirements-dev.txt
+	# Compiled to bytecode as pip does (uv does not by default): without .pyc files, every process (each
+	# Airflow task, the export CLI) compiles what it imports again, and where PYTHONDONTWRITEBYTECODE is set
+	# it never stops doing so.
+	"$(VENV)/bin/uv" pip install --quiet --compile-bytecode --python "$(PY)" -r requirements.txt -r requirements-dev.txt
 	# The package itself, editable: what `pip install .` installs for a user, without copying it.
 	"$(VENV)/bin/uv" pip install --quiet --python "$(PY)" --no-deps -e .
+	"$(PY)" -m compileall -q -j 0 plugins
 	@touch $@
 
 install: $(VENV)/.installed
