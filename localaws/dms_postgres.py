@@ -23,6 +23,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -32,6 +33,7 @@ from psycopg import sql
 
 from localaws.dms_decoding import (
     ColumnType,
+    Layouts,
     Transaction,
     format_lsn,
     parse_begin,
@@ -273,23 +275,42 @@ class DecodingSession:
             self.close()
             raise
         self._columns: dict[tuple[str, str], TableInfo | None] = {}
+        self._layouts: Layouts = {}
+        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dms-decode")
+        self._next: Future | None = None
 
     def close(self) -> None:
+        if self._next is not None:
+            with contextlib.suppress(Exception):  # its error is the connection's, which is going anyway
+                self._next.result()
+            self._next = None
+        self._fetcher.shutdown()
         with contextlib.suppress(Exception):  # closing a broken connection
             self.conn.close()  # the temporary slot goes with the session
+
+    def _fetch(self, limit: int) -> list[tuple[str, str]]:
+        return self.conn.execute(
+            "SELECT lsn::text, data FROM pg_logical_slot_get_changes(%s, NULL, %s, %s, %s, %s, %s)",
+            (self.copy, limit, *DECODE_OPTIONS),
+        ).fetchall()
 
     def changes(self, limit: int) -> list[Transaction]:
         """Whole transactions decoded from the copy (PostgreSQL returns whole ones, at least ``limit`` rows)."""
         transactions: list[Transaction] = []
         current: Transaction | None = None
         try:
-            rows = self.conn.execute(
-                "SELECT lsn::text, data FROM pg_logical_slot_get_changes(%s, NULL, %s, %s, %s, %s, %s)",
-                (self.copy, limit, *DECODE_OPTIONS),
-            )
+            if self._next is not None:
+                rows, self._next = self._next.result(), None
+            else:
+                rows = self._fetch(limit)
+            if len(rows) >= limit:
+                # A backlog: the server decodes the next batch while this one is parsed here (psycopg waits
+                # without the GIL), as DMS reads its stream while it writes. Only then: a batch fetched ahead
+                # of an idle poll would be a poll late.
+                self._next = self._fetcher.submit(self._fetch, limit)
             for lsn, data in rows:
                 if data.startswith("table "):
-                    change = parse_change(data)
+                    change = parse_change(data, self._layouts)
                     if current is None:
                         continue
                     if isinstance(change, tuple):

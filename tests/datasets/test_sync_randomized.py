@@ -88,7 +88,7 @@ def test_random_streams_merged_on_read_match_dict_replay(tmp_path, seed, monkeyp
 def test_random_streams_with_superseded_events_dropped_match_dict_replay(tmp_path, seed, monkeypatch):
     """The same streams, each run's events that cannot win dropped before the spill whatever their share:
     replays, ties broken by the sequence, files named out of order and full-load rows changed since."""
-    monkeypatch.setattr(table_sync, "SUPERSEDED_SCAN_MIN_SHARE", 1.0)
+    monkeypatch.setattr(table_sync, "SCAN_MAX_LAST_EVENT_SHARE", 1.0)
     _, superseded = _run_stream(tmp_path, random.Random(2000 + seed), run_sizes=(6, 20), min_events=60,
                                 budgets=(2**10,))
     assert superseded > 0

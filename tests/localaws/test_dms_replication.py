@@ -4,6 +4,7 @@ exactly as DMS writes it, read back with the pipeline's own reader (finetune_pip
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter
 
@@ -52,6 +53,39 @@ def test_random_transactions_land_as_the_committed_change_stream(cdc, workload):
     assert ops["I"] and ops["U"] and ops["D"]
     keys_changed = Counter((table, key) for table, _, key, _ in expected)
     assert max(keys_changed.values()) >= 3  # one key changed many times, within and across transactions
+
+
+@pytest.fixture
+def small_fetches(monkeypatch):
+    """Fetches of a few rows, so every fetch is full and the next is read ahead on the decoding thread: the
+    names of the threads that fetched."""
+    from localaws import dms_postgres, dms_replication
+
+    monkeypatch.setattr(dms_replication, "FETCH_CHANGES", 5)
+    fetched_by: list[str] = []
+    fetch = dms_postgres.DecodingSession._fetch
+
+    def counted(self, limit):
+        fetched_by.append(threading.current_thread().name)
+        return fetch(self, limit)
+
+    monkeypatch.setattr(dms_postgres.DecodingSession, "_fetch", counted)
+    return fetched_by
+
+
+def test_changes_read_ahead_while_a_batch_is_parsed_land_as_the_committed_stream(cdc, workload, small_fetches):
+    task = cdc()
+    for _ in range(15):
+        workload.transaction()
+    task.stop()  # with a fetch read ahead, possibly: the next session reads again from the slot
+    for _ in range(15):
+        workload.transaction()
+    task.start("resume-processing")
+    task.flush()
+    expected = workload.expected()
+    wait_for(lambda: len(landed(task)) >= len(expected), what="every change to land")
+    assert landed(task) == expected
+    assert any(name.startswith("dms-decode") for name in small_fetches)
 
 
 def test_files_are_dms_files_under_bucket_folder_schema_table(cdc, workload):

@@ -60,8 +60,8 @@ from finetune_pipeline.datasets.validate import CheckCounts, CheckResult, count_
 log = logging.getLogger(__name__)
 
 # The spill drops the events that cannot win only when at most this share of the delta's CDC events are the
-# last of their key: past it, the first read of the keys costs more than the drop saves.
-SUPERSEDED_SCAN_MIN_SHARE = 0.8
+# last of their key (keys / events): past it, the scan of the keys costs more than the drop saves.
+SCAN_MAX_LAST_EVENT_SHARE = 0.8
 # The least memory the latest commit time of each key may take (8 bytes a key), whatever the merge memory.
 LATEST_COMMITS_MIN_BYTES = 16 * 2**20
 
@@ -529,7 +529,7 @@ class TableSync:
         snapshot = self.settings.snapshot_ts
         after = None if snapshot is None else int(pa.scalar(snapshot, pa.timestamp("us", tz="UTC")).value)
         latest = scan_latest_commits(files, key[0], max_keys=room // 8, after=after)
-        if latest is None or latest.keys > SUPERSEDED_SCAN_MIN_SHARE * latest.events:
+        if latest is None or latest.keys > SCAN_MAX_LAST_EVENT_SHARE * latest.events:
             return None
         log.info(
             "%s: %d change event(s) over %d key(s), read in %.1f s: at least %d cannot win and are not spilled",
