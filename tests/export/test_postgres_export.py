@@ -3,6 +3,10 @@ files the project's reader reads back as the source's rows."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -317,6 +321,61 @@ def test_a_binary_session_that_cannot_connect_is_reported_as_unreachable():
     with pytest.raises(SourceUnreachableError, match="cannot open an export session .*Connection refused") as error:
         next(binary_copy.read_batches(url, "00000003-00000002-1", "SELECT 1::bigint AS id", schema))
     assert "s3cret-pw" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "timeout"),
+    [
+        ("postgresql://exporter:pw@db.example:5433/appdb", "15"),
+        ("host=db.example dbname=appdb", "15"),
+        ("", "15"),  # all from PG* variables and ~/.pgpass, as for psql
+        ("postgresql://db.example/appdb?connect_timeout=4", "4"),  # the user's own wins
+    ],
+)
+def test_every_session_connects_with_a_timeout(conninfo, timeout):
+    params = psycopg.conninfo.conninfo_to_dict(postgres.with_connect_timeout(conninfo))
+    given = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo else {}
+    assert params.pop("connect_timeout") == timeout and given.pop("connect_timeout", timeout) == timeout
+    assert params == given
+
+
+def test_a_binary_session_to_a_source_that_never_answers_fails_as_unreachable(monkeypatch):
+    """A server that takes the connection and says nothing (a dead host behind a proxy): libpq would wait
+    as long as the OS lets it, minutes; the session gives up at its connect timeout."""
+    monkeypatch.setattr(postgres, "CONNECT_TIMEOUT_SECONDS", 2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = postgres.with_connect_timeout(f"postgresql://exporter@127.0.0.1:{silent.getsockname()[1]}/appdb")
+        raised = []
+
+        def read():
+            try:
+                next(binary_copy.read_batches(url, "00000003-00000002-1", "SELECT 1::bigint AS id",
+                                              pa.schema([("id", pa.int64())])))  # fmt: skip
+            except SourceUnreachableError as error:
+                raised.append(error)
+
+        # On a thread: without the timeout the session would wait for minutes, and the test with it.
+        reading = threading.Thread(target=read, daemon=True)
+        reading.start()
+        reading.join(timeout=10)
+        assert not reading.is_alive(), "the session kept waiting past its connect timeout"
+        assert raised and "cannot open an export session" in str(raised[0])
+
+
+def test_the_export_gives_its_binary_sessions_the_connect_timeout(source, tmp_path, monkeypatch):
+    seen = []
+    read_batches = postgres.binary_copy.read_batches
+
+    def recorded(conninfo, *args):
+        seen.append(psycopg.conninfo.conninfo_to_dict(conninfo).get("connect_timeout"))
+        return read_batches(conninfo, *args)
+
+    monkeypatch.setattr(postgres.binary_copy, "read_batches", recorded)
+    make_items(source)
+    PostgresExport(source.url, [source.table("items", "id")], source.settings(tmp_path)).run()
+    assert seen and set(seen) == {str(postgres.CONNECT_TIMEOUT_SECONDS)}
 
 
 def test_a_binary_batch_takes_the_exports_schema_and_is_cast_only_where_a_type_differs():

@@ -69,6 +69,8 @@ MIN_SPLIT_BYTES = 32 * MIB
 COPY_BLOCK_BYTES = 8 * MIB
 PARSE_PIECE_BYTES = 1 * MIB
 STAGING_DIR = ".export-partial"
+# How long a session waits to connect when the connection string does not say.
+CONNECT_TIMEOUT_SECONDS = 15
 # Below this, a pg_stat_wal average says more about the last bulk load than about the steady write rate.
 _MIN_WAL_STATS_SECONDS = 86_400
 # max_slot_wal_keep_size must hold at least this many times the WAL expected over the trip.
@@ -167,10 +169,21 @@ class PreflightReport:
     system_identifier: str | None = None
 
 
+def with_connect_timeout(conninfo: str) -> str:
+    """The connection string with ``connect_timeout`` when it has none: libpq otherwise waits for a source
+    that drops packets as long as the OS does (minutes), for psycopg's sessions and ADBC's alike."""
+    try:
+        if "connect_timeout" in (psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo.strip() else {}):
+            return conninfo
+        return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    except psycopg.ProgrammingError:
+        return conninfo  # not a connection string: connecting says so
+
+
 def connect(conninfo: str, **kwargs) -> psycopg.Connection:
     """A connection, or SourceUnreachableError naming the server (never the password)."""
     try:
-        return psycopg.connect(conninfo, connect_timeout=kwargs.pop("connect_timeout", 15), **kwargs)
+        return psycopg.connect(with_connect_timeout(conninfo), **kwargs)
     except psycopg.OperationalError as error:
         params = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo else {}
         where = f"{params.get('host', 'the default host')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
@@ -672,7 +685,7 @@ class PostgresExport:
             if self._binary(table):
                 schema = pa.schema([(c.name, c.arrow_type) for c in table.columns])
                 query = _select_query(table, chunk.pages).as_string()
-                for batch in binary_copy.read_batches(self.conninfo, snapshot, query, schema):
+                for batch in binary_copy.read_batches(with_connect_timeout(self.conninfo), snapshot, query, schema):
                     writer.write(batch)
             else:
                 csv_bytes = self._copy_csv(chunk, snapshot, writer)
