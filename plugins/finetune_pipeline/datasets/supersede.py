@@ -17,7 +17,9 @@ Single integer keys only, whose latest times fit a dense array over the keys' sp
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,6 @@ from finetune_pipeline.datasets.partition import range_key_type
 
 # No CDC event for the key: every event of it stays, full-load rows included.
 NO_EVENT = FULL_LOAD_TIME
-_SCAN_BATCH_ROWS = 1 << 20
 
 
 @dataclass
@@ -66,32 +67,29 @@ class LatestCommits:
 
 
 def scan_latest_commits(
-    files: Iterable[tuple[DmsFile, Path]], column: str, max_keys: int, after: int | None = None
+    files: Iterable[tuple[DmsFile, Path]], column: str, max_keys: int, after: int | None = None, threads: int = 1
 ) -> LatestCommits | None:
     """Each key's latest commit time over the CDC Parquet files, counting only events after ``after`` (the
     snapshot's commit time, µs: the spill drops the events up to it, and a full-load row must not be dropped
     for one of them); None when a file cannot be read (the spill will quarantine it) or the keys span more
-    than ``max_keys``."""
+    than ``max_keys``. Files are read ``threads`` at a time (Arrow decodes and parses without the GIL)."""
+    cdc = iter([(f, path) for f, path in files if f.kind is FileKind.CDC and f.fmt == "parquet"])
     scan: LatestCommits | None = None
-    for f, path in files:
-        if f.kind is not FileKind.CDC or f.fmt != "parquet":
-            continue
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="supersede") as pool:
+        reading: collections.deque[Future] = collections.deque()
+
+        def read_next() -> None:
+            if (item := next(cdc, None)) is not None:
+                reading.append(pool.submit(_keys_and_times, item[1], column, after))
+
         try:
-            pf = pq.ParquetFile(path)
-            schema = pf.schema_arrow
-            if column not in schema.names or TS not in schema.names or not range_key_type(schema.field(column).type):
-                continue
-            for batch in pf.iter_batches(batch_size=_SCAN_BATCH_ROWS, columns=[column, TS]):
-                if batch.column(0).null_count or batch.column(1).null_count:
-                    batch = batch.filter(pc.and_(pc.is_valid(batch.column(0)), pc.is_valid(batch.column(1))))
-                if batch.num_rows == 0:
+            for _ in range(max(1, threads)):
+                read_next()
+            while reading:
+                keys, times = reading.popleft().result()
+                read_next()
+                if not len(keys):
                     continue
-                keys = batch.column(0).to_numpy().astype(np.int64, copy=False)
-                times = pc.cast(parse_dms_timestamp(batch.column(1)), pa.int64()).to_numpy()
-                if after is not None:
-                    keys, times = keys[times > after], times[times > after]
-                    if not len(keys):
-                        continue
                 scan = _cover(scan, column, int(keys.min()), int(keys.max()), max_keys)
                 if scan is None:
                     return None
@@ -99,7 +97,28 @@ def scan_latest_commits(
                 scan.events += len(keys)
         except (DmsFileError, pa.ArrowException, OSError):
             return None
+        finally:
+            for pending in reading:
+                pending.cancel()
     return scan
+
+
+def _keys_and_times(path: Path, column: str, after: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A CDC file's keys and commit times (µs) after ``after``; none when it has not both columns as the
+    scan reads them (then it only knows less)."""
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    if column not in schema.names or TS not in schema.names or not range_key_type(schema.field(column).type):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    table = pf.read(columns=[column, TS])
+    if table.column(0).null_count or table.column(1).null_count:
+        table = table.filter(pc.and_(pc.is_valid(table.column(0)), pc.is_valid(table.column(1))))
+    keys = table.column(0).to_numpy().astype(np.int64, copy=False)
+    times = pc.cast(parse_dms_timestamp(table.column(1)), pa.int64()).to_numpy()
+    if after is not None:
+        newer = times > after
+        keys, times = keys[newer], times[newer]
+    return keys, times
 
 
 def _cover(scan: LatestCommits | None, column: str, low: int, high: int, max_keys: int) -> LatestCommits | None:

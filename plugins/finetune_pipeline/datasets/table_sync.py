@@ -528,7 +528,7 @@ class TableSync:
         room = max(self.settings.merge_memory_bytes, LATEST_COMMITS_MIN_BYTES)
         snapshot = self.settings.snapshot_ts
         after = None if snapshot is None else int(pa.scalar(snapshot, pa.timestamp("us", tz="UTC")).value)
-        latest = scan_latest_commits(files, key[0], max_keys=room // 8, after=after)
+        latest = scan_latest_commits(files, key[0], max_keys=room // 8, after=after, threads=self.settings.threads)
         if latest is None or latest.keys > SCAN_MAX_LAST_EVENT_SHARE * latest.events:
             return None
         log.info(
