@@ -251,6 +251,9 @@ class DecodingSession:
     def __init__(self, source: PostgresSource, slot: str, start_lsn: int | None):
         self.source = source
         self.slot = slot
+        # Before connecting: close() (on a failed start too) waits for a fetch read ahead.
+        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dms-decode")
+        self._next: Future | None = None
         self.conn = source.connect()
         self.copy = f"{slot[:40]}_localaws_{secrets.token_hex(4)}"
         try:
@@ -276,8 +279,6 @@ class DecodingSession:
             raise
         self._columns: dict[tuple[str, str], TableInfo | None] = {}
         self._layouts: Layouts = {}
-        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dms-decode")
-        self._next: Future | None = None
 
     def close(self) -> None:
         if self._next is not None:

@@ -88,6 +88,18 @@ def test_changes_read_ahead_while_a_batch_is_parsed_land_as_the_committed_stream
     assert any(name.startswith("dms-decode") for name in small_fetches)
 
 
+def test_a_decoding_session_on_a_slot_that_is_gone_fails_with_the_reason(source):
+    from psycopg.conninfo import conninfo_to_dict
+
+    from localaws.dms_postgres import DecodingSession, PostgresSource, SourceError
+
+    params = conninfo_to_dict(source.server.url(database=source.name))
+    endpoint = PostgresSource(host=params["host"], port=int(params["port"]), user=params["user"],
+                              password=params["password"], database=source.name)  # fmt: skip
+    with pytest.raises(SourceError, match="Replication slot gone_slot does not exist any more"):
+        DecodingSession(endpoint, "gone_slot", None)
+
+
 def test_files_are_dms_files_under_bucket_folder_schema_table(cdc, workload):
     task = cdc()
     workload.transaction(4)
