@@ -22,9 +22,10 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 import pyarrow as pa
@@ -251,9 +252,10 @@ class DecodingSession:
     def __init__(self, source: PostgresSource, slot: str, start_lsn: int | None):
         self.source = source
         self.slot = slot
-        # Before connecting: close() (on a failed start too) waits for a fetch read ahead.
+        # Before connecting, so that close() finds them when the start fails.
         self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dms-decode")
         self._next: Future | None = None
+        self.read_at: datetime | None = None
         self.conn = source.connect()
         self.copy = f"{slot[:40]}_localaws_{secrets.token_hex(4)}"
         try:
@@ -281,34 +283,38 @@ class DecodingSession:
         self._layouts: Layouts = {}
 
     def close(self) -> None:
-        if self._next is not None:
+        ahead, self._next = self._next, None
+        if ahead is not None:
+            # What it read is read again by the next session, from the slot: stop the server's decoding.
+            with contextlib.suppress(Exception):
+                self.conn.cancel_safe(timeout=5)
             with contextlib.suppress(Exception):  # its error is the connection's, which is going anyway
-                self._next.result()
-            self._next = None
+                ahead.result()
         self._fetcher.shutdown()
         with contextlib.suppress(Exception):  # closing a broken connection
             self.conn.close()  # the temporary slot goes with the session
 
-    def _fetch(self, limit: int) -> list[tuple[str, str]]:
-        return self.conn.execute(
+    def _fetch(self, limit: int, now: Callable[[], datetime]) -> tuple[datetime, list[tuple[str, str]]]:
+        read_at = now()
+        rows = self.conn.execute(
             "SELECT lsn::text, data FROM pg_logical_slot_get_changes(%s, NULL, %s, %s, %s, %s, %s)",
             (self.copy, limit, *DECODE_OPTIONS),
         ).fetchall()
+        return read_at, rows
 
-    def changes(self, limit: int) -> list[Transaction]:
-        """Whole transactions decoded from the copy (PostgreSQL returns whole ones, at least ``limit`` rows)."""
+    def changes(self, limit: int, now: Callable[[], datetime]) -> list[Transaction]:
+        """Whole transactions decoded from the copy (PostgreSQL returns whole ones, at least ``limit`` rows).
+        ``read_at`` is then when they were read from the slot, by ``now``, the task's clock."""
         transactions: list[Transaction] = []
         current: Transaction | None = None
         try:
-            if self._next is not None:
-                rows, self._next = self._next.result(), None
-            else:
-                rows = self._fetch(limit)
+            ahead, self._next = self._next, None
+            self.read_at, rows = ahead.result() if ahead is not None else self._fetch(limit, now)
             if len(rows) >= limit:
                 # A backlog: the server decodes the next batch while this one is parsed here (psycopg waits
                 # without the GIL), as DMS reads its stream while it writes. Only then: a batch fetched ahead
                 # of an idle poll would be a poll late.
-                self._next = self._fetcher.submit(self._fetch, limit)
+                self._next = self._fetcher.submit(self._fetch, limit, now)
             for lsn, data in rows:
                 if data.startswith("table "):
                     change = parse_change(data, self._layouts)

@@ -395,9 +395,11 @@ class Replication(threading.Thread):
             raise TaskStopped
         decoded = 0
         if not self._buffers_full():
-            # A file opens when its first change is read: the moment the slot was read, not when it was parsed.
-            self._read_at = self.clock.now()
-            for transaction in self.session.changes(FETCH_CHANGES):
+            transactions = self.session.changes(FETCH_CHANGES, self.clock.now)
+            # A file opens when its first change is read: the moment the slot was read (by the read-ahead, a
+            # cycle earlier), not when it was parsed.
+            self._read_at = self.session.read_at
+            for transaction in transactions:
                 if transaction.end_lsn <= self.decoded_upto:
                     continue  # decoded before the connection was lost; still buffered or already written
                 self._apply(transaction)

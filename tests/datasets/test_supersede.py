@@ -7,13 +7,14 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ds_helpers import ITEMS_YAML, T0, item_events, item_load, published_rows, put_cdc, put_load
 
 from finetune_pipeline.datasets import table_sync
 from finetune_pipeline.datasets.catalog import CatalogSpec
 from finetune_pipeline.datasets.contracts import load_contract
-from finetune_pipeline.datasets.dms_format import classify, read_events
+from finetune_pipeline.datasets.dms_format import classify, read_events, to_dms_table
 from finetune_pipeline.datasets.store import LocalStore
 from finetune_pipeline.datasets.supersede import scan_latest_commits
 from finetune_pipeline.datasets.sync import SyncSpec, run_sync
@@ -65,6 +66,19 @@ def test_keys_outside_the_scanned_range_stay_and_a_range_past_the_bound_scans_no
     assert latest.keep(outside) is None
     wide = put_cdc(store, item_events([("U", 10, 3, 1, "a", 1, None), ("U", 20, 4, 1000, "b", 1, None)]), 41)
     assert scan_latest_commits([_file(store, cdc), _file(store, wide)], "item_id", max_keys=100) is None
+
+
+def test_files_without_key_statistics_grow_the_span_as_they_are_read(tmp_path):
+    store = LocalStore(tmp_path / "bucket")
+    keys = []
+    for n, (key, seconds) in enumerate([(50, 10), (3, 20), (90, 30), (50, 40)]):
+        key_name = put_cdc(store, item_events([("U", seconds, n + 1, key, "x", 1, None)]), seconds + 1)
+        table = to_dms_table(item_events([("U", seconds, n + 1, key, "x", 1, None)]))
+        pq.write_table(table, store.root / key_name, write_statistics=False)
+        keys.append(key_name)
+    latest = scan_latest_commits([_file(store, k) for k in keys], "item_id", max_keys=100, threads=2)
+    assert (latest.low, len(latest.latest), latest.events, latest.keys) == (3, 88, 4, 3)
+    assert scan_latest_commits([_file(store, k) for k in keys], "item_id", max_keys=50) is None
 
 
 def test_an_unreadable_file_stops_the_scan(tmp_path):

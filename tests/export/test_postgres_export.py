@@ -332,11 +332,23 @@ def test_a_binary_session_that_cannot_connect_is_reported_as_unreachable():
         ("postgresql://db.example/appdb?connect_timeout=4", "4"),  # the user's own wins
     ],
 )
-def test_every_session_connects_with_a_timeout(conninfo, timeout):
+def test_every_session_connects_with_a_timeout(conninfo, timeout, monkeypatch):
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.delenv("PGSERVICE", raising=False)
     params = psycopg.conninfo.conninfo_to_dict(postgres.with_connect_timeout(conninfo))
     given = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo else {}
     assert params.pop("connect_timeout") == timeout and given.pop("connect_timeout", timeout) == timeout
     assert params == given
+
+
+@pytest.mark.parametrize("where", ["PGCONNECT_TIMEOUT", "PGSERVICE", "service="])
+def test_a_timeout_set_elsewhere_is_left_to_libpq(where, monkeypatch):
+    conninfo = "host=db.example dbname=appdb"
+    if where == "service=":
+        conninfo += " service=source"
+    else:
+        monkeypatch.setenv(where, "4" if where == "PGCONNECT_TIMEOUT" else "source")
+    assert postgres.with_connect_timeout(conninfo) == conninfo
 
 
 def test_a_binary_session_to_a_source_that_never_answers_fails_as_unreachable(monkeypatch):

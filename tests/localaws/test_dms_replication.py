@@ -65,9 +65,9 @@ def small_fetches(monkeypatch):
     fetched_by: list[str] = []
     fetch = dms_postgres.DecodingSession._fetch
 
-    def counted(self, limit):
+    def counted(self, limit, now):
         fetched_by.append(threading.current_thread().name)
-        return fetch(self, limit)
+        return fetch(self, limit, now)
 
     monkeypatch.setattr(dms_postgres.DecodingSession, "_fetch", counted)
     return fetched_by

@@ -73,8 +73,13 @@ def scan_latest_commits(
     snapshot's commit time, µs: the spill drops the events up to it, and a full-load row must not be dropped
     for one of them); None when a file cannot be read (the spill will quarantine it) or the keys span more
     than ``max_keys``. Files are read ``threads`` at a time (Arrow decodes and parses without the GIL)."""
-    cdc = iter([(f, path) for f, path in files if f.kind is FileKind.CDC and f.fmt == "parquet"])
-    scan: LatestCommits | None = None
+    cdc = [(f, path) for f, path in files if f.kind is FileKind.CDC and f.fmt == "parquet"]
+    # One array for the keys' whole span when the footers give it: growing one holds two.
+    span = _footer_span([path for _, path in cdc], column)
+    if span is not None and span[1] - span[0] + 1 > max_keys:
+        return None
+    scan = _cover(None, column, *span, max_keys) if span is not None else None
+    cdc = iter(cdc)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="supersede") as pool:
         reading: collections.deque[Future] = collections.deque()
 
@@ -119,6 +124,26 @@ def _keys_and_times(path: Path, column: str, after: int | None) -> tuple[np.ndar
         newer = times > after
         keys, times = keys[newer], times[newer]
     return keys, times
+
+
+def _footer_span(paths: list[Path], column: str) -> tuple[int, int] | None:
+    """The lowest and highest key in the files' footer statistics; None unless every row group has them."""
+    low = high = None
+    try:
+        for path in paths:
+            meta = pq.ParquetFile(path).metadata
+            names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+            if column not in names:
+                continue
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(names.index(column)).statistics
+                if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
+                    return None
+                low = stats.min if low is None else min(low, stats.min)
+                high = stats.max if high is None else max(high, stats.max)
+    except (pa.ArrowException, OSError):
+        return None
+    return None if low is None else (int(low), int(high))
 
 
 def _cover(scan: LatestCommits | None, column: str, low: int, high: int, max_keys: int) -> LatestCommits | None:

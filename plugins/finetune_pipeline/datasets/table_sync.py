@@ -252,8 +252,9 @@ def _table(batches, schema: pa.Schema) -> pa.Table:
 
 
 def _spilled_bytes(shapes, latest: LatestCommits | None) -> int:
-    """The delta's size in memory, less the share of its events that cannot win (at least all CDC events but
-    one per key)."""
+    """The delta's size in memory, less the share of its events that cannot win: an estimate, low where
+    events tie on a key's latest commit time (all of them are kept). A piece that then passes the budget is
+    split again as it merges (:meth:`TableSync._merge_bucket`), as is one after a retry without the scan."""
     data_bytes = sum(s.data_bytes for s in shapes)
     rows = [s.rows for s in shapes]
     if latest is None or None in rows or not sum(rows):
@@ -532,7 +533,7 @@ class TableSync:
         if latest is None or latest.keys > SCAN_MAX_LAST_EVENT_SHARE * latest.events:
             return None
         log.info(
-            "%s: %d change event(s) over %d key(s), read in %.1f s: at least %d cannot win and are not spilled",
+            "%s: %d change event(s) over %d key(s), read in %.1f s: up to %d cannot win and are not spilled",
             self.contract.table,
             latest.events,
             latest.keys,

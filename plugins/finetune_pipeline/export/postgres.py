@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -170,10 +171,14 @@ class PreflightReport:
 
 
 def with_connect_timeout(conninfo: str) -> str:
-    """The connection string with ``connect_timeout`` when it has none: libpq otherwise waits for a source
-    that drops packets as long as the OS does (minutes), for psycopg's sessions and ADBC's alike."""
+    """The connection string with ``connect_timeout`` when nothing sets one (the string, a ``service`` entry
+    or ``PGCONNECT_TIMEOUT``): libpq otherwise waits for a source that drops packets as long as the OS does
+    (minutes), for psycopg's sessions and ADBC's alike."""
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        return conninfo
     try:
-        if "connect_timeout" in (psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo.strip() else {}):
+        params = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo.strip() else {}
+        if "connect_timeout" in params or "service" in params or os.environ.get("PGSERVICE"):
             return conninfo
         return psycopg.conninfo.make_conninfo(conninfo, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.ProgrammingError:
