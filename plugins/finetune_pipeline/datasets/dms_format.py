@@ -245,6 +245,19 @@ def _plan_columns(names: list[str], kind: FileKind, contract: TableContract) -> 
     return FileShape(rows=None, data_bytes=0, extra_columns=extra, filled_columns=filled)
 
 
+def footer_ranges(path: str | Path, column: str) -> list[tuple[object, object]] | None:
+    """(min, max) of ``column`` in each row group of a Parquet file, from its footer; None when the file
+    lacks the column or a row group lacks the statistics."""
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if column not in names:
+        return None
+    stats = [meta.row_group(g).column(names.index(column)).statistics for g in range(meta.num_row_groups)]
+    if not all(s is not None and s.has_min_max for s in stats):
+        return None
+    return [(s.min, s.max) for s in stats]
+
+
 def _decoded_bytes(pf: pq.ParquetFile, rows: int, sample: int = 4096) -> int:
     """In-memory size of a file's rows, from decoding a small sample: Parquet's own sizes are of encoded
     (often dictionary) pages and undercount repetitive strings several times over."""

@@ -28,7 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from finetune_pipeline.datasets.dms_format import TS, DmsFile, DmsFileError, FileKind, parse_dms_timestamp
+from finetune_pipeline.datasets.dms_format import (
+    TS,
+    DmsFile,
+    DmsFileError,
+    FileKind,
+    footer_ranges,
+    parse_dms_timestamp,
+)
 from finetune_pipeline.datasets.merge import FULL_LOAD_TIME, commit_times
 from finetune_pipeline.datasets.partition import range_key_type
 
@@ -131,19 +138,17 @@ def _footer_span(paths: list[Path], column: str) -> tuple[int, int] | None:
     low = high = None
     try:
         for path in paths:
-            meta = pq.ParquetFile(path).metadata
-            names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-            if column not in names:
-                continue
-            for g in range(meta.num_row_groups):
-                stats = meta.row_group(g).column(names.index(column)).statistics
-                if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
+            ranges = footer_ranges(path, column)
+            if ranges is None:
+                return None
+            for lo, hi in ranges:
+                if not isinstance(lo, int) or not isinstance(hi, int):
                     return None
-                low = stats.min if low is None else min(low, stats.min)
-                high = stats.max if high is None else max(high, stats.max)
+                low = lo if low is None else min(low, lo)
+                high = hi if high is None else max(high, hi)
     except (pa.ArrowException, OSError):
         return None
-    return None if low is None else (int(low), int(high))
+    return None if low is None else (low, high)
 
 
 def _cover(scan: LatestCommits | None, column: str, low: int, high: int, max_keys: int) -> LatestCommits | None:

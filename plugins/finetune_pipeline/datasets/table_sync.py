@@ -42,6 +42,7 @@ from finetune_pipeline.datasets.dms_format import (
     cdc_name_time,
     classify,
     event_schema,
+    footer_ranges,
     inspect_file,
     read_events,
 )
@@ -276,15 +277,10 @@ def key_range(files: list[tuple[DmsFile, Path]], contract: TableContract, csv: C
         high = int(hi) if high is None else max(high, int(hi))
 
     for f, path in files:
-        if f.fmt == "parquet":
-            meta = pq.ParquetFile(path).metadata
-            names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-            if key in names:
-                stats = [meta.row_group(g).column(names.index(key)).statistics for g in range(meta.num_row_groups)]
-                if all(s is not None and s.has_min_max for s in stats):
-                    for s in stats:
-                        take(s.min, s.max)
-                    continue
+        if f.fmt == "parquet" and (ranges := footer_ranges(path, key)) is not None:
+            for lo, hi in ranges:
+                take(lo, hi)
+            continue
         with contextlib.suppress(DmsFileError):
             for batch in read_events(path, f, contract, csv):
                 mm = pc.min_max(batch.column(key))
